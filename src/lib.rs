@@ -1,0 +1,17 @@
+//! safeguard: watch a Dingo PostgreSQL platform's syslog, index every instance's backups, and recover
+//! deleted instances. See ARCHITECTURE.md for the map.
+//!
+//! Pipeline: [`sources`] -> [`parse`] -> [`pipeline`] (attribute + [`state::apply`]) -> [`store`].
+pub mod config;
+pub mod ingest;
+pub mod parse;
+pub mod pipeline;
+pub mod query;
+pub mod report;
+pub mod s3;
+pub mod sources;
+pub mod state;
+pub mod store;
+pub mod timeutil;
+pub mod verify;
+pub mod watch;

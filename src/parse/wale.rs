@@ -1,0 +1,222 @@
+//! WAL-E 1.x output and the PostgreSQL archiver lines around it. Each of MSG / DETAIL / HINT / STRUCTURED
+//! arrives as its own syslog line, so every line is read on its own; DETAIL and STRUCTURED of the same
+//! push both produce an event, and the state layer counts a segment once.
+
+use super::{locate, EventKind, Location, PushState, Reject};
+
+pub struct WalEParsed {
+    pub kind: EventKind,
+    pub time: Option<i64>,
+    pub location: Option<Location>,
+}
+
+fn out(kind: EventKind, location: Option<Location>) -> Result<Option<WalEParsed>, Reject> {
+    Ok(Some(WalEParsed { kind, time: None, location }))
+}
+
+/// First `s3://...` URL in a line, without surrounding quotes or a sentence's final period.
+fn url_in(s: &str) -> Option<&str> {
+    let start = s.find("s3://")?;
+    let rest = &s[start..];
+    let end = rest.find(|c: char| c == '"' || c == '\'' || c.is_whitespace()).unwrap_or(rest.len());
+    Some(rest[..end].trim_end_matches('.'))
+}
+
+pub fn is_segment(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// A WAL file name as pushed: a segment, `<seg>.<off>.backup` or `<tli>.history`.
+fn is_wal_file(s: &str) -> bool {
+    let head = s.split('.').next().unwrap_or("");
+    (is_segment(head) || (head.len() == 8 && head.bytes().all(|c| c.is_ascii_hexdigit())))
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.')
+}
+
+fn wal_from_rest(rest: &str) -> Option<String> {
+    let f = rest.strip_prefix("wal_005/")?;
+    let f = f.strip_suffix(".lzo").unwrap_or(f);
+    is_wal_file(f).then(|| f.to_ascii_uppercase().replace(".BACKUP", ".backup").replace(".HISTORY", ".history"))
+}
+
+/// `basebackups_005/base_<SEG>_<OFF>/...` or `basebackups_005/base_<SEG>_<OFF>_backup_stop_sentinel.json`.
+fn backup_from_rest(rest: &str) -> Option<(String, &str)> {
+    let r = rest.strip_prefix("basebackups_005/")?;
+    let (name, tail) = r.split_once('/').unwrap_or((r, ""));
+    let name = name.strip_suffix("_backup_stop_sentinel.json").unwrap_or(name);
+    is_backup_name(name).then(|| (name.to_string(), tail))
+}
+
+pub fn is_backup_name(n: &str) -> bool {
+    let Some(r) = n.strip_prefix("base_") else { return false };
+    let Some((seg, off)) = r.split_once('_') else { return false };
+    is_segment(seg) && off.len() == 8 && off.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+fn kv<'a>(s: &'a str, key: &str) -> Option<&'a str> {
+    s.split_whitespace().find_map(|t| t.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
+    // Structured lines carry the event time and an unambiguous action.
+    if let Some(i) = body.find("STRUCTURED:") {
+        let s = &body[i + "STRUCTURED:".len()..];
+        let action = kv(s, "action");
+        if !matches!(action, Some("push-wal") | Some("wal-fetch")) {
+            return Ok(None);
+        }
+        let key = kv(s, "key").ok_or(Reject::WalE)?;
+        let loc = locate(key).ok_or(Reject::WalE)?;
+        let seg = kv(s, "seg").filter(|x| is_wal_file(x)).map(str::to_ascii_uppercase).or_else(|| wal_from_rest(&loc.rest));
+        let segment = seg.ok_or(Reject::WalE)?.replace(".BACKUP", ".backup").replace(".HISTORY", ".history");
+        let state = match kv(s, "state") {
+            Some("begin") => PushState::Begin,
+            Some("complete") => PushState::Complete,
+            Some("skip") => PushState::Skip,
+            _ => return Err(Reject::WalE),
+        };
+        let time = kv(s, "time").and_then(crate::timeutil::parse_rfc3339);
+        let kind = if action == Some("push-wal") { EventKind::WalPush { segment, state } } else { EventKind::WalFetch { segment, state } };
+        return Ok(Some(WalEParsed { kind, time, location: Some(loc) }));
+    }
+    if let Some(i) = body.find("DETAIL:") {
+        let d = body[i + "DETAIL:".len()..].trim();
+        if let Some(r) = d.strip_prefix("Uploading ") {
+            let url = url_in(r).ok_or(Reject::WalE)?;
+            let loc = locate(url).ok_or(Reject::WalE)?;
+            let done = r.contains(" complete at ");
+            if let Some(seg) = wal_from_rest(&loc.rest) {
+                // `Uploading "pg_wal/X" to "s3://..."`: the begin of a wal-push.
+                return out(EventKind::WalPush { segment: seg, state: PushState::Begin }, Some(loc));
+            }
+            let (backup, tail) = backup_from_rest(&loc.rest).ok_or(Reject::WalE)?;
+            let kind = if let Some(part) = tail.strip_prefix("tar_partitions/") {
+                let part = part.strip_suffix(".tar.lzo").unwrap_or(part).to_string();
+                EventKind::BasePartition { backup, part, done }
+            } else {
+                EventKind::BaseBackupStarted { backup }
+            };
+            return out(kind, Some(loc));
+        }
+        if let Some(r) = d.strip_prefix("Archiving to ") {
+            let url = url_in(r).ok_or(Reject::WalE)?;
+            let loc = locate(url).ok_or(Reject::WalE)?;
+            let seg = wal_from_rest(&loc.rest).ok_or(Reject::WalE)?;
+            return out(EventKind::WalPush { segment: seg, state: PushState::Complete }, Some(loc));
+        }
+        if let Some(r) = d.strip_prefix("The key being deleted is ") {
+            let url = url_in(r).ok_or(Reject::WalE)?;
+            let loc = locate(url).ok_or(Reject::WalE)?;
+            if loc.rest.ends_with("_backup_stop_sentinel.json") {
+                let (backup, _) = backup_from_rest(&loc.rest).ok_or(Reject::WalE)?;
+                return out(EventKind::BackupPruned { backup }, Some(loc));
+            }
+            return Ok(None);
+        }
+        if let Some(r) = d.strip_prefix("The partition being downloaded is ") {
+            let part = r.trim_end_matches('.');
+            let part = part.strip_suffix(".tar.lzo").unwrap_or(part);
+            return out(EventKind::PartitionDownload { part: part.to_string() }, None);
+        }
+        return Ok(None);
+    }
+    if body.contains("pg_stop_backup complete") {
+        return out(EventKind::BaseBackupStopped, None);
+    }
+    if let Some(i) = body.find("archive command failed") {
+        return out(EventKind::WalPushFailed { detail: body[i..].chars().take(200).collect() }, None);
+    }
+    if body.contains("CRITICAL") && body.contains("MSG:") {
+        let msg = body.split("MSG:").nth(1).unwrap_or("").trim();
+        return out(EventKind::WalPushFailed { detail: format!("WAL-E CRITICAL: {}", msg.chars().take(200).collect::<String>()) }, None);
+    }
+    if body.contains("retrying after encountering exception") {
+        return out(EventKind::WalERetry, None);
+    }
+    if body.contains("could no longer locate object while performing wal restore") {
+        return out(EventKind::WalRestoreEnd, None);
+    }
+    if let Some(r) = body.strip_prefix("upload: ") {
+        if r.contains("sysids/sysid") {
+            let url = url_in(r).ok_or(Reject::WalE)?;
+            let loc = locate(url).ok_or(Reject::WalE)?;
+            return out(EventKind::SysidUploaded, Some(loc));
+        }
+        return Ok(None);
+    }
+    if body.starts_with("base_") {
+        return list_line(body);
+    }
+    Ok(None)
+}
+
+/// `base_<SEG>_<OFF>\t<last_modified>\t<wal_segment_backup_start>\t<offset>` from `wal-e backup-list`,
+/// tabs possibly escaped as `#011` by rsyslog or turned into spaces by a shipper.
+fn list_line(body: &str) -> Result<Option<WalEParsed>, Reject> {
+    let norm = body.replace("#011", "\t");
+    let mut fields = norm.split(|c: char| c == '\t' || c == ' ').filter(|f| !f.is_empty());
+    let name = fields.next().unwrap_or("");
+    if !is_backup_name(name) {
+        return Ok(None);
+    }
+    let time = fields.next().and_then(crate::timeutil::parse_rfc3339);
+    out(EventKind::BaseBackupListed { backup: name.to_string(), time }, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "6e101b27-ee1b-4f4d-a032-4401a3709ec3";
+
+    fn kind(body: &str) -> EventKind {
+        parse(body).unwrap().unwrap().kind
+    }
+
+    #[test]
+    fn wal_push_detail_and_structured() {
+        let seg = "000000010000000000000001";
+        let b = format!(r#"DETAIL: Uploading "pg_wal/{seg}" to "s3://bkt/backups/{ID}/wal/wal_005/{seg}.lzo"."#);
+        assert_eq!(kind(&b), EventKind::WalPush { segment: seg.into(), state: PushState::Begin });
+        let b = format!(r#"DETAIL: Archiving to "s3://bkt/backups/{ID}/wal/wal_005/{seg}.lzo" complete at 62337.1KiB/s."#);
+        assert_eq!(kind(&b), EventKind::WalPush { segment: seg.into(), state: PushState::Complete });
+        let b = format!("STRUCTURED: time=2026-11-23T19:56:42.191171-00 pid=1 action=push-wal key=s3://bkt/backups/{ID}/wal/wal_005/{seg}.lzo prefix=backups/{ID}/wal/ rate=1 seg={seg} state=complete");
+        let p = parse(&b).unwrap().unwrap();
+        assert_eq!(p.time, crate::timeutil::parse_rfc3339("2026-11-23T19:56:42.191Z"));
+        assert_eq!(p.location.unwrap().instance, ID);
+        let b = format!("STRUCTURED: time=x action=push-wal key=s3://bkt/backups/{ID}/wal/wal_005/{seg}.00000028.backup.lzo seg={seg}.00000028.backup state=complete");
+        assert_eq!(kind(&b), EventKind::WalPush { segment: format!("{seg}.00000028.backup"), state: PushState::Complete });
+    }
+
+    #[test]
+    fn base_backup_lines() {
+        let base = format!("s3://bkt/backups/{ID}/wal/basebackups_005/base_000000010000000000000003_00000040");
+        assert_eq!(
+            kind(&format!("DETAIL: Uploading to {base}/extended_version.txt.")),
+            EventKind::BaseBackupStarted { backup: "base_000000010000000000000003_00000040".into() }
+        );
+        assert_eq!(
+            kind(&format!(r#"DETAIL: Uploading to "{base}/tar_partitions/part_00000000.tar.lzo" complete at 20493KiB/s."#)),
+            EventKind::BasePartition { backup: "base_000000010000000000000003_00000040".into(), part: "part_00000000".into(), done: true }
+        );
+        assert_eq!(kind("NOTICE:  pg_stop_backup complete, all required WAL segments have been archived"), EventKind::BaseBackupStopped);
+        assert_eq!(
+            kind("base_000000010000000000000002_00000040#0112016-10-06T00:04:24.000Z#011000000010000000000000002#01100000040"),
+            EventKind::BaseBackupListed {
+                backup: "base_000000010000000000000002_00000040".into(),
+                time: crate::timeutil::parse_rfc3339("2016-10-06T00:04:24Z")
+            }
+        );
+        assert_eq!(
+            kind(&format!("DETAIL: The key being deleted is {base}_backup_stop_sentinel.json.")),
+            EventKind::BackupPruned { backup: "base_000000010000000000000003_00000040".into() }
+        );
+    }
+
+    #[test]
+    fn almost_matches_are_rejected() {
+        assert_eq!(parse(r#"DETAIL: Uploading "pg_wal/0001" to "s3://bkt/nowhere"."#).err(), Some(Reject::WalE));
+        assert_eq!(parse("STRUCTURED: action=push-wal key=s3://b/backups/abcd/wal/wal_005/x state=begin").err(), Some(Reject::WalE));
+        assert!(parse("MSG: begin archiving a file").unwrap().is_none());
+    }
+}

@@ -1,0 +1,203 @@
+//! Read access for the CLI. sled allows one process per store, so while `safeguard watch` runs it owns
+//! the store and answers queries on a unix socket in the store directory; otherwise the CLI opens the
+//! store itself. Both paths return the same types, so output does not depend on which was used.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::risk::{assess, RiskRules};
+use crate::state::{InstanceRecord, Status};
+use crate::store::{Counters, Position, Store, StoreError};
+
+pub const SOCKET_NAME: &str = "safeguard.sock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store at {path} is held by a running watcher, but its query socket {socket} did not answer: {source}; is the watcher hung? check its log")]
+    Socket { path: PathBuf, socket: PathBuf, source: std::io::Error },
+    #[error("the running watcher answered: {0}")]
+    Remote(String),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Filter {
+    pub deleted: bool,
+    pub at_risk: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub path: PathBuf,
+    pub schema_version: Option<String>,
+    pub size_bytes: u64,
+    pub instances: u64,
+    pub deleted: u64,
+    pub counters: Counters,
+    pub positions: Vec<(String, Position)>,
+    /// Whether the answer came from a running watcher.
+    pub watcher_running: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Request {
+    Show { id: String },
+    Instances { filter: Filter, now: i64, rules: (i64, i64) },
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Response {
+    Record(Option<Box<InstanceRecord>>),
+    Records(Vec<InstanceRecord>),
+    Status(Box<StoreStatus>),
+    Error(String),
+}
+
+pub enum Access {
+    Direct(Store),
+    Watcher { path: PathBuf, socket: PathBuf },
+}
+
+impl Access {
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Access, QueryError> {
+        match Store::open(path, cache_bytes) {
+            Ok(s) => Ok(Access::Direct(s)),
+            Err(StoreError::Locked { .. }) => Ok(Access::Watcher { path: path.to_path_buf(), socket: path.join(SOCKET_NAME) }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn ask(&self, req: &Request) -> Result<Response, QueryError> {
+        let Access::Watcher { path, socket } = self else { unreachable!("ask is only used for a watcher") };
+        let err = |source| QueryError::Socket { path: path.clone(), socket: socket.clone(), source };
+        let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(err)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(err)?;
+        let mut line = serde_json::to_vec(req).unwrap_or_default();
+        line.push(b'\n');
+        s.write_all(&line).map_err(err)?;
+        let mut resp = String::new();
+        BufReader::new(s).read_line(&mut resp).map_err(err)?;
+        match serde_json::from_str(&resp) {
+            Ok(Response::Error(e)) => Err(QueryError::Remote(e)),
+            Ok(r) => Ok(r),
+            Err(e) => Err(QueryError::Remote(format!("unreadable answer: {e}"))),
+        }
+    }
+
+    pub fn record(&self, id: &str) -> Result<Option<InstanceRecord>, QueryError> {
+        match self {
+            Access::Direct(s) => Ok(s.record(&id.to_ascii_lowercase())?),
+            Access::Watcher { .. } => match self.ask(&Request::Show { id: id.to_string() })? {
+                Response::Record(r) => Ok(r.map(|b| *b)),
+                _ => Err(QueryError::Remote("unexpected answer".into())),
+            },
+        }
+    }
+
+    pub fn records(&self, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, QueryError> {
+        match self {
+            Access::Direct(s) => Ok(select(s, filter, now, rules)?),
+            Access::Watcher { .. } => {
+                let req = Request::Instances { filter: filter.clone(), now, rules: (rules.max_base_backup_age_ms, rules.wal_silence_ms) };
+                match self.ask(&req)? {
+                    Response::Records(r) => Ok(r),
+                    _ => Err(QueryError::Remote("unexpected answer".into())),
+                }
+            }
+        }
+    }
+
+    pub fn status(&self) -> Result<StoreStatus, QueryError> {
+        match self {
+            Access::Direct(s) => Ok(status(s, false)?),
+            Access::Watcher { .. } => match self.ask(&Request::Status)? {
+                Response::Status(s) => Ok(*s),
+                _ => Err(QueryError::Remote("unexpected answer".into())),
+            },
+        }
+    }
+}
+
+fn select(s: &Store, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, StoreError> {
+    let mut out = Vec::new();
+    for r in s.records() {
+        let r = r?;
+        if filter.deleted && r.status != Status::Deleted {
+            continue;
+        }
+        if filter.at_risk && assess(&r, now, rules).is_empty() {
+            continue;
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+fn status(s: &Store, watcher_running: bool) -> Result<StoreStatus, StoreError> {
+    let (mut instances, mut deleted) = (0, 0);
+    for r in s.records() {
+        let r = r?;
+        instances += 1;
+        deleted += u64::from(r.status == Status::Deleted);
+    }
+    Ok(StoreStatus {
+        path: s.path().to_path_buf(),
+        schema_version: s.schema_version()?,
+        size_bytes: s.size_on_disk(),
+        instances,
+        deleted,
+        counters: s.counters()?,
+        positions: s.positions()?,
+        watcher_running,
+    })
+}
+
+fn answer(store: &Store, line: &str) -> Response {
+    let req: Request = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return Response::Error(format!("bad request: {e}")),
+    };
+    let res = match req {
+        Request::Show { id } => store.record(&id.to_ascii_lowercase()).map(|r| Response::Record(r.map(Box::new))),
+        Request::Instances { filter, now, rules } => {
+            let rules = RiskRules { max_base_backup_age_ms: rules.0, wal_silence_ms: rules.1 };
+            select(store, &filter, now, &rules).map(Response::Records)
+        }
+        Request::Status => status(store, true).map(|s| Response::Status(Box::new(s))),
+    };
+    res.unwrap_or_else(|e| Response::Error(e.to_string()))
+}
+
+/// Serves queries for the CLI while the watcher owns the store. Reads see what has been committed.
+pub async fn serve(store: Store) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let path = store.path().join(SOCKET_NAME);
+    // We hold the store's lock, so a socket file left here is from a process that is gone.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    loop {
+        let (conn, _) = listener.accept().await?;
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = conn.into_split();
+            let mut lines = tokio::io::BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let s = store.clone();
+                let resp = tokio::task::spawn_blocking(move || answer(&s, &line))
+                    .await
+                    .unwrap_or_else(|e| Response::Error(format!("query failed: {e}")));
+                let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+                out.push(b'\n');
+                if w.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}

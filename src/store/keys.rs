@@ -1,0 +1,54 @@
+//! The whole key layout of the sled store, in one place. One tree, prefixes separate the record kinds,
+//! so one `apply_batch` commits a state change, its index entries, its effects and its source position
+//! atomically.
+//!
+//! | key                         | value                                   |
+//! |-----------------------------|-----------------------------------------|
+//! | `m/schema`                  | schema version, decimal                 |
+//! | `m/counters`                | JSON [`super::Counters`]                |
+//! | `m/effect_seq`              | next effect sequence number, u64 BE     |
+//! | `i/<instance-id>`           | JSON [`crate::state::InstanceRecord`]   |
+//! | `n/<node-uuid>`             | instance id (container attribution)     |
+//! | `s/<first 6 of id>/<id>`    | empty (script-prefix attribution)       |
+//! | `d/<instance-id>`           | empty: deletion pending its grace       |
+//! | `p/<source-id>`             | JSON [`super::Position`]                |
+//! | `e/<seq u64 BE>`            | JSON [`super::EffectEntry`]             |
+
+pub const SCHEMA: &[u8] = b"m/schema";
+pub const COUNTERS: &[u8] = b"m/counters";
+pub const EFFECT_SEQ: &[u8] = b"m/effect_seq";
+pub const INSTANCE: &str = "i/";
+pub const NODE: &str = "n/";
+pub const SHORT: &str = "s/";
+pub const PENDING: &str = "d/";
+pub const POSITION: &str = "p/";
+pub const EFFECT: &[u8] = b"e/";
+
+pub fn instance(id: &str) -> Vec<u8> {
+    format!("{INSTANCE}{id}").into_bytes()
+}
+pub fn node(uuid: &str) -> Vec<u8> {
+    format!("{NODE}{uuid}").into_bytes()
+}
+pub fn short(id: &str) -> Vec<u8> {
+    format!("{SHORT}{}/{id}", short_of(id)).into_bytes()
+}
+pub fn short_prefix(short: &str) -> Vec<u8> {
+    format!("{SHORT}{short}/").into_bytes()
+}
+pub fn pending(id: &str) -> Vec<u8> {
+    format!("{PENDING}{id}").into_bytes()
+}
+pub fn position(source: &str) -> Vec<u8> {
+    format!("{POSITION}{source}").into_bytes()
+}
+pub fn effect(seq: u64) -> Vec<u8> {
+    let mut k = EFFECT.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The 6-character id prefix the platform's scripts print (`6e101b-backup>`).
+pub fn short_of(id: &str) -> &str {
+    id.get(..6).unwrap_or(id)
+}

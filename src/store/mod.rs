@@ -1,0 +1,239 @@
+//! The embedded sled store: instance records, attribution indexes, source positions, counters and effects.
+//! Every write goes through [`Store::commit`], one atomic batch followed by a flush.
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Effect, InstanceRecord};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {path} is in use by another safeguard process (a running `safeguard watch`?); stop it, or query it through that process")]
+    Locked { path: PathBuf },
+    #[error("cannot open the store at {path}: {source}; check the directory exists and is writable (--store / SAFEGUARD_STORE)")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("the store at {path} has schema version {found}, this safeguard understands {expected}; use a matching safeguard release")]
+    Schema { path: PathBuf, found: String, expected: u32 },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("a stored record under {key} is corrupt: {source}")]
+    Corrupt { key: String, source: serde_json::Error },
+}
+
+/// Line and event counts the store keeps, committed with the state they describe (so they survive
+/// restarts and are exact across replays).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub lines_read: u64,
+    pub lines_relevant: u64,
+    pub lines_attributed: u64,
+    pub lines_unattributed: u64,
+    pub lines_rejected: u64,
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    pub lines_replayed_skipped: u64,
+    pub events_applied: u64,
+    pub effects: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.lines_read += o.lines_read;
+        self.lines_relevant += o.lines_relevant;
+        self.lines_attributed += o.lines_attributed;
+        self.lines_unattributed += o.lines_unattributed;
+        self.lines_rejected += o.lines_rejected;
+        for (k, v) in &o.rejected_by_reason {
+            *self.rejected_by_reason.entry(k.clone()).or_default() += v;
+        }
+        self.lines_replayed_skipped += o.lines_replayed_skipped;
+        self.events_applied += o.events_applied;
+        self.effects += o.effects;
+    }
+}
+
+/// How far a source has been applied. For files, the byte offset after the last applied line; for Kafka,
+/// the next offset to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub offset: u64,
+    /// A human hint for where the source is (a file path).
+    #[serde(default)]
+    pub name: String,
+    #[serde(with = "crate::timeutil::serde_ms")]
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectEntry {
+    pub seq: u64,
+    #[serde(with = "crate::timeutil::serde_ms")]
+    pub recorded_at: i64,
+    pub effect: Effect,
+}
+
+/// Everything one commit writes.
+#[derive(Default)]
+pub struct WriteSet<'a> {
+    /// Changed records; their index entries (nodes, short id, pending deletion) are derived from them.
+    pub records: Vec<&'a InstanceRecord>,
+    pub positions: Vec<(String, Position)>,
+    pub counters: Option<&'a Counters>,
+    pub effects: Vec<Effect>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store. `cache_bytes` bounds sled's page cache.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Open { path: path.to_path_buf(), source: e.into() })?;
+        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open().map_err(|e| match &e {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+                StoreError::Locked { path: path.to_path_buf() }
+            }
+            _ => StoreError::Open { path: path.to_path_buf(), source: e },
+        })?;
+        match db.get(keys::SCHEMA)? {
+            None => {
+                db.insert(keys::SCHEMA, SCHEMA_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+            }
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
+            Some(v) => {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                    expected: SCHEMA_VERSION,
+                })
+            }
+        }
+        Ok(Store { db, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn schema_version(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.db.get(keys::SCHEMA)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(v).map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
+    }
+
+    pub fn record(&self, id: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        let k = keys::instance(id);
+        self.db.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
+    }
+
+    /// All records, in id order. Yields errors for corrupt entries instead of stopping.
+    pub fn records(&self) -> impl Iterator<Item = Result<InstanceRecord, StoreError>> + '_ {
+        self.db.scan_prefix(keys::INSTANCE).map(|r| {
+            let (k, v) = r?;
+            Self::decode(&k, &v)
+        })
+    }
+
+    pub fn instance_of_node(&self, node_uuid: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.db.get(keys::node(node_uuid))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Instances whose id starts with `short` (at most `limit`).
+    pub fn instances_with_short(&self, short: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let p = keys::short_prefix(short);
+        let mut out = Vec::new();
+        for r in self.db.scan_prefix(&p).take(limit) {
+            let (k, _) = r?;
+            out.push(String::from_utf8_lossy(&k[p.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn pending_deletions(&self) -> Result<Vec<String>, StoreError> {
+        let p = keys::PENDING.as_bytes();
+        self.db
+            .scan_prefix(p)
+            .map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k[p.len()..]).into_owned()).map_err(Into::into))
+            .collect()
+    }
+
+    pub fn position(&self, source: &str) -> Result<Option<Position>, StoreError> {
+        let k = keys::position(source);
+        self.db.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
+    }
+
+    pub fn positions(&self) -> Result<Vec<(String, Position)>, StoreError> {
+        let p = keys::POSITION.as_bytes();
+        self.db
+            .scan_prefix(p)
+            .map(|r| {
+                let (k, v) = r?;
+                Ok((String::from_utf8_lossy(&k[p.len()..]).into_owned(), Self::decode(&k, &v)?))
+            })
+            .collect()
+    }
+
+    pub fn counters(&self) -> Result<Counters, StoreError> {
+        Ok(self.db.get(keys::COUNTERS)?.map(|v| Self::decode(keys::COUNTERS, &v)).transpose()?.unwrap_or_default())
+    }
+
+    pub fn effects(&self, after_seq: Option<u64>) -> impl Iterator<Item = Result<EffectEntry, StoreError>> + '_ {
+        let start = after_seq.map(|s| keys::effect(s + 1)).unwrap_or_else(|| keys::EFFECT.to_vec());
+        self.db.range(start..).take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(keys::EFFECT))).map(|r| {
+            let (k, v) = r?;
+            Self::decode(&k, &v)
+        })
+    }
+
+    /// Writes everything in one atomic batch, then flushes to disk: when this returns Ok, the state, the
+    /// effects it caused and the source positions it covers are all durable, or none of them are.
+    pub fn commit(&self, ws: WriteSet<'_>, now: i64) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        for r in &ws.records {
+            let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt { key: r.instance_id.clone(), source })?;
+            b.insert(keys::instance(&r.instance_id), v);
+            b.insert(keys::short(&r.instance_id), &[][..]);
+            for n in &r.nodes {
+                b.insert(keys::node(&n.node_uuid), r.instance_id.as_bytes());
+            }
+            if r.deletion_pending {
+                b.insert(keys::pending(&r.instance_id), &[][..]);
+            } else {
+                b.remove(keys::pending(&r.instance_id));
+            }
+        }
+        for (src, pos) in &ws.positions {
+            b.insert(keys::position(src), serde_json::to_vec(pos).unwrap_or_default());
+        }
+        if !ws.effects.is_empty() {
+            let mut seq = self.db.get(keys::EFFECT_SEQ)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            for effect in ws.effects {
+                let e = EffectEntry { seq, recorded_at: now, effect };
+                b.insert(keys::effect(seq), serde_json::to_vec(&e).unwrap_or_default());
+                seq += 1;
+            }
+            b.insert(keys::EFFECT_SEQ, &seq.to_be_bytes()[..]);
+        }
+        if let Some(c) = ws.counters {
+            b.insert(keys::COUNTERS, serde_json::to_vec(c).unwrap_or_default());
+        }
+        self.db.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
