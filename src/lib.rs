@@ -3,6 +3,7 @@
 //!
 //! Pipeline: [`sources`] -> [`parse`] -> [`pipeline`] (attribute + [`state::apply`]) -> [`store`].
 pub mod config;
+pub mod gen;
 pub mod ingest;
 pub mod parse;
 pub mod pipeline;

@@ -5,19 +5,8 @@ use safeguard::parse::{parse_line, Prefilter, YearClock};
 use safeguard::timeutil::parse_rfc3339;
 use serde_json::Value;
 
-fn subset(expected: &Value, actual: &Value, path: &str) -> Result<(), String> {
-    match (expected, actual) {
-        (Value::Object(e), Value::Object(a)) => {
-            for (k, v) in e {
-                let got = a.get(k).unwrap_or(&Value::Null);
-                subset(v, got, &format!("{path}.{k}"))?;
-            }
-            Ok(())
-        }
-        (e, a) if e == a => Ok(()),
-        (e, a) => Err(format!("{path}: expected {e}, got {a}")),
-    }
-}
+mod common;
+use common::subset;
 
 #[test]
 fn every_documented_shape_parses_as_expected() {
