@@ -105,6 +105,11 @@ impl Engine {
         self.cursors[h.0].committed
     }
 
+    /// Every replayable source's durable position, by source id: what a Kafka source may commit.
+    pub fn committed_positions(&self) -> std::collections::HashMap<String, u64> {
+        self.cursors.iter().filter(|c| c.replayable).filter_map(|c| Some((c.id.clone(), c.committed?))).collect()
+    }
+
     /// Feeds one line (a syslog message) that ends at `end_offset` in its source.
     pub fn feed_line(&mut self, h: SourceHandle, end_offset: u64, line: &[u8]) {
         self.counters.lines_read += 1;

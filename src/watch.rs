@@ -2,6 +2,7 @@
 //! Sources are tokio tasks or blocking threads; they only send [`Msg`]s. The engine commits at least
 //! every `commit_interval` and every `commit_lines` lines, and once more on shutdown.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, SourceConfig};
 use crate::pipeline::{Committed, Engine};
-use crate::sources::{file, syslog, Msg, Sink};
+use crate::sources::{Durable, Msg, Sink};
 use crate::state::Effect;
 use crate::store::{Counters, Store};
 use crate::timeutil::{now_ms, rfc3339};
@@ -35,13 +36,21 @@ fn log_effects(c: &Committed) {
     }
 }
 
-fn engine_loop(mut engine: Engine, mut rx: mpsc::Receiver<Msg>, cfg: Config, sources_total: usize) -> anyhow::Result<Counters> {
+fn engine_loop(
+    mut engine: Engine,
+    mut rx: mpsc::Receiver<Msg>,
+    cfg: Config,
+    sources_total: usize,
+    durable: tokio::sync::watch::Sender<Durable>,
+) -> anyhow::Result<Counters> {
     let mut finished = 0usize;
     let mut last_stats = Instant::now();
     let mut stats_base = engine.counters().clone();
     let commit = |engine: &mut Engine, tick: bool| -> anyhow::Result<()> {
         let c = engine.commit(tick.then(now_ms))?;
         log_effects(&c);
+        // Only now may sources acknowledge upstream (Kafka offsets) what these positions cover.
+        durable.send_replace(Arc::new(engine.committed_positions()));
         Ok(())
     };
     while let Some(msg) = rx.blocking_recv() {
@@ -90,52 +99,12 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
     let all_finite = finite == sources.len();
 
     let ecfg = cfg.clone();
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(Arc::new(HashMap::new()));
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine_loop(engine, rx, ecfg, if all_finite { finite } else { usize::MAX }))?;
+        .spawn(move || engine_loop(engine, rx, ecfg, if all_finite { finite } else { usize::MAX }, durable_tx))?;
 
-    let mut tasks = Vec::new();
-    let mut threads = Vec::new();
-    for src in sources {
-        match src {
-            SourceConfig::Syslog { udp, tcp } => {
-                let (h, _) = sink.register("syslog", "syslog listener", false).await?;
-                if let Some(a) = udp {
-                    let sock = syslog::bind_udp(a).await?;
-                    tracing::info!(addr = %sock.local_addr()?, "listening for syslog on UDP");
-                    tasks.push(tokio::spawn(syslog::run_udp(sock, h, sink.clone())));
-                }
-                if let Some(a) = tcp {
-                    let l = syslog::bind_tcp(a).await?;
-                    tracing::info!(addr = %l.local_addr()?, "listening for syslog on TCP");
-                    tasks.push(tokio::spawn(syslog::run_tcp(l, h, sink.clone())));
-                }
-            }
-            SourceConfig::File { path, follow } => {
-                let (sink, stop) = (sink.clone(), stop.clone());
-                threads.push(std::thread::spawn(move || {
-                    let res = if follow {
-                        file::follow_file(path.clone(), sink.clone(), std::time::Duration::from_millis(250), stop)
-                    } else {
-                        file::read_file(&path, &mut sink.clone()).map(|_| ())
-                    };
-                    if let Err(e) = res {
-                        tracing::error!(path = %path.display(), error = %e, "file source failed");
-                    }
-                    let _ = sink.send_blocking(Msg::Finished { name: path.display().to_string() });
-                }));
-            }
-            SourceConfig::Stdin => {
-                let sink = sink.clone();
-                threads.push(std::thread::spawn(move || {
-                    if let Err(e) = file::read_stream(std::io::stdin().lock(), "stdin", &mut sink.clone()) {
-                        tracing::error!(error = %e, "reading stdin failed");
-                    }
-                    let _ = sink.send_blocking(Msg::Finished { name: "stdin".into() });
-                }));
-            }
-        }
-    }
+    let running = crate::sources::start(&sources, &sink, durable_rx, stop.clone()).await?;
 
     let control = tokio::spawn(crate::query::serve(store.clone()));
     let ticker = {
@@ -168,9 +137,7 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
     }
     stop.store(true, Ordering::Relaxed);
     let _ = shutdown_tx.send(Msg::Shutdown).await;
-    for t in tasks {
-        t.abort();
-    }
+    running.abort();
     ticker.abort();
     control.abort();
     // The engine applies everything queued before Shutdown, commits and returns.

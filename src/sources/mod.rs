@@ -5,9 +5,17 @@
 pub mod file;
 pub mod syslog;
 
-use tokio::sync::{mpsc, oneshot};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::SourceConfig;
 use crate::pipeline::SourceHandle;
+
+/// Source positions the store has durably committed, by source id; published after every commit.
+pub type Durable = Arc<HashMap<String, u64>>;
 
 pub enum Msg {
     Register { id: String, name: String, replayable: bool, reply: oneshot::Sender<(SourceHandle, Option<u64>)> },
@@ -78,4 +86,70 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 /// path, or through stdin) is recognised and not applied again, and a rotated file is a new stream.
 pub fn stream_id(kind: &str, first_line: &[u8]) -> String {
     format!("{kind}:{:016x}", fnv1a(&first_line[..first_line.len().min(4096)]))
+}
+
+/// What [`start`] started; dropped or aborted on shutdown.
+pub struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Running {
+    pub fn abort(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts every configured source. Binding errors (a port in use) fail here, at start-up, not later.
+pub async fn start(
+    sources: &[SourceConfig],
+    sink: &Sink,
+    _durable: watch::Receiver<Durable>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Running> {
+    let mut tasks = Vec::new();
+    for src in sources {
+        match src.clone() {
+            SourceConfig::Syslog { udp, tcp } => {
+                let (h, _) = sink.register("syslog", "syslog listener", false).await?;
+                if let Some(a) = udp {
+                    let sock = syslog::bind_udp(a).await?;
+                    tracing::info!(addr = %sock.local_addr()?, "listening for syslog on UDP");
+                    tasks.push(tokio::spawn(syslog::run_udp(sock, h, sink.clone())));
+                }
+                if let Some(a) = tcp {
+                    let l = syslog::bind_tcp(a).await?;
+                    tracing::info!(addr = %l.local_addr()?, "listening for syslog on TCP");
+                    tasks.push(tokio::spawn(syslog::run_tcp(l, h, sink.clone())));
+                }
+            }
+            SourceConfig::File { path, follow } => {
+                let (sink, stop) = (sink.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let res = if follow {
+                        file::follow_file(path.clone(), sink.clone(), std::time::Duration::from_millis(250), stop)
+                    } else {
+                        file::read_file(&path, &mut sink.clone()).map(|_| ())
+                    };
+                    if let Err(e) = res {
+                        tracing::error!(path = %path.display(), error = %e, "file source failed");
+                    }
+                    let _ = sink.send_blocking(Msg::Finished { name: path.display().to_string() });
+                });
+            }
+            SourceConfig::Stdin => {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    if let Err(e) = file::read_stream(std::io::stdin().lock(), "stdin", &mut sink.clone()) {
+                        tracing::error!(error = %e, "reading stdin failed");
+                    }
+                    let _ = sink.send_blocking(Msg::Finished { name: "stdin".into() });
+                });
+            }
+        }
+    }
+    Ok(Running { tasks, stop })
 }
