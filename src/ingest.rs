@@ -47,9 +47,9 @@ impl LineSink for Direct<'_> {
         Ok((h, self.engine.committed(h)))
     }
 
-    fn lines(&mut self, h: SourceHandle, base: u64, bytes: Vec<u8>) -> io::Result<()> {
+    fn lines(&mut self, h: SourceHandle, base: u64, bytes: &[u8]) -> io::Result<()> {
         self.since_commit += bytes.len() as u64;
-        self.engine.feed_chunk(h, base, &bytes);
+        self.engine.feed_chunk(h, base, bytes);
         if self.since_commit >= COMMIT_BYTES {
             let c = self.engine.commit(None).map_err(io::Error::other)?;
             self.effects.extend(c.effects);

@@ -102,12 +102,12 @@ pub fn record_text(rec: &InstanceRecord, now: i64, rules: &RiskRules) -> String 
 
 pub fn instances_table(recs: &[InstanceRecord], now: i64, rules: &RiskRules) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<38} {:<8} {:<25} {:<25} {:<25} AT RISK", "INSTANCE", "STATUS", "DELETED AT", "LAST COMPLETE BASE BACKUP", "LAST WAL PUSH");
+    let _ = writeln!(s, "{:<38} {:<8} {:<25} {:<26} {:<25} AT RISK", "INSTANCE", "STATUS", "DELETED AT", "LAST COMPLETE BASE BACKUP", "LAST WAL PUSH");
     for r in recs {
         let risks: Vec<&str> = assess(r, now, rules).into_iter().map(|x| x.as_str()).collect();
         let _ = writeln!(
             s,
-            "{:<38} {:<8} {:<25} {:<25} {:<25} {}",
+            "{:<38} {:<8} {:<25} {:<26} {:<25} {}",
             r.instance_id,
             match r.status {
                 Status::Live => "live",

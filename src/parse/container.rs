@@ -66,7 +66,7 @@ const RESTORE: [(&str, RestoreMsg); 6] = [
     ("preparing patroni to restore this container from wal-e backups", RestoreMsg::PreparingRestore),
 ];
 
-pub fn parse_message(body: &str, _script: Option<Script>) -> Option<ContainerEvent> {
+pub fn parse_message(body: &str, script: Option<Script>) -> Option<ContainerEvent> {
     let ev = |kind| Some(ContainerEvent { kind, node_uuid: None });
     if let Some(r) = body.strip_prefix("Creating Docker container ") {
         return Some(ContainerEvent { kind: EventKind::ContainerCreating, node_uuid: Some(node_in_backticks(r)?) });
@@ -92,6 +92,11 @@ pub fn parse_message(body: &str, _script: Option<Script>) -> Option<ContainerEve
     if let Some(r) = body.strip_prefix("Enabling wal-e archives to S3 bucket ") {
         let b = r.trim_matches(|c: char| c == '\'' || c == '"' || c == '`' || c.is_whitespace() || c == '.');
         return ev(EventKind::WalEEnabled { bucket: b.to_string() });
+    }
+    // Only the restore script prints these; skipping the search for every other container line is most
+    // of the cost of a busy container's chatter.
+    if !matches!(script, None | Some(Script::RestoreLeaderIfMissing)) {
+        return None;
     }
     RESTORE.iter().find(|(needle, _)| body.contains(needle)).and_then(|(_, msg)| ev(EventKind::Restore { msg: *msg }))
 }

@@ -53,33 +53,89 @@ pub fn is_backup_name(n: &str) -> bool {
     is_segment(seg) && off.len() == 8 && off.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
-fn kv<'a>(s: &'a str, key: &str) -> Option<&'a str> {
-    s.split_whitespace().find_map(|t| t.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+/// The markers a WAL-E or archiver line is recognised by, found in one scan of the line.
+const MARKERS: [&str; 7] = [
+    "STRUCTURED:",
+    "DETAIL:",
+    "pg_stop_backup complete",
+    "archive command failed",
+    "CRITICAL",
+    "retrying after encountering exception",
+    "could no longer locate object while performing wal restore",
+];
+const STRUCTURED: usize = 0;
+const DETAIL: usize = 1;
+const STOP_BACKUP: usize = 2;
+const ARCHIVE_FAILED: usize = 3;
+const CRITICAL: usize = 4;
+const RETRYING: usize = 5;
+const NO_LONGER_LOCATE: usize = 6;
+
+/// First position of each marker in `b`.
+fn markers(b: &[u8]) -> [Option<usize>; MARKERS.len()] {
+    static AC: std::sync::OnceLock<aho_corasick::AhoCorasick> = std::sync::OnceLock::new();
+    let ac = AC.get_or_init(|| aho_corasick::AhoCorasick::new(MARKERS).expect("static patterns build"));
+    let mut at = [None; MARKERS.len()];
+    for m in ac.find_iter(b) {
+        at[m.pattern().as_usize()].get_or_insert(m.start());
+    }
+    at
+}
+
+/// The `key=value` fields of a STRUCTURED line that matter here, read in one pass.
+#[derive(Default)]
+struct Structured<'a> {
+    action: Option<&'a str>,
+    key: Option<&'a str>,
+    seg: Option<&'a str>,
+    state: Option<&'a str>,
+    time: Option<&'a str>,
+}
+
+impl<'a> Structured<'a> {
+    fn read(s: &'a str) -> Self {
+        let mut f = Structured::default();
+        for t in s.split_ascii_whitespace() {
+            let Some((k, v)) = t.split_once('=') else { continue };
+            let slot = match k {
+                "action" => &mut f.action,
+                "key" => &mut f.key,
+                "seg" => &mut f.seg,
+                "state" => &mut f.state,
+                "time" => &mut f.time,
+                _ => continue,
+            };
+            slot.get_or_insert(v);
+        }
+        f
+    }
 }
 
 pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
+    let at = markers(body.as_bytes());
     // Structured lines carry the event time and an unambiguous action.
-    if let Some(i) = body.find("STRUCTURED:") {
+    if let Some(i) = at[STRUCTURED] {
         let s = &body[i + "STRUCTURED:".len()..];
-        let action = kv(s, "action");
+        let f = Structured::read(s);
+        let action = f.action;
         if !matches!(action, Some("push-wal") | Some("wal-fetch")) {
             return Ok(None);
         }
-        let key = kv(s, "key").ok_or(Reject::WalE)?;
+        let key = f.key.ok_or(Reject::WalE)?;
         let loc = locate(key).ok_or(Reject::WalE)?;
-        let seg = kv(s, "seg").filter(|x| is_wal_file(x)).map(str::to_ascii_uppercase).or_else(|| wal_from_rest(&loc.rest));
+        let seg = f.seg.filter(|x| is_wal_file(x)).map(str::to_ascii_uppercase).or_else(|| wal_from_rest(&loc.rest));
         let segment = seg.ok_or(Reject::WalE)?.replace(".BACKUP", ".backup").replace(".HISTORY", ".history");
-        let state = match kv(s, "state") {
+        let state = match f.state {
             Some("begin") => PushState::Begin,
             Some("complete") => PushState::Complete,
             Some("skip") => PushState::Skip,
             _ => return Err(Reject::WalE),
         };
-        let time = kv(s, "time").and_then(crate::timeutil::parse_rfc3339);
+        let time = f.time.and_then(crate::timeutil::parse_rfc3339);
         let kind = if action == Some("push-wal") { EventKind::WalPush { segment, state } } else { EventKind::WalFetch { segment, state } };
         return Ok(Some(WalEParsed { kind, time, location: Some(loc) }));
     }
-    if let Some(i) = body.find("DETAIL:") {
+    if let Some(i) = at[DETAIL] {
         let d = body[i + "DETAIL:".len()..].trim();
         if let Some(r) = d.strip_prefix("Uploading ") {
             let url = url_in(r).ok_or(Reject::WalE)?;
@@ -120,20 +176,20 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
         }
         return Ok(None);
     }
-    if body.contains("pg_stop_backup complete") {
+    if at[STOP_BACKUP].is_some() {
         return out(EventKind::BaseBackupStopped, None);
     }
-    if let Some(i) = body.find("archive command failed") {
+    if let Some(i) = at[ARCHIVE_FAILED] {
         return out(EventKind::WalPushFailed { detail: body[i..].chars().take(200).collect() }, None);
     }
-    if body.contains("CRITICAL") && body.contains("MSG:") {
+    if at[CRITICAL].is_some() && body.contains("MSG:") {
         let msg = body.split("MSG:").nth(1).unwrap_or("").trim();
         return out(EventKind::WalPushFailed { detail: format!("WAL-E CRITICAL: {}", msg.chars().take(200).collect::<String>()) }, None);
     }
-    if body.contains("retrying after encountering exception") {
+    if at[RETRYING].is_some() {
         return out(EventKind::WalERetry, None);
     }
-    if body.contains("could no longer locate object while performing wal restore") {
+    if at[NO_LONGER_LOCATE].is_some() {
         return out(EventKind::WalRestoreEnd, None);
     }
     if let Some(r) = body.strip_prefix("upload: ") {

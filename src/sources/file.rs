@@ -15,34 +15,46 @@ const READ_SIZE: usize = 4 << 20;
 /// A "line" longer than this without a newline is cut (it will be rejected as too long).
 const MAX_CARRY: usize = 16 << 20;
 
-/// Splits a byte stream into runs of whole lines, tracking their offsets.
+/// Splits a byte stream into runs of whole lines, tracking their offsets. One buffer, allocated once
+/// and reused: only an unfinished last line is moved between reads.
 pub struct Chunker<R> {
     r: R,
-    carry: Vec<u8>,
-    /// Source offset of `carry[0]`.
+    buf: Vec<u8>,
+    /// `buf[start..end]` holds bytes read and not yet handed out.
+    start: usize,
+    end: usize,
+    /// Source offset of `buf[start]`.
     base: u64,
     eof: bool,
 }
 
 impl<R: Read> Chunker<R> {
     pub fn new(r: R, start: u64) -> Self {
-        Chunker { r, carry: Vec::with_capacity(READ_SIZE), base: start, eof: false }
+        Chunker { r, buf: vec![0; READ_SIZE], start: 0, end: 0, base: start, eof: false }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
     }
 
     fn fill(&mut self) -> io::Result<usize> {
-        let len = self.carry.len();
-        self.carry.resize(len + READ_SIZE, 0);
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            // A line longer than the buffer: grow (bounded by MAX_CARRY in next_lines).
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
         let n = loop {
-            match self.r.read(&mut self.carry[len..]) {
+            match self.r.read(&mut self.buf[self.end..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.carry.truncate(len);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         };
-        self.carry.truncate(len + n);
+        self.end += n;
         self.eof = n == 0;
         Ok(n)
     }
@@ -50,47 +62,51 @@ impl<R: Read> Chunker<R> {
     /// The stream's first line (for its identity); waits for a newline unless the input ends first.
     pub fn first_line(&mut self) -> io::Result<Vec<u8>> {
         loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.carry) {
-                return Ok(self.carry[..i].to_vec());
+            if let Some(i) = memchr::memchr(b'\n', self.pending()) {
+                return Ok(self.pending()[..i].to_vec());
             }
-            if self.carry.len() >= MAX_CARRY || self.fill()? == 0 {
-                return Ok(self.carry.clone());
+            if self.end - self.start >= MAX_CARRY || self.fill()? == 0 {
+                return Ok(self.pending().to_vec());
             }
         }
     }
 
+    /// True when nothing but (at most) an unterminated first line has been read.
+    fn only_partial_first_line(&self, first: &[u8]) -> bool {
+        self.pending().len() == first.len()
+    }
+
     /// Next run of whole lines as (offset, bytes). At end of input, `flush_partial` also yields an
     /// unterminated last line (a finished file); otherwise it is held back (a file still being written).
-    pub fn next_lines(&mut self, flush_partial: bool) -> io::Result<Option<(u64, Vec<u8>)>> {
+    pub fn next_lines(&mut self, flush_partial: bool) -> io::Result<Option<(u64, &[u8])>> {
         loop {
-            if let Some(i) = memchr::memrchr(b'\n', &self.carry) {
-                if self.carry.len() >= READ_SIZE || self.eof {
+            let pending = self.end - self.start;
+            let full = self.end == self.buf.len();
+            if let Some(i) = memchr::memrchr(b'\n', self.pending()) {
+                if full || self.eof {
                     return Ok(Some(self.take(i + 1)));
                 }
-            }
-            if self.carry.len() >= MAX_CARRY {
-                let n = self.carry.len();
-                return Ok(Some(self.take(n)));
+            } else if pending >= MAX_CARRY {
+                return Ok(Some(self.take(pending)));
             }
             if self.fill()? == 0 {
-                if let Some(i) = memchr::memrchr(b'\n', &self.carry) {
+                if let Some(i) = memchr::memrchr(b'\n', self.pending()) {
                     return Ok(Some(self.take(i + 1)));
                 }
-                if flush_partial && !self.carry.is_empty() {
-                    let n = self.carry.len();
-                    return Ok(Some(self.take(n)));
+                let pending = self.end - self.start;
+                if flush_partial && pending > 0 {
+                    return Ok(Some(self.take(pending)));
                 }
                 return Ok(None);
             }
         }
     }
 
-    fn take(&mut self, n: usize) -> (u64, Vec<u8>) {
-        let rest = self.carry.split_off(n);
-        let head = std::mem::replace(&mut self.carry, rest);
-        let base = self.base;
+    fn take(&mut self, n: usize) -> (u64, &[u8]) {
+        let (from, base) = (self.start, self.base);
+        self.start += n;
         self.base += n as u64;
-        (base, head)
+        (base, &self.buf[from..from + n])
     }
 
     /// Allows more reads after an end of input (a followed file grew).
@@ -99,7 +115,7 @@ impl<R: Read> Chunker<R> {
     }
 
     pub fn offset_after_carry(&self) -> u64 {
-        self.base + self.carry.len() as u64
+        self.base + (self.end - self.start) as u64
     }
 
     pub fn into_inner(self) -> R {
@@ -111,15 +127,15 @@ impl<R: Read> Chunker<R> {
 /// watcher's channel.
 pub trait LineSink {
     fn register(&mut self, id: &str, name: &str) -> io::Result<(SourceHandle, Option<u64>)>;
-    fn lines(&mut self, h: SourceHandle, base: u64, bytes: Vec<u8>) -> io::Result<()>;
+    fn lines(&mut self, h: SourceHandle, base: u64, bytes: &[u8]) -> io::Result<()>;
 }
 
 impl LineSink for Sink {
     fn register(&mut self, id: &str, name: &str) -> io::Result<(SourceHandle, Option<u64>)> {
         self.register_blocking(id, name, true).map_err(|e| io::Error::other(e.to_string()))
     }
-    fn lines(&mut self, h: SourceHandle, base: u64, bytes: Vec<u8>) -> io::Result<()> {
-        self.send_blocking(Msg::Chunk { h, base, bytes }).map_err(|e| io::Error::other(e.to_string()))
+    fn lines(&mut self, h: SourceHandle, base: u64, bytes: &[u8]) -> io::Result<()> {
+        self.send_blocking(Msg::Chunk { h, base, bytes: bytes.to_vec() }).map_err(|e| io::Error::other(e.to_string()))
     }
 }
 
@@ -127,7 +143,7 @@ impl LineSink for Sink {
 pub fn read_stream<R: Read>(r: R, name: &str, sink: &mut dyn LineSink) -> io::Result<u64> {
     let mut ch = Chunker::new(r, 0);
     let first = ch.first_line()?;
-    if first.is_empty() && ch.carry.is_empty() {
+    if first.is_empty() && ch.pending().is_empty() {
         return Ok(0);
     }
     let (h, _) = sink.register(&stream_id("lines", &first), name)?;
@@ -144,7 +160,7 @@ pub fn read_file(path: &Path, sink: &mut dyn LineSink) -> io::Result<u64> {
     let mut f = File::open(path)?;
     let mut ch = Chunker::new(&mut f, 0);
     let first = ch.first_line()?;
-    if first.is_empty() && ch.carry.is_empty() {
+    if first.is_empty() && ch.pending().is_empty() {
         return Ok(0);
     }
     let (h, committed) = sink.register(&stream_id("lines", &first), &path.display().to_string())?;
@@ -185,12 +201,12 @@ pub fn follow_file(path: PathBuf, mut sink: Sink, poll: Duration, stop: Arc<Atom
         let ino = inode(&f.metadata()?);
         let mut probe = Chunker::new(&f, 0);
         let first = probe.first_line()?;
-        if !first.is_empty() && probe.carry.len() == first.len() {
+        if !first.is_empty() && probe.only_partial_first_line(&first) {
             // No newline yet: the first line is still being written, and it is the stream's identity.
             std::thread::sleep(poll);
             continue;
         }
-        if first.is_empty() && probe.carry.is_empty() {
+        if first.is_empty() && probe.pending().is_empty() {
             std::thread::sleep(poll);
             continue;
         }
@@ -237,8 +253,8 @@ mod tests {
         let data = b"a\nbb\nccc".to_vec();
         let mut ch = Chunker::new(&data[..], 10);
         assert_eq!(ch.first_line().unwrap(), b"a");
-        assert_eq!(ch.next_lines(false).unwrap(), Some((10, b"a\nbb\n".to_vec())));
+        assert_eq!(ch.next_lines(false).unwrap(), Some((10, &b"a\nbb\n"[..])));
         assert_eq!(ch.next_lines(false).unwrap(), None);
-        assert_eq!(ch.next_lines(true).unwrap(), Some((15, b"ccc".to_vec())));
+        assert_eq!(ch.next_lines(true).unwrap(), Some((15, &b"ccc"[..])));
     }
 }

@@ -23,6 +23,7 @@ pub enum Status {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct Node {
     pub node_uuid: String,
     pub container: String,
@@ -47,6 +48,7 @@ impl Node {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct BaseBackup {
     pub name: String,
     /// Complete per the evidence in the stream: `pg_stop_backup complete` on the instance's container after
@@ -63,6 +65,7 @@ pub struct BaseBackup {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct Wal {
     pub last_segment: Option<String>,
     #[serde(with = "serde_opt_ms", default)]
@@ -78,6 +81,7 @@ pub struct Wal {
 
 /// What the stream showed of a restore into this instance (the recover command's confirmation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct RestoreSeen {
     #[serde(with = "serde_opt_ms", default)]
     pub preparing_at: Option<i64>,
@@ -89,6 +93,7 @@ pub struct RestoreSeen {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct InstanceRecord {
     pub instance_id: String,
     pub status: Status,

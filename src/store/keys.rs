@@ -9,7 +9,6 @@
 //! | `m/effect_seq`              | next effect sequence number, u64 BE     |
 //! | `i/<instance-id>`           | JSON [`crate::state::InstanceRecord`]   |
 //! | `n/<node-uuid>`             | instance id (container attribution)     |
-//! | `s/<first 6 of id>/<id>`    | empty (script-prefix attribution)       |
 //! | `d/<instance-id>`           | empty: deletion pending its grace       |
 //! | `p/<source-id>`             | JSON [`super::Position`]                |
 //! | `e/<seq u64 BE>`            | JSON [`super::EffectEntry`]             |
@@ -19,7 +18,6 @@ pub const COUNTERS: &[u8] = b"m/counters";
 pub const EFFECT_SEQ: &[u8] = b"m/effect_seq";
 pub const INSTANCE: &str = "i/";
 pub const NODE: &str = "n/";
-pub const SHORT: &str = "s/";
 pub const PENDING: &str = "d/";
 pub const POSITION: &str = "p/";
 pub const EFFECT: &[u8] = b"e/";
@@ -29,12 +27,6 @@ pub fn instance(id: &str) -> Vec<u8> {
 }
 pub fn node(uuid: &str) -> Vec<u8> {
     format!("{NODE}{uuid}").into_bytes()
-}
-pub fn short(id: &str) -> Vec<u8> {
-    format!("{SHORT}{}/{id}", short_of(id)).into_bytes()
-}
-pub fn short_prefix(short: &str) -> Vec<u8> {
-    format!("{SHORT}{short}/").into_bytes()
 }
 pub fn pending(id: &str) -> Vec<u8> {
     format!("{PENDING}{id}").into_bytes()
@@ -46,9 +38,4 @@ pub fn effect(seq: u64) -> Vec<u8> {
     let mut k = EFFECT.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
-}
-
-/// The 6-character id prefix the platform's scripts print (`6e101b-backup>`).
-pub fn short_of(id: &str) -> &str {
-    id.get(..6).unwrap_or(id)
 }

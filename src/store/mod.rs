@@ -80,7 +80,7 @@ pub struct EffectEntry {
 /// Everything one commit writes.
 #[derive(Default)]
 pub struct WriteSet<'a> {
-    /// Changed records; their index entries (nodes, short id, pending deletion) are derived from them.
+    /// Changed records; their index entries (nodes, pending deletion) are derived from them.
     pub records: Vec<&'a InstanceRecord>,
     pub positions: Vec<(String, Position)>,
     pub counters: Option<&'a Counters>,
@@ -97,7 +97,10 @@ impl Store {
     /// Opens (creating if needed) the store. `cache_bytes` bounds sled's page cache.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Open { path: path.to_path_buf(), source: e.into() })?;
-        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open().map_err(|e| match &e {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open().map_err(|e| match &e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 StoreError::Locked { path: path.to_path_buf() }
             }
@@ -153,13 +156,14 @@ impl Store {
         Ok(self.db.get(keys::node(node_uuid))?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// Instances whose id starts with `short` (at most `limit`).
+    /// Instances whose id starts with `short` (at most `limit`): the script prefix `6e101b-backup>`.
+    /// Instance keys sort by id, so this is a prefix scan, with no index to keep.
     pub fn instances_with_short(&self, short: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        let p = keys::short_prefix(short);
+        let p = keys::instance(short);
         let mut out = Vec::new();
         for r in self.db.scan_prefix(&p).take(limit) {
             let (k, _) = r?;
-            out.push(String::from_utf8_lossy(&k[p.len()..]).into_owned());
+            out.push(String::from_utf8_lossy(&k[keys::INSTANCE.len()..]).into_owned());
         }
         Ok(out)
     }
@@ -205,9 +209,8 @@ impl Store {
     pub fn commit(&self, ws: WriteSet<'_>, now: i64) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for r in &ws.records {
-            let v = serde_json::to_vec(r).map_err(|source| StoreError::Corrupt { key: r.instance_id.clone(), source })?;
+            let v = compact_json(r).map_err(|source| StoreError::Corrupt { key: r.instance_id.clone(), source })?;
             b.insert(keys::instance(&r.instance_id), v);
-            b.insert(keys::short(&r.instance_id), &[][..]);
             for n in &r.nodes {
                 b.insert(keys::node(&n.node_uuid), r.instance_id.as_bytes());
             }
@@ -236,4 +239,31 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// JSON without the fields that hold their default (null, false, 0, empty): records decode with
+/// `#[serde(default)]`, and a smaller store opens faster (sled's recovery scales with its size).
+pub fn compact_json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
+    fn strip(v: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match v {
+            Value::Null | Value::Bool(false) => true,
+            Value::Number(n) => n.as_u64() == Some(0),
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => {
+                for x in a.iter_mut() {
+                    strip(x);
+                }
+                a.is_empty()
+            }
+            Value::Object(m) => {
+                m.retain(|_, x| !strip(x));
+                m.is_empty()
+            }
+            Value::Bool(true) => false,
+        }
+    }
+    let mut value = serde_json::to_value(v)?;
+    strip(&mut value);
+    serde_json::to_vec(&value)
 }

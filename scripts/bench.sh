@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Ingest and query benchmarks for issue 2, against named baselines measured in the same run:
+#   1. `safeguard ingest` of a seeded synthetic syslog file (95% unrelated lines), pinned to one core,
+#      next to one `grep -F -c <instance-id>` pass over the same file (the operator's manual baseline).
+#      Targets: ingest <= 3x grep, and >= 1,000,000 lines/s on one core.
+#   2. `safeguard show <id>` wall time (process start included) on a store of 100,000 instances.
+#      Target: < 20 ms.
+# Usage: scripts/bench.sh [LINES] [INSTANCES]   (defaults 2000000 100000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINES=${1:-2000000}
+INSTANCES=${2:-100000}
+WORK=$(mktemp -d /tmp/safeguard-bench.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+cargo build --release --quiet --bin safeguard --example gen_syslog --example populate
+BIN=target/release/safeguard
+PIN=""
+command -v taskset >/dev/null && PIN="taskset -c 0"
+
+echo "== generating $LINES lines (seed 42, 95% unrelated)"
+summary=$(target/release/examples/gen_syslog "$WORK/syslog.log" "$LINES" 42 200 0.95)
+echo "$summary"
+ID=$(echo "$summary" | sed -n 's/.*first instance \([0-9a-f-]*\).*/\1/p')
+SIZE=$(stat -c %s "$WORK/syslog.log")
+echo "file: $((SIZE / 1048576)) MiB"
+cat "$WORK/syslog.log" > /dev/null   # warm the page cache for both contenders
+
+best() { # best wall time in seconds of N runs of a command
+    local n=$1; shift
+    python3 - "$n" "$@" <<'PY'
+import subprocess, sys, time
+n = int(sys.argv[1]); cmd = sys.argv[2:]
+best = None
+for _ in range(n):
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    d = time.perf_counter() - t
+    best = d if best is None else min(best, d)
+print(f"{best:.4f}")
+PY
+}
+
+echo "== baseline: grep -F -c $ID (best of 5)"
+T_GREP=$(best 5 $PIN grep -F -c "$ID" "$WORK/syslog.log" || true)
+echo "grep: ${T_GREP}s"
+
+echo "== safeguard ingest, one core (best of 3, fresh store each time)"
+T_INGEST=""
+for i in 1 2 3; do
+    rm -rf "$WORK/store"
+    t=$(best 1 $PIN "$BIN" ingest "$WORK/syslog.log" --store "$WORK/store")
+    if [ -z "$T_INGEST" ] || python3 -c "import sys; sys.exit(0 if $t < $T_INGEST else 1)"; then T_INGEST=$t; fi
+done
+"$BIN" status --store "$WORK/store" | sed -n 's/^lines *//p'
+python3 - "$T_GREP" "$T_INGEST" "$LINES" <<'PY'
+import sys
+g, i, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+print(f"ingest: {i:.3f}s = {n / i / 1e6:.2f} M lines/s on one core; {i / g:.2f}x one grep pass")
+print(f"targets: ratio <= 3.0 -> {'PASS' if i / g <= 3.0 else 'MISS'}; >= 1.0 M lines/s -> {'PASS' if n / i >= 1e6 else 'MISS'}")
+PY
+
+echo "== show latency with $INSTANCES instances"
+SID=$(target/release/examples/populate "$WORK/big" "$INSTANCES")
+du -sh "$WORK/big" | cut -f1 | sed 's/^/store size: /'
+python3 - "$BIN" "$WORK/big" "$SID" <<'PY'
+import subprocess, sys, time, statistics
+bin, store, sid = sys.argv[1:]
+for args in (["show", sid], ["show", sid, "--json"]):
+    ts = []
+    for _ in range(30):
+        t = time.perf_counter()
+        subprocess.run([bin, *args, "--store", store], check=True, stdout=subprocess.DEVNULL)
+        ts.append((time.perf_counter() - t) * 1000)
+    ts.sort()
+    p50, p95 = statistics.median(ts), ts[int(len(ts) * 0.95) - 1]
+    print(f"{' '.join(args[:1] + args[2:]):<12} p50 {p50:.1f} ms, p95 {p95:.1f} ms -> {'PASS' if p95 < 20 else 'MISS'} (target < 20 ms)")
+PY

@@ -1,0 +1,105 @@
+//! The real binary's embedded default: a syslog listener on UDP and TCP (octet-counted and newline
+//! framing), queried while it runs (through its socket) and after a SIGTERM flush.
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, fixture, run};
+use serde_json::Value;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Watcher(Child);
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn syslog_listener_over_udp_and_tcp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store_s = store.to_str().unwrap().to_string();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(bin())
+        .args(["watch", "--syslog", &addr, "--store", &store_s])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = Watcher(child);
+    wait_until("the TCP listener", Duration::from_secs(20), || TcpStream::connect(&addr).is_ok());
+
+    let seed = std::fs::read_to_string(fixture("scenarios/seed.log")).unwrap();
+    let lines: Vec<&str> = seed.lines().collect();
+    let third = lines.len() / 3;
+    // UDP: one datagram per message.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for l in &lines[..third] {
+        udp.send_to(l.as_bytes(), &addr).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    wait_until("the UDP lines", Duration::from_secs(20), || {
+        let (_, out, _) = run(&["status", "--json", "--store", &store_s]);
+        serde_json::from_str::<Value>(&out).map(|v| v["counters"]["lines_read"] == third as u64).unwrap_or(false)
+    });
+    // TCP: octet counting, then newline framing, in one connection.
+    let mut tcp = TcpStream::connect(&addr).unwrap();
+    for l in &lines[third..2 * third] {
+        write!(tcp, "{} {}", l.len(), l).unwrap();
+    }
+    for l in &lines[2 * third..] {
+        writeln!(tcp, "{l}").unwrap();
+    }
+    tcp.flush().unwrap();
+    drop(tcp);
+
+    // While the watcher runs it owns the store; `show` answers through its socket.
+    let id = "6e101b27-ee1b-4f4d-a032-4401a3709ec3";
+    wait_until("the deletion to be recorded", Duration::from_secs(20), || {
+        let (code, out, _) = run(&["show", id, "--json", "--store", &store_s]);
+        code == 0 && serde_json::from_str::<Value>(&out).map(|v| v["status"] == "deleted" && v["wal"]["segments_pushed"] == 3).unwrap_or(false)
+    });
+    let (_, out, _) = run(&["status", "--json", "--store", &store_s]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["watcher_running"], true);
+    assert_eq!(v["counters"]["lines_read"], lines.len() as u64);
+    assert_eq!(v["counters"]["lines_rejected"], 0);
+
+    // SIGTERM flushes and exits cleanly; the store then opens directly with everything in it.
+    unsafe_kill_term(w.0.id());
+    let status = w.0.wait().unwrap();
+    assert!(status.success(), "watch exited with {status}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(w.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("instance looks deleted"), "{err}");
+    let (code, out, _) = run(&["show", id, "--json", "--store", &store_s]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "deleted");
+    let (_, out, _) = run(&["status", "--json", "--store", &store_s]);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["watcher_running"], false);
+}
+
+fn unsafe_kill_term(pid: u32) {
+    let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success();
+    assert!(ok);
+}
