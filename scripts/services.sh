@@ -41,6 +41,9 @@ install_apt() {
     command -v curl >/dev/null || missing+=(curl)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    # rdkafka builds its bundled librdkafka with gcc+make; TLS/SASL need OpenSSL headers found by pkg-config.
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
     if ((${#missing[@]})); then
         log "apt installing: ${missing[*]}"
         apt-get update -qq
@@ -238,6 +241,7 @@ cmd_start() {
         printf 'export SAFEGUARD_TEST_PG_BIN=%q\n' "$PG_BIN"
         printf 'export SAFEGUARD_TEST_WALE=%q\n' "$WALE_DIR/bin/wal-e"
         printf 'export SAFEGUARD_TEST_AWS=%q\n' "$VENV/bin/aws"
+        printf 'export SAFEGUARD_TEST_PYTHON=%q\n' "$VENV/bin/python"
         printf 'export SAFEGUARD_TEST_TANSU=%q\n' "$tansu"
     } >"$RUN/env.tmp"
     mv "$RUN/env.tmp" "$RUN/env"

@@ -19,7 +19,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// Deserializes a humantime duration (`"2m"`, `"26h"`); shared by every config section.
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"2m\" or \"26h\": {e}")))
 }
@@ -33,11 +34,34 @@ pub struct Config {
     /// Where lines come from; empty means the embedded default syslog listener.
     pub sources: Vec<SourceConfig>,
     pub s3: Option<crate::s3::S3Config>,
+    /// Deletion and at-risk alerts (email, webhook); none without this section.
+    pub alerts: Option<crate::alerts::AlertsConfig>,
+    pub recover: crate::recover::RecoverConfig,
+    pub platform: crate::platform::PlatformConfig,
+    pub etcd: Option<crate::etcd::EtcdConfig>,
+    pub cloud_controller: Option<crate::platform::cloud_controller::CloudControllerConfig>,
+    /// The health and metrics endpoint; off without this section.
+    pub http: Option<crate::http::HttpConfig>,
+    /// What `safeguard doctor` needs beyond the rest (the S3 prefix to list, the etcd key to read).
+    pub doctor: crate::doctor::DoctorConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { store: StoreConfig::default(), watch: WatchConfig::default(), risk: RiskConfig::default(), sources: Vec::new(), s3: None }
+        Config {
+            store: StoreConfig::default(),
+            watch: WatchConfig::default(),
+            risk: RiskConfig::default(),
+            sources: Vec::new(),
+            s3: None,
+            alerts: None,
+            recover: crate::recover::RecoverConfig::default(),
+            platform: crate::platform::PlatformConfig::default(),
+            etcd: None,
+            cloud_controller: None,
+            http: None,
+            doctor: crate::doctor::DoctorConfig::default(),
+        }
     }
 }
 
@@ -109,10 +133,90 @@ pub enum SourceConfig {
     /// A log file, followed across rotation when `follow` (the default).
     File { path: PathBuf, #[serde(default = "yes")] follow: bool },
     Stdin,
+    /// Kafka topics carrying the platform's syslog, one syslog message per record (see docs/kafka.md).
+    /// Offsets are committed to Kafka only after the store has flushed what they cover; the store's
+    /// own per-partition position decides where a restarted watcher resumes.
+    Kafka {
+        /// Bootstrap brokers, `host:port`: a list, or one comma-separated string.
+        #[serde(deserialize_with = "string_list")]
+        brokers: Vec<String>,
+        topics: Vec<String>,
+        /// The consumer group. Give every store its own group: watchers sharing a group split the
+        /// partitions between them, and each store would see only part of the platform.
+        group_id: String,
+        /// Where a partition starts when neither the store nor the group has a position for it:
+        /// `earliest` (backfill what the topic retains, the default) or `latest` (a fresh deployment).
+        #[serde(default)]
+        start: KafkaStart,
+        /// librdkafka settings passed through as they are (TLS, SASL, fetch sizes), e.g.
+        /// `"security.protocol" = "SASL_SSL"`. Values of secret keys never appear in logs.
+        #[serde(default)]
+        client: KafkaClientSettings,
+        /// A watcher that stops without leaving the group (a crash) holds its partitions this long.
+        #[serde(default = "kafka_session_timeout", deserialize_with = "duration")]
+        session_timeout: Duration,
+    },
 }
 
 fn yes() -> bool {
     true
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaStart {
+    #[default]
+    Earliest,
+    Latest,
+}
+
+fn kafka_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let v = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+        OneOrMany::Many(v) => v,
+    };
+    Ok(v)
+}
+
+/// librdkafka passthrough settings. Its `Debug` hides the values of secret keys, so a config printed
+/// into a log or an error never carries a password.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct KafkaClientSettings(pub std::collections::BTreeMap<String, String>);
+
+impl KafkaClientSettings {
+    /// Whether a librdkafka setting holds a secret (passwords, SASL JAAS config, private keys).
+    pub fn is_secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        ["password", "secret", "sasl.jaas", "key.pem", "oauthbearer.config"].iter().any(|s| k.contains(s))
+    }
+
+    /// `text` with every secret value replaced, for error messages that may quote a value.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (k, v) in &self.0 {
+            if Self::is_secret(k) && !v.is_empty() {
+                out = out.replace(v.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for KafkaClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter().map(|(k, v)| (k, if Self::is_secret(k) { "***" } else { v.as_str() }))).finish()
+    }
 }
 
 impl Config {
@@ -138,6 +242,7 @@ impl Config {
         EngineConfig {
             rules: Rules { deletion_grace_ms: self.watch.deletion_grace.as_millis() as i64, ..Rules::default() },
             max_line_bytes: self.watch.max_line_bytes,
+            alerts: self.alerts.clone(),
         }
     }
 
@@ -162,6 +267,17 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_alerts_example_parses_when_uncommented() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/safeguard.toml")).unwrap();
+        let start = text.find("# [alerts]\n").unwrap();
+        let block: String = text[start..].lines().take_while(|l| l.starts_with('#')).map(|l| l.trim_start_matches('#').trim_start_matches(' ').to_string() + "\n").collect();
+        let c = Config::parse(&block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let a = c.alerts.unwrap();
+        assert_eq!(a.backfill_window, Duration::from_secs(7 * 86_400));
+        assert_eq!(a.email.unwrap().to_critical.len(), 2);
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_their_name() {
         let e = Config::parse("[watch]\ndeletion_grase = \"2m\"\n").unwrap_err();
         assert!(e.contains("deletion_grase"), "{e}");
@@ -169,5 +285,35 @@ mod tests {
         assert!(e.contains("udpp"), "{e}");
         let e = Config::parse("[watch]\ndeletion_grace = \"soon\"\n").unwrap_err();
         assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn kafka_source_parses_and_hides_secrets() {
+        let text = r#"
+[[sources]]
+type = "kafka"
+brokers = "k1:9092, k2:9092"
+topics = ["platform-syslog"]
+group_id = "safeguard-prod"
+start = "latest"
+session_timeout = "15s"
+[sources.client]
+"security.protocol" = "SASL_SSL"
+"sasl.mechanisms" = "SCRAM-SHA-512"
+"sasl.username" = "safeguard"
+"sasl.password" = "hunter2"
+"#;
+        let c = Config::parse(text).unwrap();
+        let SourceConfig::Kafka { brokers, start, session_timeout, client, .. } = &c.sources[0] else { panic!("{:?}", c.sources) };
+        assert_eq!(brokers, &["k1:9092", "k2:9092"]);
+        assert_eq!(*start, KafkaStart::Latest);
+        assert_eq!(*session_timeout, Duration::from_secs(15));
+        let shown = format!("{:?}", c.sources);
+        assert!(!shown.contains("hunter2") && shown.contains("sasl.username") && shown.contains("SCRAM-SHA-512"), "{shown}");
+        assert_eq!(client.redact("bad value hunter2 for sasl.password"), "bad value *** for sasl.password");
+        let e = Config::parse("[[sources]]\ntype = \"kafka\"\nbrokers = [\"k:1\"]\ntopics = [\"t\"]\ngroup_id = \"g\"\ngroupid = \"x\"\n").unwrap_err();
+        assert!(e.contains("groupid"), "{e}");
+        let e = Config::parse("[[sources]]\ntype = \"kafka\"\nbrokers = [\"k:1\"]\ntopics = [\"t\"]\ngroup_id = \"g\"\nstart = \"beginning\"\n").unwrap_err();
+        assert!(e.contains("beginning"), "{e}");
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use safeguard::config::{Config, SourceConfig};
 use safeguard::query::{Access, Filter};
@@ -82,11 +82,50 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Alerts and their delivery state; `alerts retry <id>` requeues one.
+    Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsAction>,
+        /// Only alerts still to be delivered.
+        #[arg(long)]
+        pending: bool,
+        /// Only alerts whose delivery failed for good.
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The store's counters, sources and size.
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Recover a deleted instance from its backups (plan only unless --execute); see docs/recover.md.
+    Recover(safeguard::recover::cli::RecoverArgs),
+    /// List recoveries from the journal, or show one with its steps and events.
+    Recoveries(safeguard::recover::cli::RecoveriesArgs),
+    /// Check every configured connection (store, Kafka, S3, etcd, SMTP, webhook, Cloud Controller,
+    /// HTTP endpoint) with the same kind of call the real work makes; exit 1 if any fails.
+    Doctor {
+        /// Bound on each check.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script, e.g. `safeguard completions bash > /etc/bash_completion.d/safeguard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `safeguard man > /usr/local/share/man/man1/safeguard.1`.
+    Man,
+}
+
+#[derive(Subcommand)]
+enum AlertsAction {
+    /// Requeue an alert (typically a failed one) for delivery now.
+    Retry { id: String },
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -204,6 +243,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(if report.verdict.is_restorable() { ExitCode::SUCCESS } else { ExitCode::from(3) })
         }
+        Cmd::Alerts { action, pending, failed, json } => {
+            let access = Access::open(&store_path, cache)?;
+            if let Some(AlertsAction::Retry { id }) = action {
+                return match access.retry_alert(&id)? {
+                    Some(a) => {
+                        if json {
+                            print_json(&a)?;
+                        } else {
+                            println!("requeued {}; a running watcher delivers it within seconds", a.id);
+                        }
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => {
+                        eprintln!("error: no alert {id}; list them with `safeguard alerts`");
+                        Ok(ExitCode::from(1))
+                    }
+                };
+            }
+            let alerts: Vec<_> = access
+                .alerts()?
+                .into_iter()
+                .filter(|a| !pending || a.state == safeguard::alerts::Delivery::Pending)
+                .filter(|a| !failed || a.state == safeguard::alerts::Delivery::Failed)
+                .collect();
+            if json {
+                print_json(&alerts)?;
+            } else {
+                print!("{}", report::alerts_table(&alerts));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Status { json } => {
             let access = Access::open(&store_path, cache)?;
             let st = access.status()?;
@@ -221,6 +291,41 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Recover(args) => safeguard::recover::cli::run_recover(&cfg, &store_path, cache, args),
+        Cmd::Recoveries(args) => safeguard::recover::cli::run_recoveries(&store_path, args),
+        Cmd::Doctor { timeout, json } => {
+            let config_label = match &cli.config {
+                Some(p) => p.display().to_string(),
+                None => "none (built-in defaults)".into(),
+            };
+            let opts = safeguard::doctor::Options { config_label, store_path: store_path.clone(), cache_bytes: cache, timeout };
+            let report = safeguard::doctor::run_blocking(&cfg, &opts)?;
+            if json {
+                print_json(&report)?;
+            } else {
+                print!("{}", report.render_text());
+            }
+            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "safeguard", &mut out);
+            write_stdout(&out)
+        }
+        Cmd::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            write_stdout(&out)
+        }
+    }
+}
+
+/// Writes generated text; a closed pipe (`safeguard man | head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::alerts::{self, Alert, AlertsConfig};
 use crate::parse::{parse_line, Event, EventKind, Prefilter, Reject, YearClock};
 use crate::state::{self, Effect, InstanceRecord, Rules};
 use crate::store::{Counters, Position, Store, StoreError, WriteSet};
@@ -17,11 +18,13 @@ pub struct EngineConfig {
     pub rules: Rules,
     /// Longer candidate lines are rejected unread (a broker state dump, or garbage).
     pub max_line_bytes: usize,
+    /// With `[alerts]` configured, deletions and absence scans raise outbox entries.
+    pub alerts: Option<AlertsConfig>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { rules: Rules::default(), max_line_bytes: 64 * 1024 }
+        EngineConfig { rules: Rules::default(), max_line_bytes: 64 * 1024, alerts: None }
     }
 }
 
@@ -53,6 +56,8 @@ pub struct Engine {
     /// node uuid -> instance, learned from the store and from this process's records.
     nodes: HashMap<String, String>,
     effects: Vec<Effect>,
+    /// Alerts raised since the last commit (absence scans).
+    alerts: Vec<Alert>,
     counters: Counters,
     /// Newest event time seen: the clock for deletion grace during a backfill.
     watermark: i64,
@@ -73,6 +78,7 @@ impl Engine {
             dirty: HashMap::new(),
             nodes: HashMap::new(),
             effects: Vec::new(),
+            alerts: Vec::new(),
             counters,
             watermark: 0,
             now: now_ms(),
@@ -301,12 +307,35 @@ impl Engine {
                 }
             }
         }
-        if self.dirty.is_empty() && positions.is_empty() && self.effects.is_empty() && self.uncommitted_lines == 0 {
+        if self.dirty.is_empty() && positions.is_empty() && self.effects.is_empty() && self.alerts.is_empty() && self.uncommitted_lines == 0 {
             return Ok(Committed::default());
         }
         let effects = std::mem::take(&mut self.effects);
         self.counters.effects += effects.len() as u64;
-        let ws = WriteSet { records: self.dirty.values().collect(), positions, counters: Some(&self.counters), effects: effects.clone() };
+        let mut new_alerts = std::mem::take(&mut self.alerts);
+        if let Some(cfg) = &self.cfg.alerts {
+            for e in &effects {
+                if let Effect::InstanceDeleted { instance_id, at, .. } = e {
+                    if let Some(a) = self.dirty.get(instance_id).and_then(|r| alerts::on_deletion(r, *at, now, cfg)) {
+                        new_alerts.push(a);
+                    }
+                }
+            }
+        }
+        // The alert id is its idempotency key: never recreate (and so resend) one that exists.
+        let mut fresh = Vec::new();
+        for a in new_alerts {
+            if !self.store.alert_exists(&a.id)? && !fresh.iter().any(|f: &Alert| f.id == a.id) {
+                fresh.push(a);
+            }
+        }
+        let ws = WriteSet {
+            records: self.dirty.values().collect(),
+            positions,
+            counters: Some(&self.counters),
+            effects: effects.clone(),
+            alerts: fresh,
+        };
         let records = ws.records.len();
         self.store.commit(ws, now)?;
         for c in &mut self.cursors {
@@ -317,6 +346,28 @@ impl Engine {
         self.dirty.clear();
         self.uncommitted_lines = 0;
         Ok(Committed { records, effects })
+    }
+}
+
+impl Engine {
+    /// Checks every live instance for the absence rules (no recent base backup, WAL failing or silent)
+    /// at `now`; what it raises is committed with the next commit.
+    pub fn scan_absence(&mut self, now: i64) -> Result<usize, StoreError> {
+        let Some(cfg) = self.cfg.alerts.clone() else { return Ok(0) };
+        let mut raised = Vec::new();
+        for r in self.store.records() {
+            let r = r?;
+            let r = self.dirty.get(&r.instance_id).unwrap_or(&r);
+            raised.extend(alerts::absence(r, now, &cfg));
+        }
+        for r in self.dirty.values() {
+            if self.store.record(&r.instance_id)?.is_none() {
+                raised.extend(alerts::absence(r, now, &cfg));
+            }
+        }
+        let n = raised.len();
+        self.alerts.extend(raised);
+        Ok(n)
     }
 }
 

@@ -48,6 +48,8 @@ enum Request {
     Show { id: String },
     Instances { filter: Filter, now: i64, rules: (i64, i64) },
     Status,
+    Alerts,
+    RetryAlert { id: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,6 +58,8 @@ enum Response {
     Record(Option<Box<InstanceRecord>>),
     Records(Vec<InstanceRecord>),
     Status(Box<StoreStatus>),
+    Alerts(Vec<crate::alerts::Alert>),
+    Retried(Option<Box<crate::alerts::Alert>>),
     Error(String),
 }
 
@@ -113,6 +117,26 @@ impl Access {
         }
     }
 
+    pub fn alerts(&self) -> Result<Vec<crate::alerts::Alert>, QueryError> {
+        match self {
+            Access::Direct(s) => Ok(s.alerts().collect::<Result<Vec<_>, _>>()?),
+            Access::Watcher { .. } => match self.ask(&Request::Alerts)? {
+                Response::Alerts(a) => Ok(a),
+                _ => Err(QueryError::Remote("unexpected answer".into())),
+            },
+        }
+    }
+
+    pub fn retry_alert(&self, id: &str) -> Result<Option<crate::alerts::Alert>, QueryError> {
+        match self {
+            Access::Direct(s) => Ok(retry(s, id)?),
+            Access::Watcher { .. } => match self.ask(&Request::RetryAlert { id: id.to_string() })? {
+                Response::Retried(a) => Ok(a.map(|b| *b)),
+                _ => Err(QueryError::Remote("unexpected answer".into())),
+            },
+        }
+    }
+
     pub fn status(&self) -> Result<StoreStatus, QueryError> {
         match self {
             Access::Direct(s) => Ok(status(s, false)?),
@@ -122,6 +146,18 @@ impl Access {
             },
         }
     }
+}
+
+/// Requeues a failed (or any) alert: due now, with a fresh give-up time.
+fn retry(store: &Store, id: &str) -> Result<Option<crate::alerts::Alert>, StoreError> {
+    let Some(mut a) = store.alert(id)? else { return Ok(None) };
+    let now = crate::timeutil::now_ms();
+    a.give_up_at = now + (a.give_up_at - a.raised_at).max(3_600_000);
+    a.state = crate::alerts::Delivery::Pending;
+    a.next_attempt_at = now;
+    a.attempts = 0;
+    store.put_alert(&a)?;
+    Ok(Some(a))
 }
 
 fn select(s: &Store, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -170,6 +206,8 @@ fn answer(store: &Store, line: &str) -> Response {
             select(store, &filter, now, &rules).map(Response::Records)
         }
         Request::Status => status(store, true).map(|s| Response::Status(Box::new(s))),
+        Request::Alerts => store.alerts().collect::<Result<Vec<_>, _>>().map(Response::Alerts),
+        Request::RetryAlert { id } => retry(store, &id).map(|a| Response::Retried(a.map(Box::new))),
     };
     res.unwrap_or_else(|e| Response::Error(e.to_string()))
 }

@@ -123,6 +123,27 @@ pub fn instances_table(recs: &[InstanceRecord], now: i64, rules: &RiskRules) -> 
     s
 }
 
+pub fn alerts_table(alerts: &[crate::alerts::Alert]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<9} {:<9} {:<28} {:<25} {:<8} ALERT / LAST ERROR", "STATE", "SEVERITY", "RULE", "RAISED", "ATTEMPTS");
+    for a in alerts {
+        let state = serde_json::to_value(a.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{:<9} {:<9} {:<28} {:<25} {:<8} {}{}",
+            state,
+            a.severity.map(|x| x.as_str()).unwrap_or("-"),
+            a.rule.map(|r| r.as_str()).unwrap_or("(deciding)"),
+            rfc3339(a.raised_at),
+            a.attempts,
+            a.id,
+            a.last_error.as_deref().map(|e| format!("\n{:>83}{e}", "")).unwrap_or_default()
+        );
+    }
+    let _ = writeln!(s, "{} alert(s)", alerts.len());
+    s
+}
+
 /// Counter difference `after - before`, for per-run summaries.
 pub fn delta(before: &Counters, after: &Counters) -> Counters {
     let mut d = Counters {

@@ -45,6 +45,8 @@ fn engine_loop(
 ) -> anyhow::Result<Counters> {
     let mut finished = 0usize;
     let mut last_stats = Instant::now();
+    let scan_every = cfg.alerts.as_ref().map(|a| a.absence_scan_interval);
+    let mut last_scan = Instant::now();
     let mut stats_base = engine.counters().clone();
     let commit = |engine: &mut Engine, tick: bool| -> anyhow::Result<()> {
         let c = engine.commit(tick.then(now_ms))?;
@@ -70,6 +72,14 @@ fn engine_loop(
             }
             Msg::Shutdown => break,
             Msg::Tick => {
+                if scan_every.is_some_and(|every| last_scan.elapsed() >= every) {
+                    last_scan = Instant::now();
+                    match engine.scan_absence(now_ms()) {
+                        Ok(n) if n > 0 => tracing::info!(raised = n, "absence scan found instances at risk"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "absence scan failed"),
+                    }
+                }
                 commit(&mut engine, true)?;
                 if last_stats.elapsed() >= cfg.watch.stats_interval {
                     let d = crate::report::delta(&stats_base, engine.counters());
@@ -104,9 +114,25 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
         .name("engine".into())
         .spawn(move || engine_loop(engine, rx, ecfg, if all_finite { finite } else { usize::MAX }, durable_tx))?;
 
+    // [http]: health and metrics, up before the sources so /readyz can say they are starting.
+    let mut http = match &cfg.http {
+        Some(h) => Some(crate::http::Server::start(&cfg, h, store.clone(), durable_rx.clone()).await?),
+        None => None,
+    };
     let running = crate::sources::start(&sources, &sink, durable_rx, stop.clone()).await?;
+    if let Some(h) = &http {
+        h.sources_started();
+    }
 
     let control = tokio::spawn(crate::query::serve(store.clone()));
+    let sender = match &cfg.alerts {
+        Some(a) => {
+            let s3 = cfg.s3.as_ref().map(crate::s3::ObjectStore::connect).transpose()?;
+            let sender = crate::alerts::sender::Sender::new(store.clone(), a.clone(), s3)?;
+            Some(tokio::spawn(sender.run(std::time::Duration::from_secs(1))))
+        }
+        None => None,
+    };
     let ticker = {
         let tx = tx.clone();
         let every = cfg.watch.commit_interval;
@@ -132,12 +158,21 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
         res = &mut engine_done => {
             ticker.abort();
             control.abort();
+            if let Some(h) = http.take() {
+                h.stop();
+            }
             return res?.map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
         }
     }
     stop.store(true, Ordering::Relaxed);
+    if let Some(h) = http.take() {
+        h.stop();
+    }
     let _ = shutdown_tx.send(Msg::Shutdown).await;
     running.abort();
+    if let Some(s) = sender {
+        s.abort();
+    }
     ticker.abort();
     control.abort();
     // The engine applies everything queued before Shutdown, commits and returns.

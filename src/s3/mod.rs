@@ -168,6 +168,12 @@ pub enum S3Error {
 
     #[error("the object store at {endpoint} sent a response that is not a valid S3 listing for {url}: {detail}. Check that the endpoint URL points at the S3 API (not a web console or proxy page)")]
     BadResponse { endpoint: String, url: String, detail: String },
+
+    #[error("{op} {url} at {endpoint} failed: {code} (HTTP {status}): {detail}. Check the credentials allow this operation on the bucket, and the service's logs")]
+    Operation { op: &'static str, endpoint: String, url: String, code: String, status: u16, detail: String },
+
+    #[error("refused: {reason}")]
+    Guard { reason: String },
 }
 
 /// An `s3://bucket/key` location. A prefix parsed with [`S3Url::parse`] always ends with `/`.
@@ -554,5 +560,382 @@ mod tests {
         assert!(ip.effective_path_style());
         let host = S3Config { endpoint: Some("https://s3.example.com".into()), ..S3Config::default() };
         assert!(!host.effective_path_style());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Recovery: HEAD, server-side copy from a read-only source prefix, batched deletes in a target prefix.
+//
+// The source of a copy is a [`SourcePrefix`], which has no writing method; every write or delete takes a
+// [`TargetPrefix`], which can only be built for a prefix that neither equals, contains nor lies inside
+// its source, and which re-checks every key it writes or deletes. So the source is only ever read.
+
+/// Largest object a single CopyObject may copy; above it, multipart UploadPartCopy is used.
+pub const MAX_SINGLE_COPY: u64 = 5 << 30;
+
+/// A prefix that is only listed and read: no function writes or deletes through it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourcePrefix(S3Url);
+
+impl SourcePrefix {
+    pub fn new(url: S3Url) -> SourcePrefix {
+        SourcePrefix(url)
+    }
+    pub fn url(&self) -> &S3Url {
+        &self.0
+    }
+}
+
+/// A prefix that may be written and deleted, checked against its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetPrefix {
+    url: S3Url,
+    source: S3Url,
+}
+
+/// True when one prefix equals or contains the other (same bucket, one key a prefix of the other).
+pub fn prefixes_overlap(a: &S3Url, b: &S3Url) -> bool {
+    a.bucket == b.bucket && (a.key.starts_with(&b.key) || b.key.starts_with(&a.key))
+}
+
+impl TargetPrefix {
+    /// Refuses a target that equals, contains or is contained in the source, or that is not a prefix
+    /// of an instance-sized part of the bucket (the whole bucket is never a target).
+    pub fn new(url: S3Url, source: &SourcePrefix) -> Result<TargetPrefix, S3Error> {
+        if url.key.is_empty() || !url.is_prefix() {
+            return Err(S3Error::Guard { reason: format!("the target {url} must be a prefix ending in '/' inside a bucket, never a whole bucket") });
+        }
+        if prefixes_overlap(&url, source.url()) {
+            let how = if url == *source.url() {
+                "is the source"
+            } else if source.url().key.starts_with(&url.key) {
+                "contains the source"
+            } else {
+                "is inside the source"
+            };
+            return Err(S3Error::Guard {
+                reason: format!("the target {url} {how} {}; a recovery only ever reads the source, so the target must be a different prefix", source.url()),
+            });
+        }
+        Ok(TargetPrefix { url, source: source.url().clone() })
+    }
+
+    pub fn url(&self) -> &S3Url {
+        &self.url
+    }
+
+    /// The full key for `rel`, checked to lie inside the target and outside the source.
+    fn key_for(&self, rel: &str) -> Result<S3Url, S3Error> {
+        let u = self.url.join(rel);
+        if self.url.relative(&u.key).is_none() || rel.split('/').any(|p| p == ".." || p == ".") {
+            return Err(S3Error::Guard { reason: format!("the key {rel:?} is not inside the target {}", self.url) });
+        }
+        if u.bucket == self.source.bucket && u.key.starts_with(&self.source.key) {
+            return Err(S3Error::Guard { reason: format!("refusing to write or delete {u}: it lies inside the source {}", self.source) });
+        }
+        Ok(u)
+    }
+}
+
+/// One object to copy, relative to the prefixes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyItem {
+    pub rel: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    /// Objects copied at the same time.
+    pub concurrency: usize,
+    /// Attempts per request, first included, on transient errors (throttling, 5xx, timeouts, resets).
+    pub attempts: u32,
+    /// Objects larger than this are copied with multipart UploadPartCopy (at most 5 GiB).
+    pub multipart_threshold: u64,
+    /// Part size for multipart copies (at least 5 MiB).
+    pub part_size: u64,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions { concurrency: 32, attempts: 5, multipart_threshold: MAX_SINGLE_COPY, part_size: 512 << 20 }
+    }
+}
+
+/// Shared counters a progress display reads while a copy or delete runs.
+#[derive(Debug, Default)]
+pub struct TransferProgress {
+    pub objects: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub retries: std::sync::atomic::AtomicU64,
+}
+
+impl TransferProgress {
+    fn add(&self, objects: u64, bytes: u64) {
+        self.objects.fetch_add(objects, std::sync::atomic::Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn transient(e: &S3Error) -> bool {
+    match e {
+        S3Error::Unreachable { .. } | S3Error::Timeout { .. } => true,
+        S3Error::Operation { status, code, .. } => {
+            matches!(*status, 429 | 500 | 502 | 503 | 504) || matches!(code.as_str(), "SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable" | "dispatch")
+        }
+        _ => false,
+    }
+}
+
+/// Exponential backoff with jitter: 100 ms, 200 ms, ... capped at 5 s.
+fn backoff(attempt: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << attempt.min(6)).min(5_000);
+    let jitter = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64) % (base / 2 + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+impl ObjectStore {
+    /// Runs `f` until it succeeds, fails permanently, or `attempts` are used.
+    async fn retrying<T, F, Fut>(&self, attempts: u32, progress: Option<&TransferProgress>, mut f: F) -> Result<T, S3Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, S3Error>>,
+    {
+        let mut n = 0;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) && n + 1 < attempts.max(1) => {
+                    if let Some(p) = progress {
+                        p.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tracing::debug!(error = %e, attempt = n + 1, "retrying after a transient S3 error");
+                    tokio::time::sleep(backoff(n)).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn op_err<E>(&self, op: &'static str, url: &S3Url, err: SdkError<E, HttpResponse>) -> S3Error
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let c = &self.config;
+        let endpoint = c.endpoint_label();
+        let detail = c.scrub(&error_chain(&err));
+        let url_s = url.to_string();
+        match &err {
+            SdkError::TimeoutError(_) => S3Error::Timeout { endpoint, url: url_s, timeout: c.timeout.clone(), attempts: c.max_attempts, detail },
+            SdkError::DispatchFailure(d) if d.is_timeout() => S3Error::Timeout { endpoint, url: url_s, timeout: c.timeout.clone(), attempts: c.max_attempts, detail },
+            SdkError::DispatchFailure(_) => S3Error::Unreachable { endpoint, url: url_s, attempts: c.max_attempts, detail },
+            SdkError::ServiceError(s) => {
+                let status = s.raw().status().as_u16();
+                let code = s.err().code().unwrap_or(if status == 404 { "NotFound" } else { "" }).to_string();
+                let message = c.scrub(s.err().message().unwrap_or(""));
+                S3Error::Operation { op, endpoint, url: url_s, code, status, detail: if message.is_empty() { detail } else { message } }
+            }
+            SdkError::ResponseError(r) => {
+                let status = r.raw().status().as_u16();
+                S3Error::Operation { op, endpoint, url: url_s, code: String::new(), status, detail }
+            }
+            _ => S3Error::Operation { op, endpoint, url: url_s, code: String::new(), status: 0, detail },
+        }
+    }
+
+    /// HEAD one object: None when it does not exist.
+    pub async fn head(&self, url: &S3Url) -> Result<Option<ObjectInfo>, S3Error> {
+        let client = self.client().await;
+        match client.head_object().bucket(&url.bucket).key(&url.key).send().await {
+            Ok(h) => Ok(Some(ObjectInfo {
+                key: url.key.clone(),
+                size: h.content_length().map_or(0, |s| s.max(0) as u64),
+                last_modified_ms: h.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0),
+            })),
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(self.op_err("HEAD", url, e)),
+        }
+    }
+
+    /// Lists a source prefix (read only).
+    pub async fn list_source(&self, source: &SourcePrefix) -> Result<Vec<ObjectInfo>, S3Error> {
+        self.list(source.url()).await
+    }
+
+    /// Lists a target prefix.
+    pub async fn list_target(&self, target: &TargetPrefix) -> Result<Vec<ObjectInfo>, S3Error> {
+        self.list(target.url()).await
+    }
+
+    /// Server-side copy of one object from `source` to the same relative key under `target`; multipart
+    /// above `opts.multipart_threshold`. Returns the new object's LastModified (ms) when the store says.
+    pub async fn copy_object(&self, source: &SourcePrefix, item: &CopyItem, target: &TargetPrefix, opts: &CopyOptions, progress: Option<&TransferProgress>) -> Result<Option<i64>, S3Error> {
+        let from = source.url().join(&item.rel);
+        let to = target.key_for(&item.rel)?;
+        let copy_source = format!("{}/{}", from.bucket, encode_key(&from.key));
+        if item.size > opts.multipart_threshold.min(MAX_SINGLE_COPY) {
+            return self.retrying(opts.attempts, progress, || self.multipart_copy(&copy_source, &from, &to, item.size, opts)).await;
+        }
+        let client = self.client().await;
+        self.retrying(opts.attempts, progress, || async {
+            let out = client
+                .copy_object()
+                .bucket(&to.bucket)
+                .key(&to.key)
+                .copy_source(&copy_source)
+                .send()
+                .await
+                .map_err(|e| self.op_err("CopyObject", &to, e))?;
+            Ok(out.copy_object_result().and_then(|r| r.last_modified()).and_then(|t| t.to_millis().ok()))
+        })
+        .await
+    }
+
+    async fn multipart_copy(&self, copy_source: &str, from: &S3Url, to: &S3Url, size: u64, opts: &CopyOptions) -> Result<Option<i64>, S3Error> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let client = self.client().await;
+        let part = opts.part_size.max(5 << 20).max(size.div_ceil(10_000));
+        let up = client.create_multipart_upload().bucket(&to.bucket).key(&to.key).send().await.map_err(|e| self.op_err("CreateMultipartUpload", to, e))?;
+        let upload_id = up.upload_id().unwrap_or_default().to_string();
+        let result: Result<Vec<CompletedPart>, S3Error> = async {
+            let mut parts = Vec::new();
+            let mut start = 0u64;
+            let mut n = 1i32;
+            while start < size {
+                let end = (start + part).min(size) - 1;
+                let r = client
+                    .upload_part_copy()
+                    .bucket(&to.bucket)
+                    .key(&to.key)
+                    .upload_id(&upload_id)
+                    .part_number(n)
+                    .copy_source(copy_source)
+                    .copy_source_range(format!("bytes={start}-{end}"))
+                    .send()
+                    .await
+                    .map_err(|e| self.op_err("UploadPartCopy", from, e))?;
+                let etag = r.copy_part_result().and_then(|p| p.e_tag()).unwrap_or_default().to_string();
+                parts.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+                start = end + 1;
+                n += 1;
+            }
+            Ok(parts)
+        }
+        .await;
+        match result {
+            Ok(parts) => {
+                client
+                    .complete_multipart_upload()
+                    .bucket(&to.bucket)
+                    .key(&to.key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .send()
+                    .await
+                    .map_err(|e| self.op_err("CompleteMultipartUpload", to, e))?;
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = client.abort_multipart_upload().bucket(&to.bucket).key(&to.key).upload_id(&upload_id).send().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies `items` from `source` to `target` with at most `opts.concurrency` copies in flight; stops
+    /// at the first permanent error. `progress` counts finished objects and bytes.
+    pub async fn copy_objects(&self, source: &SourcePrefix, items: &[CopyItem], target: &TargetPrefix, opts: &CopyOptions, progress: &TransferProgress) -> Result<(), S3Error> {
+        use futures_util::stream::{self, TryStreamExt};
+        // Resolve the client once, before the concurrent copies share it.
+        self.client().await;
+        stream::iter(items.iter().map(Ok::<_, S3Error>))
+            .try_for_each_concurrent(opts.concurrency.max(1), |item| async move {
+                self.copy_object(source, item, target, opts, Some(progress)).await?;
+                progress.add(1, item.size);
+                Ok(())
+            })
+            .await
+    }
+
+    /// Deletes keys (relative to `target`) with DeleteObjects in batches of 1000; keys already gone count
+    /// as deleted. Returns how many were deleted.
+    pub async fn delete_objects(&self, target: &TargetPrefix, rels: &[String], attempts: u32, progress: Option<&TransferProgress>) -> Result<u64, S3Error> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let client = self.client().await;
+        let mut deleted = 0u64;
+        for chunk in rels.chunks(1000) {
+            let mut ids = Vec::with_capacity(chunk.len());
+            for rel in chunk {
+                let u = target.key_for(rel)?;
+                ids.push(ObjectIdentifier::builder().key(u.key).build().map_err(|e| S3Error::Guard { reason: e.to_string() })?);
+            }
+            let del = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| S3Error::Guard { reason: e.to_string() })?;
+            let out = self
+                .retrying(attempts, progress, || async {
+                    client.delete_objects().bucket(&target.url().bucket).delete(del.clone()).send().await.map_err(|e| self.op_err("DeleteObjects", target.url(), e))
+                })
+                .await?;
+            if let Some(e) = out.errors().first() {
+                return Err(S3Error::Operation {
+                    op: "DeleteObjects",
+                    endpoint: self.endpoint_label(),
+                    url: format!("s3://{}/{}", target.url().bucket, e.key().unwrap_or("?")),
+                    code: e.code().unwrap_or("").to_string(),
+                    status: 0,
+                    detail: format!("{} of {} keys in the batch were not deleted: {}", out.errors().len(), chunk.len(), e.message().unwrap_or("")),
+                });
+            }
+            deleted += chunk.len() as u64;
+            if let Some(p) = progress {
+                p.add(chunk.len() as u64, 0);
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod recovery_tests {
+    use super::*;
+
+    fn u(s: &str) -> S3Url {
+        S3Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn target_never_overlaps_source() {
+        let src = SourcePrefix::new(u("s3://b/backups/a/wal/"));
+        assert!(TargetPrefix::new(u("s3://b/backups/a/wal/"), &src).is_err());
+        assert!(TargetPrefix::new(u("s3://b/backups/a/"), &src).is_err());
+        assert!(TargetPrefix::new(u("s3://b/backups/"), &src).is_err());
+        assert!(TargetPrefix::new(u("s3://b/backups/a/wal/x/"), &src).is_err());
+        assert!(TargetPrefix::new(u("s3://b"), &src).is_err());
+        let t = TargetPrefix::new(u("s3://b/backups/c/wal/"), &src).unwrap();
+        assert!(t.key_for("wal_005/x.lzo").is_ok());
+        assert!(t.key_for("../../a/wal/x").is_err());
+        assert!(TargetPrefix::new(u("s3://other/backups/a/wal/"), &src).is_ok());
+        // A sibling whose name starts with the source's is not inside it.
+        assert!(TargetPrefix::new(u("s3://b/backups/a/wal2/"), &src).is_ok());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= Duration::from_millis(100));
+        assert!(backoff(10) <= Duration::from_secs(5));
+        assert_eq!(encode_key("a b/c+d"), "a%20b/c%2Bd");
     }
 }

@@ -3,6 +3,7 @@
 //! registers a stable id so the engine can skip what it already applied.
 
 pub mod file;
+pub mod kafka;
 pub mod syslog;
 
 use std::collections::HashMap;
@@ -91,8 +92,14 @@ pub fn stream_id(kind: &str, first_line: &[u8]) -> String {
 /// What [`start`] started; dropped or aborted on shutdown.
 pub struct Running {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Sources that finish their own shutdown (a Kafka consumer committing durable offsets and
+    /// leaving its group); `abort` waits for them, bounded.
+    finishing: Vec<kafka::Finished>,
     stop: Arc<AtomicBool>,
 }
+
+/// How long `abort` waits for sources to finish their shutdown.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Running {
     pub fn abort(self) {
@@ -100,6 +107,26 @@ impl Running {
         for t in self.tasks {
             t.abort();
         }
+        let deadline = std::time::Instant::now() + FINISH_WAIT;
+        for f in self.finishing {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if f.0.recv_timeout(left).is_err() {
+                tracing::warn!("a Kafka consumer did not finish its shutdown in time; its group offsets may lag the store (the store's positions still decide where it resumes)");
+            }
+        }
+    }
+}
+
+/// Settings for sources that come from outside their own config section.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// How often sources log their own statistics (Kafka consumer lag and messages/s).
+    pub stats_interval: std::time::Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions { stats_interval: std::time::Duration::from_secs(60) }
     }
 }
 
@@ -107,10 +134,22 @@ impl Running {
 pub async fn start(
     sources: &[SourceConfig],
     sink: &Sink,
-    _durable: watch::Receiver<Durable>,
+    durable: watch::Receiver<Durable>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Running> {
+    start_with(sources, sink, durable, stop, &SourceOptions::default()).await
+}
+
+/// [`start`] with options (the stats interval from `[watch]`).
+pub async fn start_with(
+    sources: &[SourceConfig],
+    sink: &Sink,
+    durable: watch::Receiver<Durable>,
+    stop: Arc<AtomicBool>,
+    opts: &SourceOptions,
+) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
+    let mut finishing = Vec::new();
     for src in sources {
         match src.clone() {
             SourceConfig::Syslog { udp, tcp } => {
@@ -149,7 +188,11 @@ pub async fn start(
                     let _ = sink.send_blocking(Msg::Finished { name: "stdin".into() });
                 });
             }
+            SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout } => {
+                let settings = kafka::KafkaSettings { brokers, topics, group_id, start, client, session_timeout, stats_interval: opts.stats_interval };
+                finishing.push(kafka::start(settings, sink.clone(), durable.clone(), stop.clone())?);
+            }
         }
     }
-    Ok(Running { tasks, stop })
+    Ok(Running { tasks, finishing, stop })
 }

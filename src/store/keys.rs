@@ -12,6 +12,7 @@
 //! | `d/<instance-id>`           | empty: deletion pending its grace       |
 //! | `p/<source-id>`             | JSON [`super::Position`]                |
 //! | `e/<seq u64 BE>`            | JSON [`super::EffectEntry`]             |
+//! | `o/<alert id>`              | JSON [`crate::alerts::Alert`] (outbox)  |
 
 pub const SCHEMA: &[u8] = b"m/schema";
 pub const COUNTERS: &[u8] = b"m/counters";
@@ -21,6 +22,7 @@ pub const NODE: &str = "n/";
 pub const PENDING: &str = "d/";
 pub const POSITION: &str = "p/";
 pub const EFFECT: &[u8] = b"e/";
+pub const ALERT: &str = "o/";
 
 pub fn instance(id: &str) -> Vec<u8> {
     format!("{INSTANCE}{id}").into_bytes()
@@ -38,4 +40,7 @@ pub fn effect(seq: u64) -> Vec<u8> {
     let mut k = EFFECT.to_vec();
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+pub fn alert(id: &str) -> Vec<u8> {
+    format!("{ALERT}{id}").into_bytes()
 }

@@ -85,6 +85,8 @@ pub struct WriteSet<'a> {
     pub positions: Vec<(String, Position)>,
     pub counters: Option<&'a Counters>,
     pub effects: Vec<Effect>,
+    /// New outbox entries, committed with the state change that raised them.
+    pub alerts: Vec<crate::alerts::Alert>,
 }
 
 #[derive(Clone)]
@@ -204,6 +206,30 @@ impl Store {
         })
     }
 
+    pub fn alert(&self, id: &str) -> Result<Option<crate::alerts::Alert>, StoreError> {
+        let k = keys::alert(id);
+        self.db.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
+    }
+
+    pub fn alert_exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.db.contains_key(keys::alert(id))?)
+    }
+
+    pub fn alerts(&self) -> impl Iterator<Item = Result<crate::alerts::Alert, StoreError>> + '_ {
+        self.db.scan_prefix(keys::ALERT).map(|r| {
+            let (k, v) = r?;
+            Self::decode(&k, &v)
+        })
+    }
+
+    /// Updates an alert's delivery state. The engine only ever creates alerts (in [`Store::commit`]);
+    /// the sender and `alerts retry` only update existing ones, so the two never race on a key.
+    pub fn put_alert(&self, a: &crate::alerts::Alert) -> Result<(), StoreError> {
+        self.db.insert(keys::alert(&a.id), serde_json::to_vec(a).unwrap_or_default())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Writes everything in one atomic batch, then flushes to disk: when this returns Ok, the state, the
     /// effects it caused and the source positions it covers are all durable, or none of them are.
     pub fn commit(&self, ws: WriteSet<'_>, now: i64) -> Result<(), StoreError> {
@@ -231,6 +257,9 @@ impl Store {
                 seq += 1;
             }
             b.insert(keys::EFFECT_SEQ, &seq.to_be_bytes()[..]);
+        }
+        for a in &ws.alerts {
+            b.insert(keys::alert(&a.id), serde_json::to_vec(a).unwrap_or_default());
         }
         if let Some(c) = ws.counters {
             b.insert(keys::COUNTERS, serde_json::to_vec(c).unwrap_or_default());

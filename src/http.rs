@@ -1,0 +1,544 @@
+//! `[http]`: the watcher's health and metrics endpoint. Off unless the config has an `[http]` section.
+//!
+//! - `/healthz`: 200 while the process is alive and its engine commits (every source feeds the engine and
+//!   runs until it stops, so a stopped or stalled engine is what "sources not running" looks like); 503
+//!   when the engine has stopped or not committed for `max(60s, 30 x watch.commit_interval)`.
+//! - `/readyz`: 200 when, in addition, the store answers, every source has started, and every Kafka
+//!   source's brokers answered a watermark request in the last 30 s; 503 with the reasons otherwise.
+//! - `/metrics`: Prometheus text format (0.0.4). Counters are read from what the store has committed
+//!   (`Store::counters`, the alert outbox, source positions) at scrape time, so they are exact across
+//!   restarts and never counted twice; live gauges (engine's last commit, Kafka high watermarks) come
+//!   from the watcher.
+//!
+//! Metrics go through the `metrics` facade: any module may record a gauge or counter with one macro
+//! call and no dependency on this module (it is a no-op when no `[http]` is configured), and
+//! `metrics-exporter-prometheus` renders them. Bodies never carry secrets; labels are rule, state,
+//! status, reason, topic and partition names.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::{Config, SourceConfig};
+use crate::sources::Durable;
+use crate::store::Store;
+use crate::timeutil::{now_ms, rfc3339};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9187";
+
+/// `[http]` in the config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for `/healthz`, `/readyz` and `/metrics`, e.g. `127.0.0.1:9187` (`0.0.0.0:9187` in a pod).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: DEFAULT_LISTEN.parse().expect("static address") }
+    }
+}
+
+/// How often Kafka high watermarks are fetched, and how old the last answer may be for `/readyz`.
+const KAFKA_PROBE_EVERY: Duration = Duration::from_secs(10);
+const KAFKA_READY_WITHIN: Duration = Duration::from_secs(30);
+/// Instance gauges (a scan of every record) are recomputed at most this often.
+const INSTANCE_STATS_TTL: Duration = Duration::from_secs(10);
+const RECOVERIES_EVERY: Duration = Duration::from_secs(30);
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ------------------------------------------------------------------------------------------- exporter
+
+struct Exporter {
+    handle: PrometheusHandle,
+    /// Set when another global recorder was installed first: ours is then used locally for the
+    /// scrape-time values (and other modules' macros go to the other recorder).
+    local: Option<PrometheusRecorder>,
+}
+
+impl Exporter {
+    fn record<T>(&self, f: impl FnOnce() -> T) -> T {
+        match &self.local {
+            Some(r) => metrics::with_local_recorder(r, f),
+            None => f(),
+        }
+    }
+}
+
+static EXPORTER: OnceLock<Exporter> = OnceLock::new();
+
+fn exporter() -> &'static Exporter {
+    EXPORTER.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let ex = match metrics::set_global_recorder(recorder) {
+            Ok(()) => Exporter { handle, local: None },
+            Err(e) => {
+                tracing::warn!("another metrics recorder is installed; /metrics shows safeguard's own figures only");
+                Exporter { handle, local: Some(e.into_inner()) }
+            }
+        };
+        ex.record(describe);
+        ex
+    })
+}
+
+fn describe() {
+    describe_counter!("safeguard_lines_read_total", "Lines read from every source (committed to the store).");
+    describe_counter!("safeguard_lines_relevant_total", "Lines that parsed into a platform event.");
+    describe_counter!("safeguard_lines_attributed_total", "Relevant lines attributed to an instance.");
+    describe_counter!("safeguard_lines_unattributed_total", "Relevant lines that named no known instance.");
+    describe_counter!("safeguard_lines_rejected_total", "Candidate lines rejected (all reasons).");
+    describe_counter!("safeguard_lines_rejected_by_reason_total", "Candidate lines rejected, by reason.");
+    describe_counter!("safeguard_lines_replayed_skipped_total", "Lines skipped because the store had already applied them (replays).");
+    describe_counter!("safeguard_events_applied_total", "Events applied to instance records.");
+    describe_counter!("safeguard_effects_total", "Effects (deletions pending/final/cancelled, restores) committed.");
+    describe_gauge!("safeguard_instances", "Instances in the store, by status (live, deleted).");
+    describe_gauge!("safeguard_instances_at_risk", "Live instances with at least one at-risk reason.");
+    describe_gauge!("safeguard_instances_at_risk_by_reason", "Live instances at risk, by reason (an instance may have several).");
+    describe_gauge!("safeguard_alerts", "Alerts in the outbox, by rule (undecided until delivery decides a deletion's rule) and delivery state.");
+    describe_gauge!(
+        "safeguard_alert_last_delivery_error_timestamp_seconds",
+        Unit::Seconds,
+        "When the most recent failed delivery attempt of an alert that is still pending or failed was made (0: none)."
+    );
+    describe_gauge!("safeguard_store_size_bytes", Unit::Bytes, "Size of the sled store on disk.");
+    describe_gauge!("safeguard_recoveries", "Recoveries in the journal, by outcome (running, failed, succeeded, abandoned).");
+    describe_gauge!("safeguard_kafka_consumer_lag", "Kafka messages not yet durably applied to the store, by topic and partition (high watermark minus the store's position).");
+    describe_gauge!("safeguard_kafka_brokers_up", "1 when the Kafka source's brokers answered the last watermark request, by source (its topics).");
+    describe_gauge!("safeguard_engine_last_commit_timestamp_seconds", Unit::Seconds, "When the engine last committed (it commits at least every watch.commit_interval).");
+    describe_gauge!("safeguard_build_info", "1, labelled with the running version.");
+}
+
+// ------------------------------------------------------------------------------------------- state
+
+struct KafkaProbe {
+    /// The source, for labels and messages: its topics.
+    label: String,
+    state: Mutex<ProbeState>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    ok_at: Option<Instant>,
+    error: Option<String>,
+    /// (topic, partition, low, high) from the last successful probe.
+    marks: Vec<(String, i32, i64, i64)>,
+}
+
+#[derive(Default, Clone)]
+struct InstanceStats {
+    live: u64,
+    deleted: u64,
+    at_risk: u64,
+    by_reason: BTreeMap<&'static str, u64>,
+}
+
+/// When the scan ran, the (events applied, effects) it saw, and what it found.
+type CachedStats = (Instant, (u64, u64), InstanceStats);
+
+struct Shared {
+    store: Store,
+    cfg: Config,
+    started_ms: i64,
+    stall_after_ms: i64,
+    /// Wall time of the engine's last commit (0: none yet).
+    last_commit_ms: AtomicI64,
+    engine_gone: AtomicBool,
+    sources_started: AtomicBool,
+    stopping: AtomicBool,
+    source_labels: Vec<String>,
+    kafka: Vec<Arc<KafkaProbe>>,
+    /// The last instance scan: when, and the (events applied, effects) it saw.
+    instances: Mutex<Option<CachedStats>>,
+    recoveries: Mutex<Option<BTreeMap<&'static str, u64>>>,
+}
+
+/// The running endpoint; [`Server::stop`] ends it.
+pub struct Server {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    probe_stop: Arc<AtomicBool>,
+    /// The bound address (useful when `listen` has port 0).
+    pub local_addr: SocketAddr,
+}
+
+impl Server {
+    /// Binds `[http] listen` (failing at start-up, with the address, when it cannot) and serves until
+    /// [`Server::stop`]. `durable` is the engine's commit notification.
+    pub async fn start(cfg: &Config, http: &HttpConfig, store: Store, durable: watch::Receiver<Durable>) -> anyhow::Result<Server> {
+        let listener = tokio::net::TcpListener::bind(http.listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen for HTTP on {}: {e}; is another process using the port? change [http] listen in the config", http.listen)
+        })?;
+        let local_addr = listener.local_addr()?;
+        let ex = exporter();
+        ex.record(|| gauge!("safeguard_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0));
+
+        let probe_stop = Arc::new(AtomicBool::new(false));
+        let mut kafka = Vec::new();
+        let mut source_labels = Vec::new();
+        for s in cfg.sources() {
+            match &s {
+                SourceConfig::Syslog { udp, tcp } => {
+                    let a: Vec<String> = [udp.map(|a| format!("udp {a}")), tcp.map(|a| format!("tcp {a}"))].into_iter().flatten().collect();
+                    source_labels.push(format!("syslog {}", a.join(", ")));
+                }
+                SourceConfig::File { path, .. } => source_labels.push(format!("file {}", path.display())),
+                SourceConfig::Stdin => source_labels.push("stdin".into()),
+                SourceConfig::Kafka { .. } => {
+                    if let Some(settings) = crate::doctor::kafka_settings(&s) {
+                        kafka.push(spawn_kafka_probe(settings, probe_stop.clone()));
+                    }
+                }
+            }
+        }
+        let commit_every = cfg.watch.commit_interval.as_millis() as i64;
+        let shared = Arc::new(Shared {
+            store,
+            cfg: cfg.clone(),
+            started_ms: now_ms(),
+            stall_after_ms: (commit_every * 30).max(60_000),
+            last_commit_ms: AtomicI64::new(0),
+            engine_gone: AtomicBool::new(false),
+            sources_started: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            source_labels,
+            kafka,
+            instances: Mutex::new(None),
+            recoveries: Mutex::new(None),
+        });
+
+        let mut tasks = Vec::new();
+        // The engine publishes its durable positions after every commit (at least every commit_interval).
+        let sh = shared.clone();
+        let mut rx = durable;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                if rx.changed().await.is_err() {
+                    sh.engine_gone.store(true, Ordering::Relaxed);
+                    break;
+                }
+                sh.last_commit_ms.store(now_ms(), Ordering::Relaxed);
+            }
+        }));
+        // The recovery journal is opened briefly by each reader; read it off the scrape path.
+        let sh = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let path = sh.store.path().to_path_buf();
+                let res = tokio::task::spawn_blocking(move || crate::recover::journal::Journal::for_store(&path).list()).await;
+                match res {
+                    Ok(Ok(list)) => {
+                        let mut by: BTreeMap<&'static str, u64> = ["running", "failed", "succeeded", "abandoned"].into_iter().map(|s| (s, 0)).collect();
+                        for r in list {
+                            *by.entry(r.status.as_str()).or_default() += 1;
+                        }
+                        *sh.recoveries.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the recovery journal for /metrics"),
+                    Err(_) => {}
+                }
+                tokio::time::sleep(RECOVERIES_EVERY).await;
+            }
+        }));
+        let app = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_endpoint))
+            .with_state(shared.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the HTTP endpoint stopped");
+            }
+        }));
+        tracing::info!(addr = %local_addr, "serving /healthz, /readyz and /metrics");
+        Ok(Server { shared, tasks, probe_stop, local_addr })
+    }
+
+    /// Every configured source has started (listeners bound, consumers created).
+    pub fn sources_started(&self) {
+        self.shared.sources_started.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stop(self) {
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        self.probe_stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn spawn_kafka_probe(settings: crate::sources::kafka::KafkaSettings, stop: Arc<AtomicBool>) -> Arc<KafkaProbe> {
+    let probe = Arc::new(KafkaProbe { label: settings.topics.join(","), state: Mutex::new(ProbeState::default()) });
+    let p = probe.clone();
+    let spawned = std::thread::Builder::new().name("kafka-probe".into()).spawn(move || {
+        let client = match crate::doctor::kafka_client(&settings) {
+            Ok(c) => c,
+            Err(e) => {
+                p.state.lock().unwrap_or_else(|x| x.into_inner()).error = Some(format!("{e:#}"));
+                return;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            // Drains librdkafka's event queue (errors, logs) so it does not grow while brokers are down.
+            let _ = client.poll(Duration::ZERO);
+            let res = crate::doctor::kafka_watermarks(&client, &settings.topics, Duration::from_secs(5));
+            {
+                let mut st = p.state.lock().unwrap_or_else(|x| x.into_inner());
+                match res {
+                    Ok(marks) => {
+                        st.ok_at = Some(Instant::now());
+                        st.error = None;
+                        st.marks = marks;
+                    }
+                    Err(e) => st.error = Some(settings.client.redact(&e)),
+                }
+            }
+            let until = Instant::now() + KAFKA_PROBE_EVERY;
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        probe.state.lock().unwrap_or_else(|x| x.into_inner()).error = Some(format!("cannot start the Kafka probe thread: {e}"));
+    }
+    probe
+}
+
+// ------------------------------------------------------------------------------------------- health
+
+fn json_response(ok: bool, body: serde_json::Value) -> Response {
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// (engine healthy, its JSON description).
+fn engine_health(sh: &Shared) -> (bool, serde_json::Value) {
+    let now = now_ms();
+    let last = sh.last_commit_ms.load(Ordering::Relaxed);
+    let since = now - if last == 0 { sh.started_ms } else { last };
+    let (ok, state) = if sh.engine_gone.load(Ordering::Relaxed) {
+        (false, "stopped")
+    } else if since > sh.stall_after_ms {
+        (false, "stalled")
+    } else {
+        (true, "running")
+    };
+    let v = json!({
+        "state": state,
+        "last_commit": (last > 0).then(|| rfc3339(last)),
+        "seconds_since_last_commit": (last > 0).then_some(since as f64 / 1000.0),
+        "stalled_after_seconds": sh.stall_after_ms / 1000,
+    });
+    (ok, v)
+}
+
+async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
+    let (ok, engine) = engine_health(&sh);
+    json_response(ok, json!({ "status": if ok { "ok" } else { "failing" }, "engine": engine, "sources_started": sh.sources_started.load(Ordering::Relaxed) }))
+}
+
+async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
+    let mut reasons = Vec::new();
+    let (engine_ok, engine) = engine_health(&sh);
+    if !engine_ok {
+        reasons.push(format!("the engine is {}", engine["state"].as_str().unwrap_or("?")));
+    }
+    if sh.stopping.load(Ordering::Relaxed) {
+        reasons.push("shutting down".to_string());
+    }
+    let store_ok = match sh.store.schema_version() {
+        Ok(_) => true,
+        Err(e) => {
+            reasons.push(format!("the store does not answer: {e}"));
+            false
+        }
+    };
+    let started = sh.sources_started.load(Ordering::Relaxed);
+    if !started {
+        reasons.push("sources are starting".to_string());
+    }
+    let mut sources: Vec<serde_json::Value> = sh.source_labels.iter().map(|l| json!({ "source": l, "connected": started })).collect();
+    for k in &sh.kafka {
+        let st = k.state.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = st.ok_at.is_some_and(|t| t.elapsed() <= KAFKA_READY_WITHIN);
+        if !fresh {
+            let why = st.error.clone().unwrap_or_else(|| "no answer from the brokers yet".into());
+            reasons.push(format!("kafka {}: {why}", k.label));
+        }
+        sources.push(json!({
+            "source": format!("kafka {}", k.label),
+            "connected": fresh,
+            "partitions": st.marks.len(),
+            "error": st.error,
+        }));
+    }
+    let ok = reasons.is_empty();
+    json_response(
+        ok,
+        json!({ "status": if ok { "ready" } else { "not ready" }, "reasons": reasons, "store": if store_ok { "open" } else { "failing" }, "engine": engine, "sources": sources }),
+    )
+}
+
+// ------------------------------------------------------------------------------------------- metrics
+
+async fn metrics_endpoint(State(sh): State<Arc<Shared>>) -> Response {
+    let s = sh.clone();
+    let res = tokio::time::timeout(SCRAPE_TIMEOUT, tokio::task::spawn_blocking(move || exporter().record(|| collect(&s)))).await;
+    let ex = exporter();
+    match res {
+        Ok(Ok(Ok(()))) => {
+            ex.handle.run_upkeep();
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ex.handle.render()).into_response()
+        }
+        Ok(Ok(Err(e))) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the store for metrics: {e}\n")).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("collecting metrics failed: {e}\n")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("reading the store for metrics took over {}s; is the disk overloaded?\n", SCRAPE_TIMEOUT.as_secs())).into_response(),
+    }
+}
+
+/// Reads what the store has committed and sets every metric (blocking: sled reads).
+fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
+    let store = &sh.store;
+    let c = store.counters()?;
+    counter!("safeguard_lines_read_total").absolute(c.lines_read);
+    counter!("safeguard_lines_relevant_total").absolute(c.lines_relevant);
+    counter!("safeguard_lines_attributed_total").absolute(c.lines_attributed);
+    counter!("safeguard_lines_unattributed_total").absolute(c.lines_unattributed);
+    counter!("safeguard_lines_rejected_total").absolute(c.lines_rejected);
+    for (reason, n) in &c.rejected_by_reason {
+        counter!("safeguard_lines_rejected_by_reason_total", "reason" => reason.clone()).absolute(*n);
+    }
+    counter!("safeguard_lines_replayed_skipped_total").absolute(c.lines_replayed_skipped);
+    counter!("safeguard_events_applied_total").absolute(c.events_applied);
+    counter!("safeguard_effects_total").absolute(c.effects);
+    gauge!("safeguard_store_size_bytes").set(store.size_on_disk() as f64);
+
+    let stats = instance_stats(sh, (c.events_applied, c.effects))?;
+    gauge!("safeguard_instances", "status" => "live").set(stats.live as f64);
+    gauge!("safeguard_instances", "status" => "deleted").set(stats.deleted as f64);
+    gauge!("safeguard_instances_at_risk").set(stats.at_risk as f64);
+    for (reason, n) in &stats.by_reason {
+        gauge!("safeguard_instances_at_risk_by_reason", "reason" => *reason).set(*n as f64);
+    }
+
+    alert_metrics(sh)?;
+
+    // Lag: what the brokers hold beyond the store's durable position for each partition.
+    let positions: BTreeMap<String, u64> = store.positions()?.into_iter().filter(|(id, _)| id.starts_with("kafka:")).map(|(id, p)| (id, p.offset)).collect();
+    for k in &sh.kafka {
+        let st = k.state.lock().unwrap_or_else(|p| p.into_inner());
+        gauge!("safeguard_kafka_brokers_up", "source" => k.label.clone()).set(if st.error.is_none() && st.ok_at.is_some() { 1.0 } else { 0.0 });
+        for (topic, partition, low, high) in &st.marks {
+            let applied = positions.get(&crate::sources::kafka::source_id(topic, *partition)).map(|&p| crate::sources::kafka::decode_position(p).1);
+            let from = applied.unwrap_or(*low).max(*low);
+            gauge!("safeguard_kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string()).set((high - from).max(0) as f64);
+        }
+    }
+
+    if let Some(by) = sh.recoveries.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        for (outcome, n) in by {
+            gauge!("safeguard_recoveries", "outcome" => *outcome).set(*n as f64);
+        }
+    }
+    let last = sh.last_commit_ms.load(Ordering::Relaxed);
+    if last > 0 {
+        gauge!("safeguard_engine_last_commit_timestamp_seconds").set(last as f64 / 1000.0);
+    }
+    Ok(())
+}
+
+/// Records change only when events are applied or effects (deletions) committed; at-risk reasons also
+/// change with time. So the scan is reused while neither counter moved, for at most the TTL.
+fn instance_stats(sh: &Shared, generation: (u64, u64)) -> Result<InstanceStats, crate::store::StoreError> {
+    let mut cache = sh.instances.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, seen, s)) = cache.as_ref() {
+        if *seen == generation && at.elapsed() < INSTANCE_STATS_TTL {
+            return Ok(s.clone());
+        }
+    }
+    let rules = sh.cfg.risk_rules();
+    let now = now_ms();
+    let mut s = InstanceStats::default();
+    for r in [crate::state::risk::Risk::NoBaseBackup, crate::state::risk::Risk::StaleBaseBackup, crate::state::risk::Risk::WalPushFailing, crate::state::risk::Risk::WalSilent] {
+        s.by_reason.insert(r.as_str(), 0);
+    }
+    for r in sh.store.records() {
+        let r = r?;
+        if r.status == crate::state::Status::Deleted {
+            s.deleted += 1;
+            continue;
+        }
+        s.live += 1;
+        let risks = crate::state::risk::assess(&r, now, &rules);
+        if !risks.is_empty() {
+            s.at_risk += 1;
+        }
+        for k in risks {
+            *s.by_reason.entry(k.as_str()).or_default() += 1;
+        }
+    }
+    *cache = Some((Instant::now(), generation, s.clone()));
+    Ok(s)
+}
+
+fn alert_metrics(sh: &Shared) -> Result<(), crate::store::StoreError> {
+    use crate::alerts::{Delivery, Rule};
+    let state_str = |d: Delivery| match d {
+        Delivery::Pending => "pending",
+        Delivery::Sent => "sent",
+        Delivery::Failed => "failed",
+        Delivery::Suppressed => "suppressed",
+    };
+    let mut by: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
+    for rule in ["instance_deleted", "deleted_without_base_backup", "no_recent_base_backup", "wal_archiving_failing", "undecided"] {
+        for state in ["pending", "sent", "failed", "suppressed"] {
+            by.insert((rule, state), 0);
+        }
+    }
+    let mut last_error_ms = 0i64;
+    for a in sh.store.alerts() {
+        let a = a?;
+        *by.entry((a.rule.map_or("undecided", Rule::as_str), state_str(a.state))).or_default() += 1;
+        if let Some(t) = a.last_error_at {
+            last_error_ms = last_error_ms.max(t);
+        }
+    }
+    for ((rule, state), n) in by {
+        gauge!("safeguard_alerts", "rule" => rule, "state" => state).set(n as f64);
+    }
+    gauge!("safeguard_alert_last_delivery_error_timestamp_seconds").set(last_error_ms as f64 / 1000.0);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_section_is_off_by_default_and_parses() {
+        assert!(Config::default().http.is_none());
+        let c = Config::parse("[http]\nlisten = \"0.0.0.0:9187\"\n").unwrap();
+        assert_eq!(c.http.unwrap().listen, "0.0.0.0:9187".parse().unwrap());
+        let c = Config::parse("[http]\n").unwrap();
+        assert_eq!(c.http.unwrap().listen, DEFAULT_LISTEN.parse().unwrap());
+        let e = Config::parse("[http]\nlisten = \"0.0.0.0:9187\"\nport = 1\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+    }
+}

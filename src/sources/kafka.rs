@@ -1,0 +1,794 @@
+//! Kafka source: one consumer-group member on its own thread, feeding one engine cursor per partition
+//! (`kafka:<topic>:<partition>`).
+//!
+//! Nothing lost, nothing applied twice:
+//! - The store is the truth. On assignment a partition resumes at the store's position for it (the
+//!   engine skips anything at or before it anyway); the group's committed offset is only the fallback
+//!   for a store that has none, and `start` applies when neither exists.
+//! - Offsets are committed to Kafka only from the positions the engine reports durable, never ahead.
+//! - Partitions are merged by record timestamp before they reach the engine. The platform's lines
+//!   depend on each other across hosts (a container's lines are attributed through the broker's
+//!   add-node line), and a topic keyed by host spreads those hosts over partitions; reading one
+//!   partition far ahead of another during a backfill would attribute lines differently than the
+//!   shipper's order did. A partition with nothing buffered holds the merge back until it is caught up
+//!   with its high watermark, for at most [`ORDER_WAIT`].
+//! - A partition whose log restarts below the applied position (topic deleted and recreated, a broker
+//!   that lost its data) starts a new epoch: the engine position is `epoch << 48 | next offset`, so the
+//!   new log's low offsets are not mistaken for replays.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use super::{Durable, Msg, Sink};
+use crate::config::{KafkaClientSettings, KafkaStart};
+use crate::pipeline::SourceHandle;
+
+/// Longest the merge waits for a partition that has nothing buffered and is not caught up.
+pub const ORDER_WAIT: Duration = Duration::from_secs(2);
+/// Buffered bytes past which the merge stops waiting (memory bound during a backfill).
+const MAX_BUFFERED_BYTES: usize = 64 << 20;
+/// How often durable positions are committed to Kafka.
+const COMMIT_EVERY: Duration = Duration::from_millis(500);
+/// Repeated warnings of one kind are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+/// How long a revoke or a shutdown waits for the store to make what was fed durable.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
+const EPOCH_SHIFT: u32 = 48;
+const OFFSET_MASK: u64 = (1 << EPOCH_SHIFT) - 1;
+
+/// Settings managed by safeguard; setting them under `client` would break its guarantees.
+const RESERVED: [(&str, &str); 8] = [
+    ("bootstrap.servers", "use `brokers`"),
+    ("metadata.broker.list", "use `brokers`"),
+    ("group.id", "use `group_id`"),
+    ("enable.auto.commit", "offsets are committed only after the store has flushed"),
+    ("enable.auto.offset.store", "offsets are committed only after the store has flushed"),
+    ("auto.offset.reset", "use `start`"),
+    ("session.timeout.ms", "use `session_timeout`"),
+    ("enable.partition.eof", "safeguard tracks partition ends itself"),
+];
+
+/// The engine position of Kafka offset `next` (the offset after a message) in `epoch`.
+pub fn encode_position(epoch: u64, next: i64) -> u64 {
+    (epoch << EPOCH_SHIFT) | (next.max(0) as u64 & OFFSET_MASK)
+}
+
+/// (epoch, next offset) of an engine position.
+pub fn decode_position(pos: u64) -> (u64, i64) {
+    (pos >> EPOCH_SHIFT, (pos & OFFSET_MASK) as i64)
+}
+
+pub fn source_id(topic: &str, partition: i32) -> String {
+    format!("kafka:{topic}:{partition}")
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: Vec<String>,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    pub start: KafkaStart,
+    pub client: KafkaClientSettings,
+    pub session_timeout: Duration,
+    /// How often consumer lag and messages/s are logged.
+    pub stats_interval: Duration,
+}
+
+impl KafkaSettings {
+    /// The librdkafka configuration; errors name the setting and what to do.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        anyhow::ensure!(!self.brokers.is_empty(), "kafka source: `brokers` is empty; list at least one host:port");
+        anyhow::ensure!(!self.topics.is_empty() && self.topics.iter().all(|t| !t.trim().is_empty()), "kafka source: `topics` is empty; name the topic(s) the platform's syslog is shipped to");
+        anyhow::ensure!(!self.group_id.trim().is_empty(), "kafka source: `group_id` is empty; give this watcher's store its own consumer group");
+        let session_ms = self.session_timeout.as_millis().max(1) as u64;
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.brokers.join(","))
+            .set("group.id", &self.group_id)
+            .set("client.id", "safeguard")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            // Only reached when a position is out of range (retention deleted it, or the log restarted):
+            // read what is left rather than skip to the end. `start` is applied at assignment instead.
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", session_ms.to_string())
+            .set("heartbeat.interval.ms", (session_ms / 3).clamp(1, 3000).to_string())
+            // A topic created (or recreated) while the watcher runs is picked up within this.
+            .set("topic.metadata.refresh.interval.ms", "10000");
+        for (k, v) in &self.client.0 {
+            if let Some((_, why)) = RESERVED.iter().find(|(r, _)| r == k) {
+                anyhow::bail!("kafka source: client setting \"{k}\" is managed by safeguard ({why}); remove it from the source's `client` table");
+            }
+            c.set(k, v);
+        }
+        c.set_log_level(RDKafkaLogLevel::Warning);
+        Ok(c)
+    }
+}
+
+/// Handed back by [`start`]: resolves when the consumer has committed what is durable and left its group.
+pub struct Finished(pub std::sync::mpsc::Receiver<()>);
+
+/// Creates the consumer (settings errors fail here, at start-up), subscribes, and runs it on a thread.
+/// A broker that is down at start-up is not an error: the watcher waits for it.
+pub fn start(settings: KafkaSettings, sink: Sink, durable: watch::Receiver<Durable>, stop: Arc<AtomicBool>) -> anyhow::Result<Finished> {
+    let cfg = settings.client_config()?;
+    let ctx = Ctx::new(&settings, sink, durable);
+    let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx).map_err(|e| {
+        anyhow::anyhow!("kafka source: librdkafka rejected the settings: {}; check the source's `client` table", settings.client.redact(&e.to_string()))
+    })?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| anyhow::anyhow!("kafka source: cannot subscribe to {}: {}", settings.topics.join(", "), settings.client.redact(&e.to_string())))?;
+    tracing::info!(brokers = %settings.brokers.join(","), topics = %settings.topics.join(","), group = %settings.group_id, start = ?settings.start, "consuming from Kafka");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let stats_every = settings.stats_interval;
+    std::thread::Builder::new().name("kafka".into()).spawn(move || {
+        run(&consumer, &stop, stats_every);
+        // Dropping the consumer leaves the group, so a restarted watcher gets its partitions at once.
+        drop(consumer);
+        let _ = done_tx.send(());
+    })?;
+    Ok(Finished(done_rx))
+}
+
+struct Buffered {
+    ts: i64,
+    offset: i64,
+    end: u64,
+    bytes: Vec<u8>,
+}
+
+struct Part {
+    topic: String,
+    /// `topic` for librdkafka's C API, made once.
+    ctopic: CString,
+    partition: i32,
+    id: String,
+    h: SourceHandle,
+    epoch: u64,
+    /// Offset after the last message fed to the engine (or the store's position before any).
+    next: Option<i64>,
+    /// Offset after the last message taken from librdkafka (fed or buffered).
+    received: Option<i64>,
+    /// Offset last committed to Kafka by this process.
+    committed: i64,
+    /// Engine position of the last message fed: what a revoke waits to see durable.
+    fed_end: Option<u64>,
+    assigned: bool,
+    buf: VecDeque<Buffered>,
+    /// Since when the merge has waited for this (empty, not caught up) partition.
+    waiting_since: Option<Instant>,
+    fed: u64,
+}
+
+#[derive(Default)]
+struct Outage {
+    down_since: Option<Instant>,
+    last_warn: Option<Instant>,
+    reason: String,
+}
+
+struct State {
+    parts: Vec<Part>,
+    index: HashMap<String, HashMap<i32, usize>>,
+    durable: watch::Receiver<Durable>,
+    buffered_bytes: usize,
+    buffered_msgs: usize,
+    engine_gone: bool,
+    commit_failed: bool,
+    warned: HashMap<String, (Instant, u64)>,
+}
+
+struct Ctx {
+    state: Mutex<State>,
+    outage: Mutex<Outage>,
+    down: AtomicBool,
+    sink: Sink,
+    group: String,
+    start: KafkaStart,
+    client: KafkaClientSettings,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere on this thread cannot leave these maps half-updated in a way that matters more
+    // than stopping the source would.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ctx {
+    fn new(s: &KafkaSettings, sink: Sink, durable: watch::Receiver<Durable>) -> Ctx {
+        Ctx {
+            state: Mutex::new(State {
+                parts: Vec::new(),
+                index: HashMap::new(),
+                durable,
+                buffered_bytes: 0,
+                buffered_msgs: 0,
+                engine_gone: false,
+                commit_failed: false,
+                warned: HashMap::new(),
+            }),
+            outage: Mutex::new(Outage::default()),
+            down: AtomicBool::new(false),
+            sink,
+            group: s.group_id.clone(),
+            start: s.start,
+            client: s.client.clone(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Logs a warning of kind `key` at most every [`WARN_EVERY`], counting what was held back.
+    fn warn_limited(&self, st: &mut State, key: &str, msg: &str) {
+        let now = Instant::now();
+        let msg = self.client.redact(msg);
+        match st.warned.get_mut(key) {
+            Some((last, held)) if now.duration_since(*last) < WARN_EVERY => *held += 1,
+            Some((last, held)) => {
+                tracing::warn!(repeated = *held, "{msg}");
+                *last = now;
+                *held = 0;
+            }
+            None => {
+                tracing::warn!("{msg}");
+                st.warned.insert(key.to_string(), (now, 0));
+            }
+        }
+    }
+
+    fn broker_down(&self, reason: &str) {
+        let mut o = lock(&self.outage);
+        let now = Instant::now();
+        let since = *o.down_since.get_or_insert(now);
+        self.down.store(true, Ordering::Relaxed);
+        o.reason = self.client.redact(reason);
+        if o.last_warn.is_none_or(|w| now.duration_since(w) >= WARN_EVERY) {
+            o.last_warn = Some(now);
+            tracing::warn!(
+                group = %self.group,
+                down_for = %format!("{}s", since.elapsed().as_secs()),
+                reason = %o.reason,
+                "Kafka brokers unreachable; the watcher keeps running and resumes where the store left off when they return (check the brokers and `brokers` in the config)"
+            );
+        }
+    }
+
+    fn broker_up(&self) {
+        if !self.down.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let mut o = lock(&self.outage);
+        if let Some(since) = o.down_since.take() {
+            o.last_warn = None;
+            tracing::info!(group = %self.group, after = %format!("{}s", since.elapsed().as_secs()), "Kafka reachable again; resuming");
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    fn report_error(&self, e: &KafkaError, reason: &str) {
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::Resolve) => {
+                self.broker_down(&format!("{e}: {reason}"))
+            }
+            code => {
+                let key = format!("{code:?}");
+                let mut st = lock(&self.state);
+                let what = match code {
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+                        "a subscribed Kafka topic does not exist (yet); consuming starts when it appears"
+                    }
+                    _ => "Kafka client error",
+                };
+                self.warn_limited(&mut st, &key, &format!("{what}: {e}: {reason}"));
+            }
+        }
+    }
+
+    /// Registers a partition with the engine on its first assignment in this process.
+    fn part(&self, st: &mut State, topic: &str, partition: i32) -> Option<usize> {
+        if let Some(&i) = st.index.get(topic).and_then(|m| m.get(&partition)) {
+            return Some(i);
+        }
+        {
+            let id = source_id(topic, partition);
+            let name = format!("kafka topic {topic} partition {partition} (group {})", self.group);
+            let (h, pos) = match self.sink.register_blocking(&id, &name, true) {
+                Ok(r) => r,
+                Err(_) => {
+                    st.engine_gone = true;
+                    return None;
+                }
+            };
+            let (epoch, next) = match pos.map(decode_position) {
+                Some((e, n)) => (e, Some(n)),
+                None => (0, None),
+            };
+            let p = Part {
+                topic: topic.to_string(),
+                ctopic: CString::new(topic).unwrap_or_default(),
+                partition,
+                id,
+                h,
+                epoch,
+                next,
+                received: None,
+                committed: -1,
+                fed_end: None,
+                assigned: false,
+                buf: VecDeque::new(),
+                waiting_since: None,
+                fed: 0,
+            };
+            st.parts.push(p);
+            st.index.entry(topic.to_string()).or_default().insert(partition, st.parts.len() - 1);
+        }
+        Some(st.parts.len() - 1)
+    }
+
+    /// Sets where each newly assigned partition starts: the position this process or the store has,
+    /// else the group's committed offset, else `start`.
+    fn plan_assignment(&self, c: &BaseConsumer<Ctx>, tpl: &mut TopicPartitionList) {
+        let mut st = lock(&self.state);
+        let mut ask_group = TopicPartitionList::new();
+        let mut plan: Vec<(String, i32, Offset, &'static str)> = Vec::new();
+        for el in tpl.elements() {
+            let (topic, partition) = (el.topic().to_string(), el.partition());
+            let Some(i) = self.part(&mut st, &topic, partition) else { return };
+            let st = &mut *st;
+            let p = &mut st.parts[i];
+            st.buffered_bytes = st.buffered_bytes.saturating_sub(p.buf.iter().map(|b| b.bytes.len()).sum());
+            st.buffered_msgs = st.buffered_msgs.saturating_sub(p.buf.len());
+            p.buf.clear();
+            p.assigned = true;
+            p.waiting_since = None;
+            p.received = p.next;
+            match p.next {
+                Some(n) => plan.push((topic, partition, Offset::Offset(n), "the position already applied (store)")),
+                None => {
+                    let _ = ask_group.add_partition(&topic, partition);
+                }
+            }
+        }
+        if ask_group.count() > 0 {
+            let committed = c.committed_offsets(ask_group.clone(), Duration::from_secs(10));
+            if let Err(e) = &committed {
+                self.warn_limited(&mut st, "committed", &format!("cannot read the group's committed offsets ({e}); partitions without a store position start from the earliest retained offset"));
+            }
+            for el in ask_group.elements() {
+                let found = committed.as_ref().ok().and_then(|t| t.find_partition(el.topic(), el.partition())).map(|e| e.offset());
+                let (off, why) = match (found, &committed) {
+                    (Some(Offset::Offset(o)), _) => (Offset::Offset(o), "the group's committed offset (no store position)"),
+                    (_, Err(_)) => (Offset::Beginning, "the earliest retained offset (group offsets unreadable)"),
+                    _ => match self.start {
+                        KafkaStart::Earliest => (Offset::Beginning, "start = earliest (no store or group position)"),
+                        KafkaStart::Latest => (Offset::End, "start = latest (no store or group position)"),
+                    },
+                };
+                if let (Offset::Offset(o), Some(&i)) = (off, st.index.get(el.topic()).and_then(|m| m.get(&el.partition()))) {
+                    st.parts[i].received = Some(o);
+                }
+                plan.push((el.topic().to_string(), el.partition(), off, why));
+            }
+        }
+        drop(st);
+        for (topic, partition, off, why) in plan {
+            if let Err(e) = tpl.set_partition_offset(&topic, partition, off) {
+                tracing::warn!(%topic, partition, error = %e, "cannot set the start offset of an assigned partition");
+            }
+            tracing::info!(%topic, partition, offset = ?off, from = why, "Kafka partition assigned");
+        }
+    }
+
+    /// Before partitions go: make what was fed durable and commit it; drop what was only buffered.
+    fn before_revoke(&self, c: &BaseConsumer<Ctx>, tpl: &TopicPartitionList) {
+        let lost = c.assignment_lost();
+        {
+            let mut st = lock(&self.state);
+            let st = &mut *st;
+            for el in tpl.elements() {
+                if let Some(&i) = st.index.get(el.topic()).and_then(|m| m.get(&el.partition())) {
+                    let p = &mut st.parts[i];
+                    p.assigned = false;
+                    st.buffered_bytes = st.buffered_bytes.saturating_sub(p.buf.iter().map(|b| b.bytes.len()).sum());
+                    st.buffered_msgs = st.buffered_msgs.saturating_sub(p.buf.len());
+                    p.buf.clear();
+                    p.received = p.next;
+                }
+            }
+        }
+        tracing::info!(partitions = tpl.count(), lost, "Kafka partitions revoked");
+        if !lost && !self.stopping.load(Ordering::Relaxed) && !self.is_down() {
+            self.flush_and_commit(c, Some(tpl));
+        }
+    }
+
+    /// Asks the engine to commit now, waits (bounded) until the store covers everything fed from the
+    /// given partitions (all when None), and commits those positions synchronously.
+    fn flush_and_commit(&self, c: &BaseConsumer<Ctx>, only: Option<&TopicPartitionList>) {
+        let want: Vec<(String, u64)> = {
+            let st = lock(&self.state);
+            let sel = |p: &&Part| only.is_none_or(|t| t.find_partition(&p.topic, p.partition).is_some());
+            st.parts.iter().filter(sel).filter_map(|p| p.fed_end.map(|e| (p.id.clone(), e))).collect()
+        };
+        if !self.stopping.load(Ordering::Relaxed) && self.sink.send_blocking(Msg::Tick).is_err() {
+            lock(&self.state).engine_gone = true;
+        }
+        let deadline = Instant::now() + FLUSH_WAIT;
+        loop {
+            let covered = {
+                let st = lock(&self.state);
+                let d = st.durable.borrow();
+                want.iter().all(|(id, pos)| d.get(id).is_some_and(|have| have >= pos))
+            };
+            let closed = lock(&self.state).durable.has_changed().is_err();
+            if covered || Instant::now() >= deadline {
+                break;
+            }
+            if closed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.commit_durable(c, CommitMode::Sync, only);
+    }
+
+    /// Commits to Kafka the positions the store has made durable (never more).
+    fn commit_durable(&self, c: &BaseConsumer<Ctx>, mode: CommitMode, only: Option<&TopicPartitionList>) {
+        let mut st = lock(&self.state);
+        let d: Durable = st.durable.borrow_and_update().clone();
+        let retry = std::mem::take(&mut st.commit_failed);
+        let mut tpl = TopicPartitionList::new();
+        for p in st.parts.iter_mut() {
+            if !p.assigned && only.is_none() {
+                continue;
+            }
+            if only.is_some_and(|t| t.find_partition(&p.topic, p.partition).is_none()) {
+                continue;
+            }
+            let Some(&pos) = d.get(&p.id) else { continue };
+            let (epoch, next) = decode_position(pos);
+            if epoch == p.epoch && (next > p.committed || retry) {
+                if tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(next)).is_ok() {
+                    p.committed = next;
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(e) = c.commit(&tpl, mode) {
+            st.commit_failed = true;
+            let msg = format!("committing durable offsets to Kafka failed ({e}); the store keeps the position, so nothing is lost; retrying");
+            self.warn_limited(&mut st, "commit", &msg);
+        }
+    }
+
+    /// Takes one message from librdkafka into its partition's buffer.
+    fn receive(&self, topic: &str, partition: i32, offset: i64, ts: Option<i64>, payload: &[u8]) {
+        let mut st = lock(&self.state);
+        let st = &mut *st;
+        let Some(&i) = st.index.get(topic).and_then(|m| m.get(&partition)) else { return };
+        let p = &mut st.parts[i];
+        if !p.assigned {
+            return;
+        }
+        let mut reset = None;
+        if let Some(r) = p.received {
+            if offset < r {
+                // Kafka never hands out an offset twice for one log: this partition's log restarted.
+                p.epoch += 1;
+                p.next = Some(offset);
+                reset = Some((r, p.epoch));
+            }
+        }
+        p.received = Some(offset + 1);
+        p.waiting_since = None;
+        let mut bytes = payload;
+        while let [rest @ .., b'\n' | b'\r'] = bytes {
+            bytes = rest;
+        }
+        let b = Buffered { ts: ts.unwrap_or(i64::MIN), offset, end: encode_position(p.epoch, offset + 1), bytes: bytes.to_vec() };
+        st.buffered_bytes += b.bytes.len();
+        st.buffered_msgs += 1;
+        p.buf.push_back(b);
+        if let Some((was, epoch)) = reset {
+            tracing::warn!(
+                %topic, partition, offset, applied_up_to = was, epoch,
+                "Kafka partition restarted below the offset already applied (topic recreated, or the broker lost its log); reading the new log as new lines"
+            );
+        }
+    }
+
+    /// Feeds buffered messages to the engine in timestamp order across partitions, as far as the merge
+    /// allows. Returns false when the engine is gone.
+    fn emit(&self, c: &BaseConsumer<Ctx>) -> bool {
+        let rk = c.client().native_ptr();
+        let mut st = lock(&self.state);
+        loop {
+            let now = Instant::now();
+            let over = st.buffered_bytes > MAX_BUFFERED_BYTES;
+            let mut best: Option<(i64, usize)> = None;
+            let mut blocked = false;
+            for (i, p) in st.parts.iter_mut().enumerate() {
+                if !p.assigned {
+                    continue;
+                }
+                match p.buf.front() {
+                    Some(head) => {
+                        if best.is_none_or(|(ts, _)| head.ts < ts) {
+                            best = Some((head.ts, i));
+                        }
+                    }
+                    // A partition already waited for in vain holds nothing back until it receives again.
+                    None if !over && p.waiting_since.is_none_or(|s| now.duration_since(s) < ORDER_WAIT) => {
+                        if !caught_up(rk, p) {
+                            p.waiting_since.get_or_insert(now);
+                            blocked = true;
+                        }
+                    }
+                    None => {}
+                }
+            }
+            let Some((_, i)) = best else { return true };
+            if blocked {
+                return true;
+            }
+            let p = &mut st.parts[i];
+            let Some(b) = p.buf.pop_front() else { return true };
+            p.next = Some(b.offset + 1);
+            p.fed_end = Some(b.end);
+            p.fed += 1;
+            let h = p.h;
+            st.buffered_bytes = st.buffered_bytes.saturating_sub(b.bytes.len());
+            st.buffered_msgs -= 1;
+            if self.sink.send_blocking(Msg::Line { h, end: b.end, bytes: b.bytes }).is_err() {
+                st.engine_gone = true;
+                return false;
+            }
+        }
+    }
+
+    /// A partition whose high watermark is below what was already read has a new, shorter log (a
+    /// broker that answers such fetches with nothing instead of "out of range"): start a new epoch
+    /// at its beginning.
+    fn check_resets(&self, c: &BaseConsumer<Ctx>) {
+        let rk = c.client().native_ptr();
+        let found: Vec<(usize, String, i32, i64, i64, i64)> = {
+            let st = lock(&self.state);
+            st.parts
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.assigned && p.buf.is_empty())
+                .filter_map(|(i, p)| match (watermarks(rk, p), p.received) {
+                    (Some((lo, hi)), Some(r)) if hi < r => Some((i, p.topic.clone(), p.partition, r, lo, hi)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (i, topic, partition, was, lo, hi) in found {
+            if let Err(e) = c.seek(&topic, partition, Offset::Offset(lo), Duration::from_secs(10)) {
+                let mut st = lock(&self.state);
+                self.warn_limited(&mut st, "seek", &format!("cannot seek to the start of the restarted log of {topic}/{partition}: {e}; retrying"));
+                continue;
+            }
+            let epoch = {
+                let mut st = lock(&self.state);
+                let p = &mut st.parts[i];
+                p.epoch += 1;
+                p.next = Some(lo);
+                p.received = Some(lo);
+                p.epoch
+            };
+            tracing::warn!(
+                %topic, partition, applied_up_to = was, high_watermark = hi, epoch,
+                "Kafka partition restarted below the offset already applied (topic recreated, or the broker lost its log); reading the new log as new lines"
+            );
+        }
+    }
+
+    fn buffered(&self) -> bool {
+        lock(&self.state).buffered_msgs > 0
+    }
+
+    fn log_stats(&self, c: &BaseConsumer<Ctx>, secs: f64) {
+        let rk = c.client().native_ptr();
+        let mut st = lock(&self.state);
+        let d: Durable = st.durable.borrow().clone();
+        let mut total = 0;
+        let mut lags = Vec::new();
+        let mut parts: Vec<&mut Part> = st.parts.iter_mut().filter(|p| p.assigned).collect();
+        parts.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        for p in parts {
+            total += std::mem::take(&mut p.fed);
+            let durable = d.get(&p.id).map(|&pos| decode_position(pos)).filter(|(e, _)| *e == p.epoch).map(|(_, n)| n);
+            let lag = match (watermarks(rk, p).map(|w| w.1), durable) {
+                (Some(hi), Some(n)) => format!("{}", (hi - n).max(0)),
+                (Some(hi), None) => format!("{hi}+"),
+                _ => "?".into(),
+            };
+            lags.push(format!("{}/{}={lag}", p.topic, p.partition));
+        }
+        let down = self.is_down();
+        tracing::info!(
+            group = %self.group,
+            messages = total,
+            rate = %format!("{:.0} messages/s", total as f64 / secs.max(1e-9)),
+            lag = %if lags.is_empty() { "no partitions assigned".to_string() } else { lags.join(" ") },
+            buffered_bytes = st.buffered_bytes,
+            brokers = if down { "unreachable" } else { "ok" },
+            "kafka"
+        );
+    }
+}
+
+/// librdkafka's cached (low, high) watermarks from the last fetch: no network round trip.
+fn watermarks(rk: *mut rdkafka::bindings::rd_kafka_t, p: &Part) -> Option<(i64, i64)> {
+    let (mut lo, mut hi) = (-1i64, -1i64);
+    // SAFETY: `rk` is the live consumer's handle; the call only reads librdkafka's partition state.
+    let err = unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(rk, p.ctopic.as_ptr(), p.partition, &mut lo, &mut hi) };
+    (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some((lo, hi))
+}
+
+/// Whether everything the broker has for this partition has been taken from librdkafka.
+fn caught_up(rk: *mut rdkafka::bindings::rd_kafka_t, p: &Part) -> bool {
+    match (watermarks(rk, p), p.received) {
+        (Some((_, hi)), Some(r)) => r >= hi,
+        (Some((lo, hi)), None) => lo >= hi,
+        (None, _) => false,
+    }
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning if !self.is_down() => {
+                let mut st = lock(&self.state);
+                self.warn_limited(&mut st, &format!("log:{fac}"), &format!("librdkafka {fac}: {msg}"));
+            }
+            _ => tracing::debug!(facility = fac, "librdkafka: {}", self.client.redact(msg)),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.report_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let res = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // An assignment means the group coordinator answered.
+                self.broker_up();
+                self.plan_assignment(c, tpl);
+                if cooperative { c.incremental_assign(tpl) } else { c.assign(tpl) }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.before_revoke(c, tpl);
+                if cooperative { c.incremental_unassign(tpl) } else { c.unassign() }
+            }
+            other => {
+                tracing::warn!(error = ?other, "Kafka rebalance failed; dropping the assignment and rejoining the group");
+                self.before_revoke(c, tpl);
+                c.unassign()
+            }
+        };
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "applying a Kafka rebalance failed; the group will rebalance again");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => self.broker_up(),
+            Err(e) => {
+                let mut st = lock(&self.state);
+                st.commit_failed = true;
+                let msg = format!("committing durable offsets to Kafka failed ({e}); the store keeps the position, so nothing is lost; retrying");
+                self.warn_limited(&mut st, "commit", &msg);
+            }
+        }
+    }
+}
+
+fn run(c: &BaseConsumer<Ctx>, stop: &AtomicBool, stats_every: Duration) {
+    let ctx = c.context().clone();
+    let mut last_commit = Instant::now();
+    let started = Instant::now();
+    let mut last_stats = Instant::now();
+    let mut last_reset_check = Instant::now();
+    loop {
+        if stop.load(Ordering::Relaxed) || lock(&ctx.state).engine_gone {
+            break;
+        }
+        // Drain what librdkafka has ready, then feed the engine.
+        let mut timeout = if ctx.buffered() { Duration::from_millis(5) } else { Duration::from_millis(100) };
+        for _ in 0..10_000 {
+            match c.poll(timeout) {
+                Some(Ok(m)) => {
+                    ctx.broker_up();
+                    ctx.receive(m.topic(), m.partition(), m.offset(), m.timestamp().to_millis(), m.payload().unwrap_or_default());
+                }
+                Some(Err(KafkaError::MessageConsumption(code))) if matches!(code, RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {}
+                Some(Err(e)) => ctx.report_error(&e, "while consuming"),
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+        if !ctx.emit(c) {
+            break;
+        }
+        if last_commit.elapsed() >= COMMIT_EVERY {
+            last_commit = Instant::now();
+            let changed = lock(&ctx.state).durable.has_changed().unwrap_or(false);
+            let retry = lock(&ctx.state).commit_failed;
+            if changed || retry {
+                ctx.commit_durable(c, CommitMode::Async, None);
+            }
+        }
+        if last_reset_check.elapsed() >= Duration::from_secs(1) {
+            last_reset_check = Instant::now();
+            ctx.check_resets(c);
+        }
+        if last_stats.elapsed() >= stats_every {
+            ctx.log_stats(c, last_stats.elapsed().as_secs_f64());
+            last_stats = Instant::now();
+        }
+    }
+    // Shutdown: the engine is committing what it has; commit that to Kafka before leaving the group.
+    let stopping = stop.load(Ordering::Relaxed);
+    ctx.stopping.store(true, Ordering::Relaxed);
+    if stopping && !ctx.is_down() {
+        ctx.flush_and_commit(c, None);
+    }
+    tracing::info!(group = %ctx.group, ran_for = %format!("{}s", started.elapsed().as_secs()), "Kafka consumer stopping");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_order_epochs_above_offsets() {
+        let a = encode_position(0, 1_000_000);
+        let b = encode_position(1, 1);
+        assert!(b > a);
+        assert_eq!(decode_position(a), (0, 1_000_000));
+        assert_eq!(decode_position(b), (1, 1));
+        assert_eq!(encode_position(0, 5), 5, "epoch 0 positions are plain offsets");
+    }
+
+    #[test]
+    fn reserved_settings_are_refused_with_the_key() {
+        let mut client = KafkaClientSettings::default();
+        client.0.insert("enable.auto.commit".into(), "true".into());
+        let s = KafkaSettings {
+            brokers: vec!["127.0.0.1:9".into()],
+            topics: vec!["t".into()],
+            group_id: "g".into(),
+            start: KafkaStart::Earliest,
+            client,
+            session_timeout: Duration::from_secs(10),
+            stats_interval: Duration::from_secs(60),
+        };
+        let e = s.client_config().unwrap_err().to_string();
+        assert!(e.contains("enable.auto.commit") && e.contains("store has flushed"), "{e}");
+    }
+}
