@@ -10,7 +10,7 @@ bash scripts/services.sh start
 trap 'bash scripts/services.sh stop' EXIT
 set -a
 # shellcheck disable=SC1091
-. .services/env
+. "${SAFEGUARD_SERVICES_DIR:-.services}/env"
 set +a
 
 cargo test --locked --all-targets "$@"

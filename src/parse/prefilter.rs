@@ -7,12 +7,13 @@ use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 /// Each relevant line shape contains at least one of these (tests/parse_shapes.rs checks every
 /// documented shape against them). They are specific on purpose: WAL-E's chatty `MSG:` lines and
 /// PostgreSQL's own log lines inside containers match none, so they are never parsed.
-pub const PATTERNS: [&str; 19] = [
+pub const PATTERNS: [&str; 20] = [
     "s3://",                  // every WAL-E URL, sysid uploads, clone callbacks
     "-broker.",               // lager message names: patroni-broker.*, dingo-postgresql-broker.*
     "DETAIL:",                // WAL-E detail lines (uploads, deletes, partition downloads)
     "STRUCTURED:",            // WAL-E structured lines
-    "pg_stop_backup",         // the NOTICE that completes a base backup
+    "pg_stop_backup",         // the NOTICE that completes a base backup (PostgreSQL 9.x)
+    "required WAL segments",  // its PostgreSQL 10+ form: "all required WAL segments have been archived"
     "archive command",        // PostgreSQL archiver failures
     "CRITICAL",               // WAL-E failures
     "retrying after",         // WAL-E retries

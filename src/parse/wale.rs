@@ -54,7 +54,7 @@ pub fn is_backup_name(n: &str) -> bool {
 }
 
 /// The markers a WAL-E or archiver line is recognised by, found in one scan of the line.
-const MARKERS: [&str; 7] = [
+const MARKERS: [&str; 8] = [
     "STRUCTURED:",
     "DETAIL:",
     "pg_stop_backup complete",
@@ -62,6 +62,8 @@ const MARKERS: [&str; 7] = [
     "CRITICAL",
     "retrying after encountering exception",
     "could no longer locate object while performing wal restore",
+    // PostgreSQL 10+ says this where 9.x said "pg_stop_backup complete, all required ...".
+    "all required WAL segments have been archived",
 ];
 const STRUCTURED: usize = 0;
 const DETAIL: usize = 1;
@@ -70,6 +72,7 @@ const ARCHIVE_FAILED: usize = 3;
 const CRITICAL: usize = 4;
 const RETRYING: usize = 5;
 const NO_LONGER_LOCATE: usize = 6;
+const STOP_BACKUP_10: usize = 7;
 
 /// First position of each marker in `b`.
 fn markers(b: &[u8]) -> [Option<usize>; MARKERS.len()] {
@@ -176,7 +179,7 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
         }
         return Ok(None);
     }
-    if at[STOP_BACKUP].is_some() {
+    if at[STOP_BACKUP].is_some() || at[STOP_BACKUP_10].is_some() {
         return out(EventKind::BaseBackupStopped, None);
     }
     if let Some(i) = at[ARCHIVE_FAILED] {

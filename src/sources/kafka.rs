@@ -625,6 +625,12 @@ impl Ctx {
             lags.push(format!("{}/{}={lag}", p.topic, p.partition));
         }
         let down = self.is_down();
+        if lags.is_empty() {
+            tracing::warn!(
+                group = %self.group,
+                "no Kafka partitions are assigned to this watcher: the group is rebalancing, the brokers are unreachable, or another consumer holds them (give every store its own group_id)"
+            );
+        }
         tracing::info!(
             group = %self.group,
             messages = total,

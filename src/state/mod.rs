@@ -90,6 +90,9 @@ pub struct RestoreSeen {
     #[serde(with = "serde_opt_ms", default)]
     pub last_wal_fetch_at: Option<i64>,
     pub last_message: Option<RestoreMsg>,
+    /// WAL-E reported it could not find the object it was fetching: its next "complete" is not a fetch.
+    #[serde(default)]
+    pub fetch_missing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -357,7 +360,13 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event, rules: &Rules) -> Vec<Effect>
             }
         }
         EventKind::PartitionDownload { .. } => rec.restore.partitions_downloaded += 1,
-        EventKind::WalFetch { state: PushState::Complete, .. } => {
+        // WAL-E logs `state=complete` also for a file it did not find (the `.history` probe at the start
+        // of every recovery, the segment after the last one at its end): count real segments only.
+        EventKind::WalRestoreEnd => rec.restore.fetch_missing = true,
+        EventKind::WalFetch { segment, state: PushState::Complete } => {
+            if std::mem::take(&mut rec.restore.fetch_missing) || !is_segment(segment) {
+                return effects;
+            }
             rec.restore.wal_fetched += 1;
             rec.restore.last_wal_fetch_at = Some(t);
         }
@@ -385,5 +394,50 @@ pub fn tick(rec: &mut InstanceRecord, now: i64, rules: &Rules) -> Vec<Effect> {
 fn set_if(slot: &mut Option<String>, v: &Option<String>) {
     if let Some(v) = v {
         *slot = Some(v.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, t: i64) -> Event {
+        Event { time: Some(t), host: "cell".into(), node_uuid: None, short_id: None, instance: Some("i-1".into()), backup_prefix: None, kind }
+    }
+
+    #[test]
+    fn only_segments_actually_fetched_count_as_restored_wal() {
+        let rules = Rules::default();
+        let mut r = InstanceRecord::new("i-1", 0);
+        let fetch = |s: &str| EventKind::WalFetch { segment: s.into(), state: PushState::Complete };
+        apply(&mut r, &ev(fetch("00000002.history"), 1), &rules);
+        apply(&mut r, &ev(fetch("000000010000000000000003"), 2), &rules);
+        apply(&mut r, &ev(EventKind::WalRestoreEnd, 3), &rules);
+        apply(&mut r, &ev(fetch("000000010000000000000004"), 3), &rules);
+        apply(&mut r, &ev(fetch("000000010000000000000005"), 4), &rules);
+        assert_eq!(r.restore.wal_fetched, 2);
+        assert_eq!(r.restore.last_wal_fetch_at, Some(4));
+    }
+
+    #[test]
+    fn removing_one_of_two_nodes_is_not_a_deletion_and_a_quick_re_add_cancels_one() {
+        let rules = Rules::default();
+        let mut r = InstanceRecord::new("i-1", 0);
+        let add = |n: &str| EventKind::AddNode { node_uuid: Some(n.into()), backend: None };
+        let remove = |n: &str| EventKind::RemoveNode { node_uuid: Some(n.into()), backend: None };
+        apply(&mut r, &ev(add("a"), 1), &rules);
+        apply(&mut r, &ev(add("b"), 2), &rules);
+        assert!(apply(&mut r, &ev(remove("a"), 3), &rules).is_empty());
+        assert_eq!(r.status, Status::Live);
+        let e = apply(&mut r, &ev(remove("b"), 4), &rules);
+        assert!(matches!(e[..], [Effect::DeletionPending { .. }]));
+        let e = apply(&mut r, &ev(add("c"), 4 + rules.deletion_grace_ms - 1), &rules);
+        assert!(matches!(e[..], [Effect::DeletionCancelled { .. }]));
+        assert_eq!(r.status, Status::Live);
+        apply(&mut r, &ev(remove("c"), 1_000_000), &rules);
+        assert!(tick(&mut r, 1_000_000 + rules.deletion_grace_ms - 1, &rules).is_empty());
+        let e = tick(&mut r, 1_000_000 + rules.deletion_grace_ms, &rules);
+        assert!(matches!(e[..], [Effect::InstanceDeleted { at: 1_000_000, .. }]));
+        assert!(tick(&mut r, 2_000_000, &rules).is_empty(), "final once");
     }
 }
