@@ -288,6 +288,16 @@ mod tests {
     }
 
     #[test]
+    fn commented_kafka_example_parses_when_uncommented() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/safeguard.toml")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| l.trim() == "# type = \"kafka\"").expect("a kafka example in config/safeguard.toml");
+        let block: Vec<&str> = lines[at - 1..].iter().take_while(|l| !l.trim().is_empty()).map(|l| l.strip_prefix("# ").unwrap_or(l)).collect();
+        let c = Config::parse(&block.join("\n")).unwrap_or_else(|e| panic!("{e}\n{}", block.join("\n")));
+        assert!(matches!(&c.sources[0], SourceConfig::Kafka { client, .. } if client.0.contains_key("sasl.password")));
+    }
+
+    #[test]
     fn kafka_source_parses_and_hides_secrets() {
         let text = r#"
 [[sources]]

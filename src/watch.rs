@@ -119,7 +119,8 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
         Some(h) => Some(crate::http::Server::start(&cfg, h, store.clone(), durable_rx.clone()).await?),
         None => None,
     };
-    let running = crate::sources::start(&sources, &sink, durable_rx, stop.clone()).await?;
+    let opts = crate::sources::SourceOptions { stats_interval: cfg.watch.stats_interval };
+    let running = crate::sources::start(&sources, &sink, durable_rx, stop.clone(), &opts).await?;
     if let Some(h) = &http {
         h.sources_started();
     }

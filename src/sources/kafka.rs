@@ -463,10 +463,8 @@ impl Ctx {
             }
             let Some(&pos) = d.get(&p.id) else { continue };
             let (epoch, next) = decode_position(pos);
-            if epoch == p.epoch && (next > p.committed || retry) {
-                if tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(next)).is_ok() {
-                    p.committed = next;
-                }
+            if epoch == p.epoch && (next > p.committed || retry) && tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(next)).is_ok() {
+                p.committed = next;
             }
         }
         if tpl.count() == 0 {
@@ -530,17 +528,12 @@ impl Ctx {
                     continue;
                 }
                 match p.buf.front() {
-                    Some(head) => {
-                        if best.is_none_or(|(ts, _)| head.ts < ts) {
-                            best = Some((head.ts, i));
-                        }
-                    }
+                    Some(head) if best.is_none_or(|(ts, _)| head.ts < ts) => best = Some((head.ts, i)),
+                    Some(_) => {}
                     // A partition already waited for in vain holds nothing back until it receives again.
-                    None if !over && p.waiting_since.is_none_or(|s| now.duration_since(s) < ORDER_WAIT) => {
-                        if !caught_up(rk, p) {
-                            p.waiting_since.get_or_insert(now);
-                            blocked = true;
-                        }
+                    None if !over && p.waiting_since.is_none_or(|s| now.duration_since(s) < ORDER_WAIT) && !caught_up(rk, p) => {
+                        p.waiting_since.get_or_insert(now);
+                        blocked = true;
                     }
                     None => {}
                 }
@@ -732,7 +725,8 @@ fn run(c: &BaseConsumer<Ctx>, stop: &AtomicBool, stats_every: Duration) {
                     ctx.broker_up();
                     ctx.receive(m.topic(), m.partition(), m.offset(), m.timestamp().to_millis(), m.payload().unwrap_or_default());
                 }
-                Some(Err(KafkaError::MessageConsumption(code))) if matches!(code, RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {}
+                // Already reported through the client's error callback.
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure))) => {}
                 Some(Err(e)) => ctx.report_error(&e, "while consuming"),
                 None => break,
             }

@@ -136,16 +136,6 @@ pub async fn start(
     sink: &Sink,
     durable: watch::Receiver<Durable>,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<Running> {
-    start_with(sources, sink, durable, stop, &SourceOptions::default()).await
-}
-
-/// [`start`] with options (the stats interval from `[watch]`).
-pub async fn start_with(
-    sources: &[SourceConfig],
-    sink: &Sink,
-    durable: watch::Receiver<Durable>,
-    stop: Arc<AtomicBool>,
     opts: &SourceOptions,
 ) -> anyhow::Result<Running> {
     let mut tasks = Vec::new();
