@@ -5,29 +5,19 @@
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 /// Each relevant line shape contains at least one of these (tests/parse_shapes.rs checks every
-/// documented shape against them). They are specific on purpose: WAL-E's chatty `MSG:` lines and
-/// PostgreSQL's own log lines inside containers match none, so they are never parsed.
-pub const PATTERNS: [&str; 20] = [
-    "s3://",                  // every WAL-E URL, sysid uploads, clone callbacks
-    "-broker.",               // lager message names: patroni-broker.*, dingo-postgresql-broker.*
-    "DETAIL:",                // WAL-E detail lines (uploads, deletes, partition downloads)
-    "STRUCTURED:",            // WAL-E structured lines
-    "pg_stop_backup",         // the NOTICE that completes a base backup (PostgreSQL 9.x)
-    "required WAL segments",  // its PostgreSQL 10+ form: "all required WAL segments have been archived"
-    "archive command",        // PostgreSQL archiver failures
-    "CRITICAL",               // WAL-E failures
-    "retrying after",         // WAL-E retries
-    "could no longer locate", // end of a wal-fetch recovery
-    "Docker container",       // cf-containers-broker create/destroy
-    "looking up public",      // container start-up registration
-    "public address",
-    "Enabling wal-e",
-    "preparation required",   // restore_leader_if_missing messages
-    "new cluster, no existing",
-    "etcd missing",
-    "Re-initializing",
-    "preparing patroni",
-    "base_0",                 // backup-list lines
+/// documented shape against them). Few and short on purpose: a longer, more specific list (tried: 20
+/// patterns that skip WAL-E's MSG chatter) makes the automaton slower than parsing the extra lines.
+pub const PATTERNS: [&str; 10] = [
+    "s3://",                 // every WAL-E URL, sysid uploads, clone callbacks
+    "-broker.",              // lager message names: patroni-broker.*, dingo-postgresql-broker.*
+    "cf-",                   // container programs and the containers broker's create/destroy lines
+    "pg_stop_backup",        // the NOTICE that completes a base backup (PostgreSQL 9.x)
+    "required WAL segments", // its PostgreSQL 10+ form
+    "archive command",       // PostgreSQL archiver failures
+    "wal_e",                 // WAL-E logger names on MSG lines (CRITICAL, retry)
+    "backup> ",              // script prefixes when a shipper dropped the program name
+    "patroni> ",
+    "_if_missing> ",
 ];
 
 #[derive(Clone)]
