@@ -70,7 +70,7 @@ pub enum Access {
 
 impl Access {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Access, QueryError> {
-        match Store::open(path, cache_bytes) {
+        match Store::open_existing(path, cache_bytes) {
             Ok(s) => Ok(Access::Direct(s)),
             Err(StoreError::Locked { .. }) => Ok(Access::Watcher { path: path.to_path_buf(), socket: path.join(SOCKET_NAME) }),
             Err(e) => Err(e.into()),

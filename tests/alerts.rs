@@ -403,3 +403,46 @@ fn an_alert_waits_for_a_down_smtp_server_across_a_restart_and_is_sent_once() {
     w.stop();
     drop(smtpd);
 }
+
+#[test]
+fn an_undeliverable_alert_fails_after_give_up_and_retry_requeues_it() {
+    let _ = env("SAFEGUARD_TEST_S3");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(now_ms() as u64 ^ 0xfa11);
+    let bucket = format!("alerts-{}", &rng.uuid()[..8]);
+    let d = inst(&mut rng);
+    s3_layout(&bucket, &objects(&d, false));
+    // Nothing listens on this port: every attempt fails, and the alert gives up after 2 s.
+    let cfg = write_config(tmp.path(), &format!("127.0.0.1:{}", free_port()), None);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[alerts]\n", "[alerts]\ngive_up_after = \"2s\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let store = tmp.path().join("store");
+    let store_s = store.to_str().unwrap().to_string();
+    let port = free_port();
+    let w = watch(&cfg, &store, port);
+    send(port, &lifecycle(&d, &bucket, false));
+    let failed = || -> Value {
+        let (_, out, _) = run(&["alerts", "--failed", "--json", "--store", &store_s]);
+        serde_json::from_str(&out).unwrap_or(Value::Null)
+    };
+    wait_until("the alert to be marked failed", Duration::from_secs(60), || failed().as_array().is_some_and(|a| a.len() == 1));
+    let f = failed();
+    assert_eq!(f[0]["rule"], "deleted_without_base_backup");
+    assert!(f[0]["attempts"].as_u64().unwrap() >= 1);
+    let id = f[0]["id"].as_str().unwrap().to_string();
+    let log = w.stop();
+    assert!(log.contains("alert delivery FAILED for good"), "{log}");
+
+    // `alerts retry` requeues it with a fresh give-up time (through the store, no watcher running).
+    let (code, out, err) = run(&["alerts", "retry", &id, "--store", &store_s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("requeued"), "{out}");
+    let (_, out, _) = run(&["alerts", "--pending", "--json", "--store", &store_s]);
+    let p: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p.as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(p[0]["id"], id.as_str());
+    assert_eq!(p[0]["attempts"], 0);
+    let (code, _, err) = run(&["alerts", "retry", "no-such-alert", "--store", &store_s]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no alert no-such-alert"), "{err}");
+}

@@ -168,6 +168,13 @@ fn cli_ingest_show_and_instances() {
     let (_, out, _) = run(&["instances", "--at-risk", "--store", store]);
     assert!(out.contains("8a303d49-aa3d-4b6f-a254-6623c5921fe5") && out.contains("no_base_backup"), "{out}");
 
+    // A mistyped store path is reported, not silently created empty.
+    let missing = tmp.path().join("no-such-store");
+    let (code, _, err) = run(&["instances", "--store", missing.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("there is no store at"), "{err}");
+    assert!(!missing.exists());
+
     let (code, _, err) = run(&["--config", "/nonexistent/safeguard.toml", "instances", "--store", store]);
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/safeguard.toml"), "{err}");

@@ -103,3 +103,51 @@ fn unsafe_kill_term(pid: u32) {
     let ok = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success();
     assert!(ok);
 }
+
+#[test]
+fn followed_file_survives_rotation_and_resumes_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store_s = store.to_str().unwrap().to_string();
+    let log = tmp.path().join("syslog");
+    let seed = std::fs::read_to_string(fixture("scenarios/seed.log")).unwrap();
+    let lines: Vec<&str> = seed.lines().collect();
+    let (a, b) = (lines.len() / 3, 2 * lines.len() / 3);
+    let status = || -> Value {
+        let (_, out, _) = run(&["status", "--json", "--store", &store_s]);
+        serde_json::from_str(&out).unwrap_or(Value::Null)
+    };
+    let spawn = || {
+        Watcher(
+            Command::new(bin())
+                .args(["watch", "--file", log.to_str().unwrap(), "--store", &store_s])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    std::fs::write(&log, lines[..a].join("\n") + "\n").unwrap();
+    let mut w = spawn();
+    wait_until("the first third", Duration::from_secs(20), || status()["counters"]["lines_read"] == a as u64);
+
+    // logrotate: the file moves away and a new one starts at the same path.
+    std::fs::rename(&log, tmp.path().join("syslog.1")).unwrap();
+    std::fs::write(&log, lines[a..b].join("\n") + "\n").unwrap();
+    wait_until("the rotated file", Duration::from_secs(20), || status()["counters"]["lines_read"] == b as u64);
+    unsafe_kill_term(w.0.id());
+    assert!(w.0.wait().unwrap().success());
+
+    // Lines appended while the watcher was down are read once it is back, and nothing twice.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all((lines[b..].join("\n") + "\n").as_bytes()).unwrap();
+    drop(f);
+    let _w = spawn();
+    wait_until("the appended lines", Duration::from_secs(20), || status()["counters"]["lines_read"] == lines.len() as u64);
+    let s = status();
+    assert_eq!(s["counters"]["lines_replayed_skipped"], 0, "{s}");
+    let (_, out, _) = run(&["show", "6e101b27-ee1b-4f4d-a032-4401a3709ec3", "--json", "--store", &store_s]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["status"], "deleted");
+    assert_eq!(v["wal"]["segments_pushed"], 3);
+}

@@ -14,6 +14,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("there is no store at {path}; check --store / SAFEGUARD_STORE (a store is created by `safeguard watch` or `safeguard ingest`)")]
+    Missing { path: PathBuf },
     #[error("the store at {path} is in use by another safeguard process (a running `safeguard watch`?); stop it, or query it through that process")]
     Locked { path: PathBuf },
     #[error("cannot open the store at {path}: {source}; check the directory exists and is writable (--store / SAFEGUARD_STORE)")]
@@ -123,6 +125,16 @@ impl Store {
             }
         }
         Ok(Store { db, path: path.to_path_buf() })
+    }
+
+    /// Opens an existing store only: queries must not create an empty store at a mistyped path (nor
+    /// take the lock of a store a watcher is about to open).
+    pub fn open_existing(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let no_store = !path.exists() || (path.is_dir() && !path.join("conf").exists() && !path.join("db").exists());
+        if no_store {
+            return Err(StoreError::Missing { path: path.to_path_buf() });
+        }
+        Store::open(path, cache_bytes)
     }
 
     pub fn path(&self) -> &Path {
