@@ -103,6 +103,9 @@ fn describe() {
     describe_counter!("safeguard_lines_attributed_total", "Relevant lines attributed to an instance.");
     describe_counter!("safeguard_lines_unattributed_total", "Relevant lines that named no known instance.");
     describe_counter!("safeguard_lines_rejected_total", "Candidate lines rejected (all reasons).");
+    describe_counter!("safeguard_source_lines_read_total", "Lines read, by source kind (syslog, file, stdin, kafka:<topic>).");
+    describe_counter!("safeguard_source_lines_relevant_total", "Relevant lines, by source kind.");
+    describe_counter!("safeguard_source_lines_rejected_total", "Rejected lines, by source kind.");
     describe_counter!("safeguard_lines_rejected_by_reason_total", "Candidate lines rejected, by reason.");
     describe_counter!("safeguard_lines_replayed_skipped_total", "Lines skipped because the store had already applied them (replays).");
     describe_counter!("safeguard_events_applied_total", "Events applied to instance records.");
@@ -422,6 +425,11 @@ fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
     counter!("safeguard_lines_attributed_total").absolute(c.lines_attributed);
     counter!("safeguard_lines_unattributed_total").absolute(c.lines_unattributed);
     counter!("safeguard_lines_rejected_total").absolute(c.lines_rejected);
+    for (source, s) in &c.by_source {
+        counter!("safeguard_source_lines_read_total", "source" => source.clone()).absolute(s.lines_read);
+        counter!("safeguard_source_lines_relevant_total", "source" => source.clone()).absolute(s.lines_relevant);
+        counter!("safeguard_source_lines_rejected_total", "source" => source.clone()).absolute(s.lines_rejected);
+    }
     for (reason, n) in &c.rejected_by_reason {
         counter!("safeguard_lines_rejected_by_reason_total", "reason" => reason.clone()).absolute(*n);
     }

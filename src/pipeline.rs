@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::alerts::{self, Alert, AlertsConfig};
 use crate::parse::{parse_line, Event, EventKind, Prefilter, Reject, YearClock};
 use crate::state::{self, Effect, InstanceRecord, Rules};
-use crate::store::{Counters, Position, Store, StoreError, WriteSet};
+use crate::store::{Counters, Position, SourceCounters, Store, StoreError, WriteSet};
 use crate::timeutil::now_ms;
 
 #[derive(Debug, Clone)]
@@ -34,6 +34,10 @@ pub struct SourceHandle(usize);
 struct Cursor {
     id: String,
     name: String,
+    /// Low-cardinality label for per-source counters.
+    label: String,
+    /// Counts since the last commit, folded into `Counters::by_source` there.
+    delta: SourceCounters,
     replayable: bool,
     committed: Option<u64>,
     pending: Option<u64>,
@@ -102,7 +106,16 @@ impl Engine {
     /// Registers a source. `id` must be stable across restarts for a replayable source.
     pub fn add_source(&mut self, id: &str, name: &str, replayable: bool) -> Result<SourceHandle, StoreError> {
         let committed = if replayable { self.store.position(id)?.map(|p| p.offset) } else { None };
-        self.cursors.push(Cursor { id: id.to_string(), name: name.to_string(), replayable, committed, pending: None, clock: YearClock::default() });
+        self.cursors.push(Cursor {
+            id: id.to_string(),
+            name: name.to_string(),
+            label: source_label(id, name),
+            delta: SourceCounters::default(),
+            replayable,
+            committed,
+            pending: None,
+            clock: YearClock::default(),
+        });
         Ok(SourceHandle(self.cursors.len() - 1))
     }
 
@@ -121,6 +134,7 @@ impl Engine {
         self.counters.lines_read += 1;
         self.uncommitted_lines += 1;
         let cur = &mut self.cursors[h.0];
+        cur.delta.lines_read += 1;
         if cur.replayable && cur.committed.is_some_and(|c| end_offset <= c) {
             self.counters.lines_replayed_skipped += 1;
             return;
@@ -148,6 +162,7 @@ impl Engine {
         }
         self.counters.lines_read += lines;
         self.uncommitted_lines += lines;
+        cur.delta.lines_read += lines;
         if from < chunk.len() {
             cur.pending = Some(base + chunk.len() as u64);
         }
@@ -163,7 +178,8 @@ impl Engine {
         }
     }
 
-    fn reject(&mut self, r: Reject) {
+    fn reject(&mut self, h: SourceHandle, r: Reject) {
+        self.cursors[h.0].delta.lines_rejected += 1;
         self.counters.lines_rejected += 1;
         *self.counters.rejected_by_reason.entry(r.as_str().to_string()).or_default() += 1;
         tracing::debug!(reason = r.as_str(), "rejected a line");
@@ -171,18 +187,19 @@ impl Engine {
 
     fn candidate(&mut self, h: SourceHandle, line: &[u8]) {
         if line.len() > self.cfg.max_line_bytes {
-            return self.reject(Reject::TooLong);
+            return self.reject(h, Reject::TooLong);
         }
         let Ok(text) = std::str::from_utf8(line) else {
-            return self.reject(Reject::Utf8);
+            return self.reject(h, Reject::Utf8);
         };
         let now = self.now;
         let parsed = parse_line(text, &mut self.cursors[h.0].clock, now);
         match parsed {
-            Err(r) => self.reject(r),
+            Err(r) => self.reject(h, r),
             Ok(None) => {}
             Ok(Some(ev)) => {
                 self.counters.lines_relevant += 1;
+                self.cursors[h.0].delta.lines_relevant += 1;
                 if let Some(t) = ev.time {
                     self.watermark = self.watermark.max(t);
                 }
@@ -312,6 +329,12 @@ impl Engine {
         }
         let effects = std::mem::take(&mut self.effects);
         self.counters.effects += effects.len() as u64;
+        for c in &mut self.cursors {
+            let d = std::mem::take(&mut c.delta);
+            if d != SourceCounters::default() {
+                self.counters.by_source.entry(c.label.clone()).or_default().add(&d);
+            }
+        }
         let mut new_alerts = std::mem::take(&mut self.alerts);
         if let Some(cfg) = &self.cfg.alerts {
             for e in &effects {
@@ -369,6 +392,17 @@ impl Engine {
         self.alerts.extend(raised);
         Ok(n)
     }
+}
+
+/// The per-source counter label: the kind of source, not the rotating stream, so metrics stay few.
+fn source_label(id: &str, name: &str) -> String {
+    if let Some(rest) = id.strip_prefix("kafka:") {
+        return format!("kafka:{}", rest.rsplit_once(':').map_or(rest, |(topic, _)| topic));
+    }
+    if id.starts_with("lines:") {
+        return if name == "stdin" { "stdin".into() } else { "file".into() };
+    }
+    id.split(':').next().unwrap_or(id).to_string()
 }
 
 /// Lines in a buffer: newlines, plus a final unterminated line.

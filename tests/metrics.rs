@@ -264,6 +264,17 @@ secret_access_key = "metrics-secret-never-shown"
         let now = Scrape::get(http).counter(metric);
         assert_eq!(now, c[field].as_f64().unwrap(), "{metric} vs status {field}");
     }
+    // By source: everything here came through the syslog listener.
+    let by_source = Scrape::get(http);
+    assert_eq!(
+        by_source.value("safeguard_source_lines_read_total", &[("source", "syslog")]),
+        Some(c["lines_read"].as_f64().unwrap()),
+        "per-source lines read"
+    );
+    assert_eq!(
+        by_source.value("safeguard_source_lines_relevant_total", &[("source", "syslog")]),
+        Some(c["lines_relevant"].as_f64().unwrap())
+    );
     let live = last.value("safeguard_instances", &[("status", "live")]).unwrap();
     let deleted = last.value("safeguard_instances", &[("status", "deleted")]).unwrap();
     assert!(live + deleted > 0.0, "instances gauges: live {live} deleted {deleted}");

@@ -66,6 +66,8 @@ proptest! {
         prop_assert!(c.lines_relevant + c.lines_rejected <= c.lines_read);
         prop_assert_eq!(c.lines_attributed + c.lines_unattributed, c.lines_relevant);
         prop_assert_eq!(c.rejected_by_reason.values().sum::<u64>(), c.lines_rejected);
+        prop_assert_eq!(c.by_source.values().map(|s| s.lines_read).sum::<u64>(), c.lines_read);
+        prop_assert_eq!(c.by_source.values().map(|s| s.lines_rejected).sum::<u64>(), c.lines_rejected);
     }
 }
 

@@ -41,6 +41,24 @@ pub struct Counters {
     pub lines_replayed_skipped: u64,
     pub events_applied: u64,
     pub effects: u64,
+    /// The same line counts by source kind (`syslog`, `file`, `stdin`, `kafka:<topic>`).
+    #[serde(default)]
+    pub by_source: BTreeMap<String, SourceCounters>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceCounters {
+    pub lines_read: u64,
+    pub lines_relevant: u64,
+    pub lines_rejected: u64,
+}
+
+impl SourceCounters {
+    pub fn add(&mut self, o: &SourceCounters) {
+        self.lines_read += o.lines_read;
+        self.lines_relevant += o.lines_relevant;
+        self.lines_rejected += o.lines_rejected;
+    }
 }
 
 impl Counters {
@@ -56,6 +74,9 @@ impl Counters {
         self.lines_replayed_skipped += o.lines_replayed_skipped;
         self.events_applied += o.events_applied;
         self.effects += o.effects;
+        for (k, v) in &o.by_source {
+            self.by_source.entry(k.clone()).or_default().add(v);
+        }
     }
 }
 
