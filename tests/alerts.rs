@@ -9,9 +9,9 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{bin, run};
+use common::{bin, free_port, mails, run, wait_until};
 use safeguard::gen::Rng;
 use safeguard::s3::{ObjectStore, S3Config};
 use safeguard::timeutil::{now_ms, rfc3339};
@@ -19,18 +19,6 @@ use serde_json::Value;
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test.sh, which starts the real services (S3, SMTP) and sets it"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 struct Proc(Child);
@@ -235,47 +223,6 @@ fn send(port: u16, lines: &[String]) {
     }
 }
 
-/// Decodes a quoted-printable body (soft line breaks and `=XX` escapes).
-fn unquote(body: &str) -> String {
-    let joined = body.replace("=\r\n", "").replace("=\n", "");
-    let b = joined.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'=' && i + 2 < b.len() + 1 {
-            if let Some(v) = joined.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Mails in a Maildir that mention `needle`, as (subject, headers and decoded body).
-fn mails(maildir: &Path, needle: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for sub in ["new", "cur"] {
-        let Ok(rd) = std::fs::read_dir(maildir.join(sub)) else { continue };
-        for e in rd.flatten() {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default().replace("\r\n", "\n");
-            let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-            // Long header lines may be folded: unfold them before looking.
-            let head = head.replace("\n ", " ").replace("\n\t", " ");
-            let body = if head.to_ascii_lowercase().contains("content-transfer-encoding: quoted-printable") { unquote(body) } else { body.to_string() };
-            let whole = format!("{head}\n\n{body}");
-            if whole.contains(needle) {
-                let subject = head.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or("").to_string();
-                out.push((subject, whole));
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn one_email_and_webhook_per_deleted_instance_decided_by_the_object_store() {
     let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
@@ -305,13 +252,13 @@ fn one_email_and_webhook_per_deleted_instance_decided_by_the_object_store() {
     let mb = mails(&maildir, &b.id);
     assert_eq!(ma.len(), 1, "A: {ma:?}");
     assert_eq!(mb.len(), 1, "B: {mb:?}");
-    let (sa, body_a) = &ma[0];
+    let (sa, body_a) = (&ma[0].subject, &ma[0].text);
     assert!(sa.contains("WARNING") && sa.contains(&a.id) && sa.contains("was deleted"), "{sa}");
     assert!(body_a.contains(&format!("s3://{bucket}/backups/{}/wal/", a.id)), "{body_a}");
     assert!(body_a.contains(&format!("safeguard recover {}", a.id)), "{body_a}");
     assert!(body_a.contains("RECOVERABLE") || body_a.contains("Recoverable") || body_a.contains("recoverable"), "{body_a}");
     assert!(body_a.contains("To: dba-oncall@platform.example"), "{body_a}");
-    let (sb, body_b) = &mb[0];
+    let (sb, body_b) = (&mb[0].subject, &mb[0].text);
     assert!(sb.contains("CRITICAL") && sb.contains(&b.id) && sb.contains("NO complete base backup"), "{sb}");
     assert!(body_b.contains("platform-lead@platform.example"), "critical mail goes to the critical list: {body_b}");
     assert!(!body_b.contains("test-secret-key") && !body_a.contains("not-in-logs"));

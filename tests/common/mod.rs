@@ -1,6 +1,10 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 
 /// Every field of `expected` equals the same field of `actual`; arrays match element by element and
@@ -36,4 +40,68 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
 
 pub fn fixture(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+/// Decodes a quoted-printable body (soft line breaks and `=XX` escapes).
+pub fn unquote(body: &str) -> String {
+    let joined = body.replace("=\r\n", "").replace("=\n", "");
+    let b = joined.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'=' {
+            if let Some(v) = joined.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A mail in the SMTP server's Maildir.
+#[derive(Clone, Debug)]
+pub struct Mail {
+    pub subject: String,
+    /// Unfolded headers, a blank line, the decoded body.
+    pub text: String,
+    pub received: std::time::SystemTime,
+}
+
+/// Mails in the Maildir that mention `needle`.
+pub fn mails(maildir: &Path, needle: &str) -> Vec<Mail> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        let Ok(rd) = std::fs::read_dir(maildir.join(sub)) else { continue };
+        for e in rd.flatten() {
+            let raw = std::fs::read_to_string(e.path()).unwrap_or_default().replace("\r\n", "\n");
+            let (head, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+            let head = head.replace("\n ", " ").replace("\n\t", " ");
+            let body = if head.to_ascii_lowercase().contains("content-transfer-encoding: quoted-printable") { unquote(body) } else { body.to_string() };
+            let text = format!("{head}\n\n{body}");
+            if text.contains(needle) {
+                let subject = head.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or("").to_string();
+                let received = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                out.push(Mail { subject, text, received });
+            }
+        }
+    }
+    out.sort_by_key(|m| m.received);
+    out
 }
