@@ -176,7 +176,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     cfg.sources.push(SourceConfig::Stdin);
                 }
             }
-            let store = Store::open(&store_path, cache)?;
+            let store = Store::open_waiting(&store_path, cache, std::time::Duration::from_secs(5))?;
             tracing::info!(store = %store_path.display(), "safeguard watch starting");
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let counters = rt.block_on(safeguard::watch::run(cfg, store, shutdown_signal()))?;
@@ -184,7 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ingest { files, json } => {
-            let store = Store::open(&store_path, cache).context("ingest writes to the store directly")?;
+            let store = Store::open_waiting(&store_path, cache, std::time::Duration::from_secs(5)).context("ingest writes to the store directly")?;
             let s = safeguard::ingest::ingest(&store, cfg.engine(), &files)?;
             if json {
                 print_json(&s)?;

@@ -62,10 +62,19 @@ fn syslog_listener_over_udp_and_tcp() {
 
     // While the watcher runs it owns the store; `show` answers through its socket.
     let id = "6e101b27-ee1b-4f4d-a032-4401a3709ec3";
-    wait_until("the deletion to be recorded", Duration::from_secs(20), || {
-        let (code, out, _) = run(&["show", id, "--json", "--store", &store_s]);
-        code == 0 && serde_json::from_str::<Value>(&out).map(|v| v["status"] == "deleted" && v["wal"]["segments_pushed"] == 3).unwrap_or(false)
-    });
+    let start = std::time::Instant::now();
+    loop {
+        let (code, out, err) = run(&["show", id, "--json", "--store", &store_s]);
+        let done = code == 0 && serde_json::from_str::<Value>(&out).map(|v| v["status"] == "deleted" && v["wal"]["segments_pushed"] == 3).unwrap_or(false);
+        if done {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let (_, st, _) = run(&["status", "--json", "--store", &store_s]);
+            panic!("timed out waiting for the deletion to be recorded: show exit {code}: {out} {err}\nstatus: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (_, out, _) = run(&["status", "--json", "--store", &store_s]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["watcher_running"], true);
@@ -131,7 +140,13 @@ fn followed_file_survives_rotation_and_resumes_after_restart() {
     f.write_all((lines[b..].join("\n") + "\n").as_bytes()).unwrap();
     drop(f);
     let _w = spawn();
-    wait_until("the appended lines", Duration::from_secs(20), || status()["counters"]["lines_read"] == lines.len() as u64);
+    let mut last = Value::Null;
+    let start = std::time::Instant::now();
+    while last["counters"]["lines_read"] != lines.len() as u64 {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for the appended lines; last status: {last}");
+        std::thread::sleep(Duration::from_millis(100));
+        last = status();
+    }
     let s = status();
     assert_eq!(s["counters"]["lines_replayed_skipped"], 0, "{s}");
     let (_, out, _) = run(&["show", "6e101b27-ee1b-4f4d-a032-4401a3709ec3", "--json", "--store", &store_s]);

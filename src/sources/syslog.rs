@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::{Msg, Sink};
@@ -73,47 +73,109 @@ pub async fn run_tcp(listener: TcpListener, h: SourceHandle, sink: Sink) {
     }
 }
 
-async fn serve_conn(stream: TcpStream, h: SourceHandle, sink: Sink) -> std::io::Result<()> {
-    let mut r = BufReader::with_capacity(64 * 1024, stream);
-    loop {
-        let buf = r.fill_buf().await?;
-        if buf.is_empty() {
-            return Ok(());
+/// What the bytes at the front of a connection's buffer hold.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    /// A message at `buf[start..end]`; `consumed` bytes are done with.
+    Msg { start: usize, end: usize, consumed: usize },
+    /// An octet-counted frame too long to keep: its first `MAX_FRAME` bytes go on (to be rejected as too
+    /// long), and `skip` more bytes of it are dropped as they arrive.
+    Oversize { consumed: usize, skip: usize },
+    NeedMore,
+}
+
+/// RFC 6587 framing, decided per message: `LEN SP MSG` when the message starts with digits and a space,
+/// else up to the next newline. A frame split across reads waits for the rest, including a length
+/// whose digits arrived without their space.
+fn next_frame(buf: &[u8], eof: bool) -> Frame {
+    if buf.is_empty() {
+        return Frame::NeedMore;
+    }
+    let digits = buf.iter().take(10).take_while(|c| c.is_ascii_digit()).count();
+    if digits == buf.len() && digits < 10 && !eof {
+        return Frame::NeedMore;
+    }
+    if digits > 0 && digits < 10 && buf.get(digits) == Some(&b' ') {
+        let len: usize = std::str::from_utf8(&buf[..digits]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let start = digits + 1;
+        if len > MAX_FRAME {
+            if buf.len() >= start + MAX_FRAME {
+                return Frame::Oversize { consumed: start + MAX_FRAME, skip: len - MAX_FRAME };
+            }
+            return if eof { Frame::Msg { start, end: buf.len(), consumed: buf.len() } } else { Frame::NeedMore };
         }
-        // Octet counting: "LEN SP MSG"; anything else is a newline-terminated message.
-        let digits = buf.iter().take_while(|c| c.is_ascii_digit()).count();
-        let msg = if digits > 0 && digits < 8 && buf.get(digits) == Some(&b' ') {
-            let len: usize = std::str::from_utf8(&buf[..digits]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            r.consume(digits + 1);
-            let mut m = vec![0u8; len.min(MAX_FRAME)];
-            r.read_exact(&mut m).await?;
-            if len > MAX_FRAME {
-                // Discard the rest of an oversized frame.
-                let mut rest = (&mut r).take((len - MAX_FRAME) as u64);
-                tokio::io::copy(&mut rest, &mut tokio::io::sink()).await?;
-            }
-            m
-        } else {
-            let mut m = Vec::new();
-            let n = (&mut r).take(MAX_FRAME as u64).read_until(b'\n', &mut m).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            if m.last() != Some(&b'\n') && n == MAX_FRAME {
-                // Skip to the end of an oversized line.
-                let mut junk = Vec::new();
-                r.read_until(b'\n', &mut junk).await?;
-            }
-            while let Some(b'\n' | b'\r') = m.last() {
-                m.pop();
-            }
-            m
-        };
-        if msg.is_empty() {
+        if buf.len() >= start + len {
+            return Frame::Msg { start, end: start + len, consumed: start + len };
+        }
+        return if eof { Frame::Msg { start, end: buf.len(), consumed: buf.len() } } else { Frame::NeedMore };
+    }
+    match memchr::memchr(b'\n', buf) {
+        Some(nl) => Frame::Msg { start: 0, end: nl, consumed: nl + 1 },
+        None if eof || buf.len() >= MAX_FRAME => Frame::Msg { start: 0, end: buf.len().min(MAX_FRAME), consumed: buf.len().min(MAX_FRAME) },
+        None => Frame::NeedMore,
+    }
+}
+
+async fn serve_conn(mut stream: TcpStream, h: SourceHandle, sink: Sink) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut eof = false;
+    let mut skip = 0usize;
+    loop {
+        if skip > 0 && !buf.is_empty() {
+            let n = skip.min(buf.len());
+            buf.drain(..n);
+            skip -= n;
             continue;
         }
-        if sink.send(Msg::Line { h, end: next(&SEQ), bytes: msg }).await.is_err() {
-            return Ok(());
+        let frame = if skip > 0 { Frame::NeedMore } else { next_frame(&buf, eof) };
+        match frame {
+            Frame::NeedMore => {
+                if eof {
+                    return Ok(());
+                }
+                if stream.read_buf(&mut buf).await? == 0 {
+                    eof = true;
+                }
+            }
+            Frame::Oversize { consumed, skip: rest } => {
+                let msg = buf[..consumed].to_vec();
+                buf.drain(..consumed);
+                skip = rest;
+                if sink.send(Msg::Line { h, end: next(&SEQ), bytes: msg }).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Frame::Msg { start, end, consumed } => {
+                let mut msg = &buf[start..end];
+                while let [rest @ .., b'\r' | b'\n'] = msg {
+                    msg = rest;
+                }
+                let msg = msg.to_vec();
+                buf.drain(..consumed);
+                if !msg.is_empty() && sink.send(Msg::Line { h, end: next(&SEQ), bytes: msg }).await.is_err() {
+                    return Ok(());
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_anywhere_wait_for_the_rest() {
+        assert_eq!(next_frame(b"12", false), Frame::NeedMore, "digits without their space yet");
+        assert_eq!(next_frame(b"5 hel", false), Frame::NeedMore);
+        assert_eq!(next_frame(b"5 hello6 world", false), Frame::Msg { start: 2, end: 7, consumed: 7 });
+        assert_eq!(next_frame(b"Mar 16 x\nnext", false), Frame::Msg { start: 0, end: 8, consumed: 9 });
+        assert_eq!(next_frame(b"2016-03-17 x\n", false), Frame::Msg { start: 0, end: 12, consumed: 13 });
+        assert_eq!(next_frame(b"no newline yet", false), Frame::NeedMore);
+        assert_eq!(next_frame(b"last line", true), Frame::Msg { start: 0, end: 9, consumed: 9 });
+        let big = format!("{} ", MAX_FRAME + 10);
+        let mut b = big.as_bytes().to_vec();
+        b.resize(big.len() + MAX_FRAME, b'x');
+        assert_eq!(next_frame(&b, false), Frame::Oversize { consumed: big.len() + MAX_FRAME, skip: 10 });
     }
 }

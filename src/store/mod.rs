@@ -148,6 +148,21 @@ impl Store {
         Ok(Store { db, path: path.to_path_buf() })
     }
 
+    /// Opens the store for writing, waiting up to `wait` while another process holds it: a CLI query
+    /// that opened the store directly holds it for milliseconds, and a watcher starting at that moment
+    /// must not die of it. A running watcher still refuses after the wait, with the Locked error.
+    pub fn open_waiting(path: &Path, cache_bytes: u64, wait: std::time::Duration) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Store::open(path, cache_bytes) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Opens an existing store only: queries must not create an empty store at a mistyped path (nor
     /// take the lock of a store a watcher is about to open).
     pub fn open_existing(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
