@@ -11,15 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{bin, free_port, mails, run, wait_until};
+use common::{bin, env, free_port, mails, run, wait_until};
 use safeguard::gen::Rng;
 use safeguard::s3::{ObjectStore, S3Config};
 use safeguard::timeutil::{now_ms, rfc3339};
 use serde_json::Value;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test.sh, which starts the real services (S3, SMTP) and sets it"))
-}
 
 struct Proc(Child);
 impl Drop for Proc {

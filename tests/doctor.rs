@@ -10,21 +10,11 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, fixture, run};
+use common::{bin, create_topic, env, fixture, free_port, run, KillOnDrop};
 use serde_json::Value;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: these tests need the real services; run scripts/test.sh (or `bash scripts/services.sh start && set -a && . .services/env`)")
-    })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A port nothing listens on (bound, then released).
 fn closed_port() -> u16 {
@@ -34,22 +24,6 @@ fn closed_port() -> u16 {
 fn unique(name: &str) -> String {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
     format!("doctor-{name}-{}-{n}", std::process::id())
-}
-
-fn create_topic(topic: &str, partitions: u32) {
-    let broker = env("SAFEGUARD_TEST_KAFKA");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new(env("SAFEGUARD_TEST_TANSU"))
-            .args(["topic", "create", topic, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://{broker}")])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "tansu topic create {topic} failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 const S3_SECRET: &str = "doctor-s3-secret-key-4711";
@@ -247,7 +221,7 @@ fn setup() -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let topic = unique("t");
-    create_topic(&topic, 2);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &env("SAFEGUARD_TEST_KAFKA"), &topic, 2);
     let bucket = unique("b");
     create_bucket_with_backup(&bucket);
     let store = dir.join("store");
@@ -399,14 +373,6 @@ fn unconfigured_checks_are_skipped_and_do_not_fail() {
     assert!(!store.exists(), "doctor must not create the store");
 }
 
-struct Watcher(Child);
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn with_a_watcher_running_the_store_and_http_checks_go_through_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -418,7 +384,7 @@ fn with_a_watcher_running_the_store_and_http_checks_go_through_it() {
     std::fs::write(&cfg, format!("[[sources]]\ntype = \"syslog\"\ntcp = \"127.0.0.1:{syslog}\"\n\n[http]\nlisten = \"127.0.0.1:{http}\"\n")).unwrap();
     let (c, s) = (cfg.to_str().unwrap(), store.to_str().unwrap());
     let child = Command::new(bin()).args(["--config", c, "--store", s, "watch"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let _w = Watcher(child);
+    let _w = KillOnDrop(child);
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", http)).is_err() || TcpStream::connect(("127.0.0.1", syslog)).is_err() {
         assert!(start.elapsed() < Duration::from_secs(20), "the watcher did not start");

@@ -11,12 +11,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, run};
+use common::{bin, create_topic, env, free_port, run};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use safeguard::gen::{GenConfig, Generator, Rng};
@@ -28,12 +27,6 @@ use serde_json::Value;
 
 const T0: i64 = 1_770_000_000_000;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: these tests need the real Kafka broker; run scripts/test.sh (or `bash scripts/services.sh start && set -a && . .services/env`)")
-    })
-}
-
 fn broker() -> String {
     env("SAFEGUARD_TEST_KAFKA")
 }
@@ -41,25 +34,6 @@ fn broker() -> String {
 fn unique(name: &str) -> String {
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
     format!("sg-{name}-{}-{n}", std::process::id())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn create_topic(broker: &str, topic: &str, partitions: u32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new(env("SAFEGUARD_TEST_TANSU"))
-            .args(["topic", "create", topic, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://{broker}")])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "tansu topic create {topic} failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// A generated platform stream: lines, each with its syslog host.
@@ -269,7 +243,7 @@ fn keyed_multi_partition_stream_equals_file_ingest() {
     let broker = broker();
     let tmp = tempfile::tempdir().unwrap();
     let topic = unique("equal");
-    create_topic(&broker, &topic, 4);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 4);
     let lines = stream(21, 30_000);
     let truth = file_truth(tmp.path(), &lines);
 
@@ -291,7 +265,7 @@ fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let broker = broker();
     let tmp = tempfile::tempdir().unwrap();
     let topic = unique("crash");
-    create_topic(&broker, &topic, 3);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 3);
     let lines = stream(33, 24_000);
     let truth = file_truth(tmp.path(), &lines);
     let total = lines.len() as u64;
@@ -376,7 +350,7 @@ fn broker_outage_the_watcher_survives_and_catches_up() {
     let tansu_log = tmp.path().join("tansu.log");
     let tansu = Tansu::start(port, &tansu_log);
     let topic = unique("outage");
-    create_topic(&broker, &topic, 3);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 3);
     let lines = stream(45, 16_000);
     let truth = file_truth(tmp.path(), &lines);
     // Most lines before the outage: the memory broker comes back empty, and the topic is recreated with
@@ -396,7 +370,7 @@ fn broker_outage_the_watcher_survives_and_catches_up() {
     assert!(w.log_text().contains("Kafka brokers unreachable"), "no clear outage warning; log:\n{}", w.log_text());
 
     let _tansu = Tansu::start(port, &tansu_log);
-    create_topic(&broker, &topic, 3);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 3);
     produce(&producer(&broker), &topic, &lines, split..lines.len(), None);
     wait_for_lines(&mut w, &store, lines.len() as u64, Duration::from_secs(120));
     let log = w.log_text();
@@ -496,7 +470,7 @@ fn bench_kafka_end_to_end() {
     // 2. Produce the backlog, one record per batch (the tansu batch trap), from 4 producers in
     //    parallel (each host's lines through one of them, so a host's order holds).
     let topic = unique("bench");
-    create_topic(&broker, &topic, PARTITIONS);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, PARTITIONS);
     let t = Instant::now();
     produce_parallel(&broker, &topic, &lines);
     let produce_secs = t.elapsed().as_secs_f64();
@@ -562,7 +536,7 @@ fn bench_kafka_end_to_end() {
 
     // 4. Live: produce while the watcher runs; produce start to flushed store.
     let topic2 = unique("bench-live");
-    create_topic(&broker, &topic2, 4);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic2, 4);
     let live_store = tmp.path().join("live-store");
     let cfg2 = tmp.path().join("live.toml");
     std::fs::write(&cfg2, bench_cfg(&topic2)).unwrap();

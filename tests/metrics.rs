@@ -7,37 +7,19 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{bin, fixture, run};
+use common::{bin, create_topic, env, fixture, free_port, run, wait_until, KillOnDrop};
 use serde_json::Value;
-
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: these tests need the real services; run scripts/test.sh (or `bash scripts/services.sh start && set -a && . .services/env`)")
-    })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-struct Watcher(Child);
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn watch(config: &Path, store: &Path, http: u16) -> Watcher {
+fn watch(config: &Path, store: &Path, http: u16) -> KillOnDrop {
     let child = Command::new(bin())
         .args(["--config", config.to_str().unwrap(), "--store", store.to_str().unwrap(), "watch"])
         .env("RUST_LOG", "info")
@@ -45,17 +27,9 @@ fn watch(config: &Path, store: &Path, http: u16) -> Watcher {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let w = Watcher(child);
+    let w = KillOnDrop(child);
     wait_until("the HTTP endpoint", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", http)).is_ok());
     w
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// GET over plain HTTP/1.1: (status, content type, body).
@@ -379,22 +353,6 @@ timeout = "2s"
     assert!(!body.contains("never-shown"));
 }
 
-fn create_topic(topic: &str, partitions: u32) {
-    let broker = env("SAFEGUARD_TEST_KAFKA");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new(env("SAFEGUARD_TEST_TANSU"))
-            .args(["topic", "create", topic, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://{broker}")])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "tansu topic create {topic} failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 #[test]
 fn kafka_lag_per_partition_drains_to_zero_and_an_unreachable_broker_is_not_ready() {
     use rdkafka::config::ClientConfig;
@@ -402,7 +360,7 @@ fn kafka_lag_per_partition_drains_to_zero_and_an_unreachable_broker_is_not_ready
     let broker = env("SAFEGUARD_TEST_KAFKA");
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
     let topic = format!("metrics-lag-{}-{n}", std::process::id());
-    create_topic(&topic, 2);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &env("SAFEGUARD_TEST_KAFKA"), &topic, 2);
     // One record per batch: tansu 0.6 reports wrong high watermarks for multi-record batches.
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &broker)

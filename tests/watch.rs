@@ -5,19 +5,11 @@ mod common;
 
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, fixture, free_port, run, wait_until};
+use common::{bin, fixture, free_port, run, wait_until, KillOnDrop};
 use serde_json::Value;
-
-struct Watcher(Child);
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn syslog_listener_over_udp_and_tcp() {
@@ -33,7 +25,7 @@ fn syslog_listener_over_udp_and_tcp() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut w = Watcher(child);
+    let mut w = KillOnDrop(child);
     wait_until("the TCP listener", Duration::from_secs(20), || TcpStream::connect(&addr).is_ok());
 
     let seed = std::fs::read_to_string(fixture("scenarios/seed.log")).unwrap();
@@ -115,7 +107,7 @@ fn followed_file_survives_rotation_and_resumes_after_restart() {
         serde_json::from_str(&out).unwrap_or(Value::Null)
     };
     let spawn = || {
-        Watcher(
+        KillOnDrop(
             Command::new(bin())
                 .args(["watch", "--file", log.to_str().unwrap(), "--store", &store_s])
                 .stdout(Stdio::null())

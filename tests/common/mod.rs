@@ -105,3 +105,40 @@ pub fn mails(maildir: &Path, needle: &str) -> Vec<Mail> {
     out.sort_by_key(|m| m.received);
     out
 }
+
+/// A required test-environment variable (set by `scripts/test.sh` from `.services/env`). A missing one
+/// fails the test: a real-service test never skips.
+pub fn env(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: these tests need the real services; run scripts/test.sh (or `bash scripts/services.sh start && set -a && . .services/env`)"
+        ),
+    }
+}
+
+/// Creates a topic with tansu's CLI, retrying while the broker is still coming up.
+pub fn create_topic(tansu: &str, broker: &str, topic: &str, partitions: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new(tansu)
+            .args(["topic", "create", topic, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://{broker}")])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "tansu topic create {topic} failed: {}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A child process killed (and reaped) when the test lets go of it, pass or fail.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 pub use crate::common::{free_port, mails, wait_until};
+use crate::common::{create_topic, env};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -54,13 +55,6 @@ pub struct Services {
     pub wale: String,
     pub aws: String,
     pub python: String,
-}
-
-fn env(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!("{name} is not set: the end-to-end tests need the real services (Kafka, S3, etcd, SMTP, PostgreSQL 14, WAL-E); run scripts/test.sh, which installs and starts them and sets it"),
-    }
 }
 
 impl Services {
@@ -426,7 +420,7 @@ impl Platform {
             let store = ObjectStore::connect(&svc.s3_config()).unwrap();
             store.client().await.create_bucket().bucket(&bucket).send().await.expect("create the bucket");
         });
-        create_topic(&svc, &topic, 2);
+        create_topic(&svc.tansu, &svc.kafka, &topic, 2);
         std::fs::write(
             root.join("env"),
             format!(
@@ -814,21 +808,6 @@ impl Drop for Platform {
                 eprintln!("e2e: kept the platform's directory for inspection: {}", kept.display());
             }
         }
-    }
-}
-
-fn create_topic(svc: &Services, topic: &str, partitions: u32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = Command::new(&svc.tansu)
-            .args(["topic", "create", topic, "--partitions", &partitions.to_string(), "--broker", &format!("tcp://{}", svc.kafka)])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "tansu topic create {topic} failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
