@@ -1,5 +1,5 @@
 //! The ingest engine: lines from any source -> prefilter -> parse -> attribute -> apply -> one atomic,
-//! flushed store commit per batch (records, indexes, effects, source positions and counters together).
+//! flushed store commit per batch (records, indexes, the alerts their effects raise, source positions and counters together).
 //!
 //! Sources register a cursor and feed lines with the position *after* each line. A replayable source
 //! (a file, stdin, a Kafka partition) never has a line applied twice: lines at or before the committed
@@ -356,11 +356,10 @@ impl Engine {
             records: self.dirty.values().collect(),
             positions,
             counters: Some(&self.counters),
-            effects: effects.clone(),
             alerts: fresh,
         };
         let records = ws.records.len();
-        self.store.commit(ws, now)?;
+        self.store.commit(ws)?;
         for c in &mut self.cursors {
             if c.pending.is_some() {
                 c.committed = c.pending;
@@ -378,15 +377,16 @@ impl Engine {
     pub fn scan_absence(&mut self, now: i64) -> Result<usize, StoreError> {
         let Some(cfg) = self.cfg.alerts.clone() else { return Ok(0) };
         let mut raised = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for r in self.store.records() {
             let r = r?;
             let r = self.dirty.get(&r.instance_id).unwrap_or(&r);
             raised.extend(alerts::absence(r, now, &cfg));
+            seen.insert(r.instance_id.clone());
         }
-        for r in self.dirty.values() {
-            if self.store.record(&r.instance_id)?.is_none() {
-                raised.extend(alerts::absence(r, now, &cfg));
-            }
+        // Records new since the last commit are not in the store yet.
+        for r in self.dirty.values().filter(|r| !seen.contains(&r.instance_id)) {
+            raised.extend(alerts::absence(r, now, &cfg));
         }
         let n = raised.len();
         self.alerts.extend(raised);

@@ -117,10 +117,6 @@ impl<R: Read> Chunker<R> {
     pub fn offset_after_carry(&self) -> u64 {
         self.base + (self.end - self.start) as u64
     }
-
-    pub fn into_inner(self) -> R {
-        self.r
-    }
 }
 
 /// Where a stream consumer puts what it read: straight into an engine (`safeguard ingest`) or onto the

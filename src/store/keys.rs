@@ -1,27 +1,23 @@
 //! The whole key layout of the sled store, in one place. One tree, prefixes separate the record kinds,
-//! so one `apply_batch` commits a state change, its index entries, its effects and its source position
+//! so one `apply_batch` commits a state change, its index entries, the alerts it raises and its source position
 //! atomically.
 //!
 //! | key                         | value                                   |
 //! |-----------------------------|-----------------------------------------|
 //! | `m/schema`                  | schema version, decimal                 |
 //! | `m/counters`                | JSON [`super::Counters`]                |
-//! | `m/effect_seq`              | next effect sequence number, u64 BE     |
 //! | `i/<instance-id>`           | JSON [`crate::state::InstanceRecord`]   |
 //! | `n/<node-uuid>`             | instance id (container attribution)     |
 //! | `d/<instance-id>`           | empty: deletion pending its grace       |
 //! | `p/<source-id>`             | JSON [`super::Position`]                |
-//! | `e/<seq u64 BE>`            | JSON [`super::EffectEntry`]             |
 //! | `o/<alert id>`              | JSON [`crate::alerts::Alert`] (outbox)  |
 
 pub const SCHEMA: &[u8] = b"m/schema";
 pub const COUNTERS: &[u8] = b"m/counters";
-pub const EFFECT_SEQ: &[u8] = b"m/effect_seq";
 pub const INSTANCE: &str = "i/";
 pub const NODE: &str = "n/";
 pub const PENDING: &str = "d/";
 pub const POSITION: &str = "p/";
-pub const EFFECT: &[u8] = b"e/";
 pub const ALERT: &str = "o/";
 
 pub fn instance(id: &str) -> Vec<u8> {
@@ -35,11 +31,6 @@ pub fn pending(id: &str) -> Vec<u8> {
 }
 pub fn position(source: &str) -> Vec<u8> {
     format!("{POSITION}{source}").into_bytes()
-}
-pub fn effect(seq: u64) -> Vec<u8> {
-    let mut k = EFFECT.to_vec();
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
 }
 pub fn alert(id: &str) -> Vec<u8> {
     format!("{ALERT}{id}").into_bytes()

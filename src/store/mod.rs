@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Effect, InstanceRecord};
+use crate::state::InstanceRecord;
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -62,22 +62,6 @@ impl SourceCounters {
 }
 
 impl Counters {
-    pub fn add(&mut self, o: &Counters) {
-        self.lines_read += o.lines_read;
-        self.lines_relevant += o.lines_relevant;
-        self.lines_attributed += o.lines_attributed;
-        self.lines_unattributed += o.lines_unattributed;
-        self.lines_rejected += o.lines_rejected;
-        for (k, v) in &o.rejected_by_reason {
-            *self.rejected_by_reason.entry(k.clone()).or_default() += v;
-        }
-        self.lines_replayed_skipped += o.lines_replayed_skipped;
-        self.events_applied += o.events_applied;
-        self.effects += o.effects;
-        for (k, v) in &o.by_source {
-            self.by_source.entry(k.clone()).or_default().add(v);
-        }
-    }
 }
 
 /// How far a source has been applied. For files, the byte offset after the last applied line; for Kafka,
@@ -92,14 +76,6 @@ pub struct Position {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EffectEntry {
-    pub seq: u64,
-    #[serde(with = "crate::timeutil::serde_ms")]
-    pub recorded_at: i64,
-    pub effect: Effect,
-}
-
 /// Everything one commit writes.
 #[derive(Default)]
 pub struct WriteSet<'a> {
@@ -107,7 +83,6 @@ pub struct WriteSet<'a> {
     pub records: Vec<&'a InstanceRecord>,
     pub positions: Vec<(String, Position)>,
     pub counters: Option<&'a Counters>,
-    pub effects: Vec<Effect>,
     /// New outbox entries, committed with the state change that raised them.
     pub alerts: Vec<crate::alerts::Alert>,
 }
@@ -246,14 +221,6 @@ impl Store {
         Ok(self.db.get(keys::COUNTERS)?.map(|v| Self::decode(keys::COUNTERS, &v)).transpose()?.unwrap_or_default())
     }
 
-    pub fn effects(&self, after_seq: Option<u64>) -> impl Iterator<Item = Result<EffectEntry, StoreError>> + '_ {
-        let start = after_seq.map(|s| keys::effect(s + 1)).unwrap_or_else(|| keys::EFFECT.to_vec());
-        self.db.range(start..).take_while(|r| r.as_ref().map_or(true, |(k, _)| k.starts_with(keys::EFFECT))).map(|r| {
-            let (k, v) = r?;
-            Self::decode(&k, &v)
-        })
-    }
-
     pub fn alert(&self, id: &str) -> Result<Option<crate::alerts::Alert>, StoreError> {
         let k = keys::alert(id);
         self.db.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
@@ -280,7 +247,7 @@ impl Store {
 
     /// Writes everything in one atomic batch, then flushes to disk: when this returns Ok, the state, the
     /// effects it caused and the source positions it covers are all durable, or none of them are.
-    pub fn commit(&self, ws: WriteSet<'_>, now: i64) -> Result<(), StoreError> {
+    pub fn commit(&self, ws: WriteSet<'_>) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         for r in &ws.records {
             let v = compact_json(r).map_err(|source| StoreError::Corrupt { key: r.instance_id.clone(), source })?;
@@ -296,15 +263,6 @@ impl Store {
         }
         for (src, pos) in &ws.positions {
             b.insert(keys::position(src), serde_json::to_vec(pos).unwrap_or_default());
-        }
-        if !ws.effects.is_empty() {
-            let mut seq = self.db.get(keys::EFFECT_SEQ)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-            for effect in ws.effects {
-                let e = EffectEntry { seq, recorded_at: now, effect };
-                b.insert(keys::effect(seq), serde_json::to_vec(&e).unwrap_or_default());
-                seq += 1;
-            }
-            b.insert(keys::EFFECT_SEQ, &seq.to_be_bytes()[..]);
         }
         for a in &ws.alerts {
             b.insert(keys::alert(&a.id), serde_json::to_vec(a).unwrap_or_default());
