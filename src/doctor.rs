@@ -511,7 +511,7 @@ async fn check_s3(s3: &crate::s3::S3Config, prefix: Option<&str>) -> Outcome {
             }
         }
         Err(e) => {
-            let detail = scrub(crate::etcd::error_chain(&e));
+            let detail = scrub(crate::error_chain(&e));
             if detail.to_ascii_lowercase().contains("credentials") {
                 fail(
                     format!("no S3 credentials could be loaded: {detail}"),
@@ -614,7 +614,7 @@ async fn check_cloud_controller(cfg: &crate::platform::cloud_controller::CloudCo
             let url = format!("{api}/v2/info");
             let r = match http.get(&url).send().await {
                 Ok(r) => r,
-                Err(e) => return fail(format!("the Cloud Controller at {url} could not be reached: {}", scrub(&crate::etcd::error_chain(&e))), "check cloud_controller.api_url and that this host can reach it"),
+                Err(e) => return fail(format!("the Cloud Controller at {url} could not be reached: {}", scrub(&crate::error_chain(&e))), "check cloud_controller.api_url and that this host can reach it"),
             };
             let status = r.status().as_u16();
             let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -638,7 +638,7 @@ async fn check_cloud_controller(cfg: &crate::platform::cloud_controller::CloudCo
     };
     let r = match rb.header("Accept", "application/json").send().await {
         Ok(r) => r,
-        Err(e) => return fail(format!("UAA at {url} could not be reached: {}", scrub(&crate::etcd::error_chain(&e))), "check the token endpoint (or cloud_controller.uaa_url) is reachable from this host"),
+        Err(e) => return fail(format!("UAA at {url} could not be reached: {}", scrub(&crate::error_chain(&e))), "check the token endpoint (or cloud_controller.uaa_url) is reachable from this host"),
     };
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -680,7 +680,7 @@ async fn check_http(addr: std::net::SocketAddr, watcher_running: bool) -> Outcom
             let body: String = r.text().await.unwrap_or_default().chars().take(300).collect();
             fail(format!("the running watcher answered {url} with HTTP {status}: {}", body.trim()), "the body says what is not ready; check the watcher's log")
         }
-        Err(e) => fail(format!("a watcher holds the store but {url} did not answer: {}", crate::etcd::error_chain(&e)), "check the watcher was started with this config's [http] section"),
+        Err(e) => fail(format!("a watcher holds the store but {url} did not answer: {}", crate::error_chain(&e)), "check the watcher was started with this config's [http] section"),
     }
 }
 

@@ -132,7 +132,7 @@ impl Etcd {
             url: self.base.clone(),
             op,
             key: key.to_string(),
-            detail: self.scrub(&error_chain(&e)),
+            detail: self.scrub(&crate::error_chain(&e)),
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
@@ -193,19 +193,6 @@ fn short(s: &str) -> &str {
     }
 }
 
-/// "a: b: c" from an error and its sources.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = Some(e);
-    while let Some(x) = cur {
-        let s = x.to_string();
-        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = x.source();
-    }
-    parts.join(": ")
-}
 
 #[cfg(test)]
 mod tests {

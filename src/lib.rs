@@ -22,3 +22,18 @@ pub mod store;
 pub mod timeutil;
 pub mod verify;
 pub mod watch;
+
+/// "a: b: c" from an error and its sources, for operator-facing messages: without the Debug dumps of
+/// the SDKs' own context printers, and without repeating a layer that already quotes its source.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        let s = x.to_string();
+        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = x.source();
+    }
+    parts.join(": ")
+}

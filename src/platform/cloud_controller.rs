@@ -155,7 +155,7 @@ impl CloudController {
     }
 
     fn unreachable(&self, op: &'static str, what: &str, service: &'static str, url: &str, e: reqwest::Error) -> PlatformError {
-        PlatformError::Unreachable { op, what: what.to_string(), service, url: url.to_string(), detail: self.scrub(&crate::etcd::error_chain(&e)) }
+        PlatformError::Unreachable { op, what: what.to_string(), service, url: url.to_string(), detail: self.scrub(&crate::error_chain(&e)) }
     }
 
     async fn token(&self, op: &'static str, what: &str) -> Result<String, PlatformError> {

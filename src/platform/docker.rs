@@ -128,7 +128,7 @@ impl Docker {
             what: format!("container {}", c.container),
             service: "the Docker Engine API",
             url: format!("{} ({m} {path})", conn.label),
-            detail: crate::etcd::error_chain(&e),
+            detail: crate::error_chain(&e),
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();

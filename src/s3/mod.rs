@@ -443,7 +443,7 @@ impl ObjectStore {
         let endpoint = c.endpoint_label();
         let url = prefix.to_string();
         let attempts = c.max_attempts;
-        let detail = c.scrub(&error_chain(&err));
+        let detail = c.scrub(crate::error_chain(&err).trim_end_matches('.'));
         // The default chain reports a missing identity as a dispatch or construction failure.
         let credentials = detail.to_ascii_lowercase().contains("credentials");
         match &err {
@@ -489,20 +489,6 @@ impl ObjectStore {
     }
 }
 
-/// "a: b: c" from an error and its sources, without the Debug dumps of `DisplayErrorContext`.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = Some(e);
-    while let Some(x) = cur {
-        let s = x.to_string();
-        // Some layers repeat their source's text in their own.
-        if !s.is_empty() && !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-        cur = x.source();
-    }
-    parts.join(": ").trim_end_matches('.').to_string()
-}
 
 #[cfg(test)]
 mod tests {
@@ -724,7 +710,7 @@ impl ObjectStore {
     {
         let c = &self.config;
         let endpoint = c.endpoint_label();
-        let detail = c.scrub(&error_chain(&err));
+        let detail = c.scrub(crate::error_chain(&err).trim_end_matches('.'));
         let url_s = url.to_string();
         match &err {
             SdkError::TimeoutError(_) => S3Error::Timeout { endpoint, url: url_s, timeout: c.timeout.clone(), attempts: c.max_attempts, detail },
