@@ -159,7 +159,11 @@ impl World {
 
     /// Two complete backups (seg 2 and seg 5), WAL 1..8, a backup label, sysid.
     fn standard_source(&self) {
-        let p = self.prefix(&self.source);
+        self.standard_source_for(&self.source)
+    }
+
+    fn standard_source_for(&self, id: &str) {
+        let p = self.prefix(id);
         let mut objs = vec![sysid()];
         objs.extend(wal(1..=8));
         objs.extend(backup(2, 2));
@@ -753,6 +757,45 @@ fn a_second_recovery_of_the_same_instance_is_locked_out_until_abandoned() {
     let (code, _, err) = w.run(&cfg, &["recover", "--resume", &first, "--yes"]);
     assert_eq!(code, 2);
     assert!(err.contains("already abandoned"), "{err}");
+}
+
+#[test]
+fn clones_into_nested_prefixes_or_into_a_source_being_read_are_locked_out() {
+    let w = World::new("nested");
+    let other = uuid();
+    w.standard_source();
+    w.standard_source_for(&other);
+    let mut lines = w.log_lines();
+    lines.extend(w.instance_lines(now_ms() - 1_800_000, &other, &uuid(), "cell-c-0003", "billing-db", true));
+    w.ingest(&lines);
+    let cfg = w.config(None, "");
+    let outer = format!("s3://{}/clones/orders/", w.bucket);
+    let (code, _, err) = w.run_env(&cfg, &["recover", &w.source, "--to-prefix", &outer, "--execute", "--yes"], &[("SAFEGUARD_RECOVER_CRASH", "after:source")], None);
+    assert_eq!(code, 86, "{err}");
+    let first = recovery_id(&err);
+
+    // Another instance cloned inside the first clone's target, or around it: refused, nothing written.
+    let inner = format!("s3://{}/clones/orders/billing/", w.bucket);
+    let around = format!("s3://{}/clones/", w.bucket);
+    for to in [&inner, &around] {
+        let (code, _, err) = w.run(&cfg, &["recover", &other, "--to-prefix", to, "--execute", "--yes"]);
+        assert_eq!(code, 2, "{to}: {err}");
+        assert!(err.contains(&format!("{to} overlaps {outer}, which recovery {first} (running) writes")), "{err}");
+        assert!(err.contains(&format!("--abandon {first}")), "{err}");
+    }
+    // Into the prefix the first recovery is reading from: refused too.
+    let into_source = w.prefix(&w.source).join("restored/").to_string();
+    let (code, _, err) = w.run(&cfg, &["recover", &other, "--to-prefix", &into_source, "--execute", "--yes"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("which recovery {first} (running) reads")), "{err}");
+    assert!(w.list(&S3Url::parse(&outer).unwrap()).is_empty());
+    assert!(w.list(&S3Url::parse(&into_source).unwrap()).is_empty());
+
+    let (code, _, err) = w.run(&cfg, &["recover", "--abandon", &first]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = w.run(&cfg, &["recover", &other, "--to-prefix", &around, "--execute", "--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(w.rel_sizes(&S3Url::parse(&around).unwrap()), w.rel_sizes(&w.prefix(&other)));
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub enum JournalError {
     Corrupt { key: String, detail: String },
     #[error("{resource} is locked by recovery {holder} ({status}); finish it with `safeguard recover --resume {holder}`, or give it up with `safeguard recover --abandon {holder}`")]
     Locked { resource: String, holder: String, status: String },
+    #[error("{mine} overlaps {theirs}, which recovery {holder} ({status}) {verb}; two recoveries never write into each other's prefixes. Finish it with `safeguard recover --resume {holder}`, or give it up with `safeguard recover --abandon {holder}`")]
+    PrefixBusy { mine: String, theirs: String, verb: &'static str, holder: String, status: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +209,7 @@ impl Journal {
                     return Err(JournalError::Locked { resource: r.clone(), holder, status });
                 }
             }
+            self.check_prefixes(db, rec)?;
             let mut b = sled::Batch::default();
             for r in &rec.locks {
                 b.insert(keys::lock(r), rec.id.as_bytes());
@@ -217,6 +220,31 @@ impl Journal {
             b.insert(keys::event(&rec.id, 0), serde_json::to_vec(&ev).unwrap_or_default());
             db.apply_batch(b).map_err(|e| self.io(e))
         })
+    }
+
+    /// Exact locks cannot see nesting (`s3://b/x/` and `s3://b/x/y/`), so every unfinished recovery's
+    /// prefixes are compared: nobody writes where another recovery reads or writes, nor reads where another
+    /// writes.
+    fn check_prefixes(&self, db: &sled::Db, rec: &Recovery) -> Result<(), JournalError> {
+        let parse = |p: &str| crate::s3::S3Url::parse(p).ok();
+        let (Some(my_src), my_dst) = (parse(&rec.source_prefix), rec.target_prefix.as_deref().and_then(parse)) else { return Ok(()) };
+        for kv in db.scan_prefix(keys::RECOVERY) {
+            let (k, v) = kv.map_err(|e| self.io(e))?;
+            let other: Recovery = Self::decode(&k, &v)?;
+            if other.id == rec.id || other.status.finished() {
+                continue;
+            }
+            let (o_src, o_dst) = (parse(&other.source_prefix), other.target_prefix.as_deref().and_then(parse));
+            let pairs = [(my_dst.as_ref(), o_dst.as_ref(), "writes"), (my_dst.as_ref(), o_src.as_ref(), "reads"), (Some(&my_src), o_dst.as_ref(), "writes")];
+            for (mine, theirs, verb) in pairs {
+                if let (Some(m), Some(t)) = (mine, theirs) {
+                    if crate::s3::prefixes_overlap(m, t) {
+                        return Err(JournalError::PrefixBusy { mine: m.to_string(), theirs: t.to_string(), verb, holder: other.id.clone(), status: other.status.as_str().to_string() });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Adds a lock to a recovery (the target of `--create`, known only once created).
