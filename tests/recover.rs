@@ -6,6 +6,8 @@
 mod common;
 #[path = "recover_support/fake_http.rs"]
 mod fake_http;
+#[path = "recover_support/fault_proxy.rs"]
+mod fault_proxy;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -291,6 +293,10 @@ impl World {
     /// they log each operation to ops.log, empty a data directory, and (start) append the restore
     /// lines to `restore_into` (the watched log).
     fn config(&self, restore_into: Option<&Path>, extra: &str) -> PathBuf {
+        self.config_via(&service("SAFEGUARD_TEST_S3"), restore_into, extra)
+    }
+
+    fn config_via(&self, s3: &str, restore_into: Option<&Path>, extra: &str) -> PathBuf {
         let ops = self.dir().join("ops.log");
         let data = self.dir().join("data");
         std::fs::create_dir_all(data.join(format!("cf-{}", self.target_node))).unwrap();
@@ -338,7 +344,6 @@ client_id = "safeguard"
 client_secret = "{CC_SECRET}"
 {extra}
 "#,
-            s3 = service("SAFEGUARD_TEST_S3"),
             etcd = service("SAFEGUARD_TEST_ETCD"),
             ops = ops.display(),
             data = data.display(),
@@ -796,6 +801,64 @@ fn clones_into_nested_prefixes_or_into_a_source_being_read_are_locked_out() {
     let (code, out, err) = w.run(&cfg, &["recover", &other, "--to-prefix", &around, "--execute", "--yes"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(w.rel_sizes(&S3Url::parse(&around).unwrap()), w.rel_sizes(&w.prefix(&other)));
+}
+
+#[test]
+fn s3_throttling_is_retried_and_access_denied_stops_the_copy_until_resumed() {
+    let w = World::new("faults");
+    w.standard_source();
+    w.ingest(&w.log_lines());
+    let proxy = fault_proxy::FaultProxy::start(&service("SAFEGUARD_TEST_S3"));
+    let cfg = w.config_via(&proxy.endpoint, None, "");
+    let src = w.prefix(&w.source);
+    let wal_keys = w.list(&src).iter().filter(|o| o.key.contains("/wal_005/")).count() as u64;
+    assert!(wal_keys >= 8);
+    {
+        // Each WAL copy fails twice: the SDK's own retry (max_attempts = 2) gives up, the copy's retries
+        // with backoff take over. One listing fails once too.
+        let mut f = proxy.faults();
+        f.slow_copy = Some("/wal_005/".into());
+        f.copy_failures = 2;
+        f.list_errors = 1;
+    }
+    let to = format!("s3://{}/retried/", w.bucket);
+    let (code, out, err) = w.run(&cfg, &["recover", &w.source, "--to-prefix", &to, "--execute", "--yes", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(step(&v["recovery"], "copy")["output"]["retries"], wal_keys, "{out}");
+    {
+        let f = proxy.faults();
+        assert_eq!(f.served_503 as u64, 2 * wal_keys);
+        assert_eq!(f.served_500, 1);
+        assert!(f.forwarded > 0);
+    }
+    assert_eq!(w.rel_sizes(&S3Url::parse(&to).unwrap()), w.rel_sizes(&src));
+
+    // A permission error is not retried: the copy step fails at once, says what and on which key.
+    let denied = format!("/wal_005/{}.lzo", seg(5));
+    {
+        let mut f = proxy.faults();
+        f.slow_copy = None;
+        f.deny_copy = Some(denied.clone());
+    }
+    let to = format!("s3://{}/denied/", w.bucket);
+    let (code, out, err) = w.run(&cfg, &["recover", &w.source, "--to-prefix", &to, "--execute", "--yes"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("step 4b (copy)") && err.contains("AccessDenied") && err.contains(&denied), "{err}");
+    assert!(!err.contains(SECRET), "{err}");
+    assert_eq!(proxy.faults().served_403, 1, "AccessDenied was retried");
+    let id = recovery_id(&err);
+    let rec = &w.recovery(&cfg, &id)["recovery"];
+    assert_eq!(rec["status"], "failed");
+    assert_eq!(step(rec, "copy")["status"], "failed");
+
+    proxy.faults().deny_copy = None;
+    let (code, out, err) = w.run(&cfg, &["recover", "--resume", &id, "--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rec = &w.recovery(&cfg, &id)["recovery"];
+    assert_eq!(rec["status"], "succeeded");
+    assert_eq!(step(rec, "copy")["attempts"], 2);
+    assert_eq!(w.rel_sizes(&S3Url::parse(&to).unwrap()), w.rel_sizes(&src));
 }
 
 #[test]

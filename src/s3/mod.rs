@@ -907,7 +907,8 @@ mod recovery_tests {
         ObjectStore::connect(&cfg).unwrap()
     }
 
-    // moto cannot answer 503 or SlowDown, so the copy's retry path is exercised here directly.
+    // The backoff and the retry bound, in-process; tests/recover.rs drives the same path end to end
+    // through a fault-injecting proxy in front of moto.
     #[tokio::test]
     async fn transient_errors_are_retried_with_backoff_and_counted() {
         let calls = std::sync::atomic::AtomicU32::new(0);
