@@ -288,6 +288,7 @@ fn check_store(path: PathBuf, cache: u64, watcher: &std::sync::atomic::AtomicBoo
     };
     let via = match access {
         Access::Direct(_) => "opened directly (no watcher running)",
+        Access::Snapshot { .. } => "read from the snapshot its last clean close wrote (no watcher running)",
         Access::Watcher { .. } => {
             watcher.store(true, std::sync::atomic::Ordering::Relaxed);
             "a running watcher holds it and answered over its socket"

@@ -1,6 +1,8 @@
 //! Read access for the CLI. sled allows one process per store, so while `safeguard watch` runs it owns
-//! the store and answers queries on a unix socket in the store directory; otherwise the CLI opens the
-//! store itself. Both paths return the same types, so output does not depend on which was used.
+//! the store and answers queries on a unix socket in the store directory. Otherwise the CLI reads the
+//! snapshot the last clean close left (`store::snapshot`: no sled open, milliseconds on any size), or,
+//! when there is none, opens the store itself. All paths return the same types, so output does not
+//! depend on which was used.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -9,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::risk::{assess, RiskRules};
 use crate::state::{InstanceRecord, Status};
-use crate::store::{Counters, Position, Store, StoreError};
+use crate::store::snapshot::{Snapshot, SnapshotError};
+use crate::store::{keys, Counters, Position, Store, StoreError, SCHEMA_VERSION};
 
 pub const SOCKET_NAME: &str = "safeguard.sock";
 
@@ -21,6 +24,8 @@ pub enum QueryError {
     Socket { path: PathBuf, socket: PathBuf, source: std::io::Error },
     #[error("the running watcher answered: {0}")]
     Remote(String),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -65,11 +70,31 @@ enum Response {
 
 pub enum Access {
     Direct(Store),
+    Snapshot { path: PathBuf, snap: Snapshot, cache_bytes: u64 },
     Watcher { path: PathBuf, socket: PathBuf },
 }
 
 impl Access {
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Access, QueryError> {
+        // A watcher answering on its socket owns the store (it may not have committed yet, so its
+        // snapshot can still be there).
+        let socket = path.join(SOCKET_NAME);
+        if socket.exists() && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(Access::Watcher { path: path.to_path_buf(), socket });
+        }
+        // A snapshot exists only while nothing has written since the last clean close (a writer
+        // removes it before its first write), so it is exactly the store's state.
+        if path.join("db").exists() {
+            match Snapshot::open(path) {
+                Ok(Some(snap)) if snap.schema() == SCHEMA_VERSION => return Ok(Access::Snapshot { path: path.to_path_buf(), snap, cache_bytes }),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "not using the read snapshot"),
+            }
+        }
+        Access::open_store(path, cache_bytes)
+    }
+
+    fn open_store(path: &Path, cache_bytes: u64) -> Result<Access, QueryError> {
         match Store::open_existing(path, cache_bytes) {
             Ok(s) => Ok(Access::Direct(s)),
             Err(StoreError::Locked { .. }) => Ok(Access::Watcher { path: path.to_path_buf(), socket: path.join(SOCKET_NAME) }),
@@ -78,7 +103,7 @@ impl Access {
     }
 
     fn ask(&self, req: &Request) -> Result<Response, QueryError> {
-        let Access::Watcher { path, socket } = self else { unreachable!("ask is only used for a watcher") };
+        let Access::Watcher { path, socket } = self else { return Err(QueryError::Remote("no watcher to ask".into())) };
         let err = |source| QueryError::Socket { path: path.clone(), socket: socket.clone(), source };
         let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(err)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(err)?;
@@ -97,6 +122,10 @@ impl Access {
     pub fn record(&self, id: &str) -> Result<Option<InstanceRecord>, QueryError> {
         match self {
             Access::Direct(s) => Ok(s.record(&id.to_ascii_lowercase())?),
+            Access::Snapshot { snap, .. } => {
+                let k = keys::instance(&id.to_ascii_lowercase());
+                Ok(snap.get(&k)?.map(|v| Store::decode(&k, &v)).transpose()?)
+            }
             Access::Watcher { .. } => match self.ask(&Request::Show { id: id.to_string() })? {
                 Response::Record(r) => Ok(r.map(|b| *b)),
                 _ => Err(QueryError::Remote("unexpected answer".into())),
@@ -106,7 +135,8 @@ impl Access {
 
     pub fn records(&self, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, QueryError> {
         match self {
-            Access::Direct(s) => Ok(select(s, filter, now, rules)?),
+            Access::Direct(s) => Ok(select(s.records(), filter, now, rules)?),
+            Access::Snapshot { snap, .. } => Ok(select(scan(snap, keys::INSTANCE)?, filter, now, rules)?),
             Access::Watcher { .. } => {
                 let req = Request::Instances { filter: filter.clone(), now, rules: (rules.max_base_backup_age_ms, rules.wal_silence_ms) };
                 match self.ask(&req)? {
@@ -120,6 +150,7 @@ impl Access {
     pub fn alerts(&self) -> Result<Vec<crate::alerts::Alert>, QueryError> {
         match self {
             Access::Direct(s) => Ok(s.alerts().collect::<Result<Vec<_>, _>>()?),
+            Access::Snapshot { snap, .. } => Ok(scan(snap, keys::ALERT)?.collect::<Result<Vec<_>, _>>()?),
             Access::Watcher { .. } => match self.ask(&Request::Alerts)? {
                 Response::Alerts(a) => Ok(a),
                 _ => Err(QueryError::Remote("unexpected answer".into())),
@@ -130,6 +161,8 @@ impl Access {
     pub fn retry_alert(&self, id: &str) -> Result<Option<crate::alerts::Alert>, QueryError> {
         match self {
             Access::Direct(s) => Ok(retry(s, id)?),
+            // A write: through the store itself (or the watcher that appeared since).
+            Access::Snapshot { path, cache_bytes, .. } => Access::open_store(path, *cache_bytes)?.retry_alert(id),
             Access::Watcher { .. } => match self.ask(&Request::RetryAlert { id: id.to_string() })? {
                 Response::Retried(a) => Ok(a.map(|b| *b)),
                 _ => Err(QueryError::Remote("unexpected answer".into())),
@@ -140,6 +173,7 @@ impl Access {
     pub fn status(&self) -> Result<StoreStatus, QueryError> {
         match self {
             Access::Direct(s) => Ok(status(s, false)?),
+            Access::Snapshot { path, snap, .. } => Ok(snapshot_status(path, snap)?),
             Access::Watcher { .. } => match self.ask(&Request::Status)? {
                 Response::Status(s) => Ok(*s),
                 _ => Err(QueryError::Remote("unexpected answer".into())),
@@ -160,9 +194,38 @@ fn retry(store: &Store, id: &str) -> Result<Option<crate::alerts::Alert>, StoreE
     Ok(Some(a))
 }
 
-fn select(s: &Store, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, StoreError> {
+/// Decoded values under a key prefix of the snapshot.
+fn scan<T: for<'de> Deserialize<'de>>(snap: &Snapshot, prefix: &str) -> Result<impl Iterator<Item = Result<T, StoreError>>, SnapshotError> {
+    Ok(snap.scan_prefix(prefix.as_bytes())?.into_iter().map(|(k, v)| Store::decode(&k, &v)))
+}
+
+fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryError> {
+    let (mut instances, mut deleted) = (0, 0);
+    for r in scan::<InstanceRecord>(snap, keys::INSTANCE)? {
+        instances += 1;
+        deleted += u64::from(r?.status == Status::Deleted);
+    }
+    let counters = snap.get(keys::COUNTERS)?.map(|v| Store::decode(keys::COUNTERS, &v)).transpose()?.unwrap_or_default();
+    let positions = snap
+        .scan_prefix(keys::POSITION.as_bytes())?
+        .into_iter()
+        .map(|(k, v)| Ok((String::from_utf8_lossy(&k[keys::POSITION.len()..]).into_owned(), Store::decode(&k, &v)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(StoreStatus {
+        path: path.to_path_buf(),
+        schema_version: snap.get(keys::SCHEMA)?.map(|v| String::from_utf8_lossy(&v).into_owned()),
+        size_bytes: std::fs::metadata(path.join("db")).map_or(0, |m| m.len()),
+        instances,
+        deleted,
+        counters,
+        positions,
+        watcher_running: false,
+    })
+}
+
+fn select(records: impl Iterator<Item = Result<InstanceRecord, StoreError>>, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, StoreError> {
     let mut out = Vec::new();
-    for r in s.records() {
+    for r in records {
         let r = r?;
         if filter.deleted && r.status != Status::Deleted {
             continue;
@@ -203,7 +266,7 @@ fn answer(store: &Store, line: &str) -> Response {
         Request::Show { id } => store.record(&id.to_ascii_lowercase()).map(|r| Response::Record(r.map(Box::new))),
         Request::Instances { filter, now, rules } => {
             let rules = RiskRules { max_base_backup_age_ms: rules.0, wal_silence_ms: rules.1 };
-            select(store, &filter, now, &rules).map(Response::Records)
+            select(store.records(), &filter, now, &rules).map(Response::Records)
         }
         Request::Status => status(store, true).map(|s| Response::Status(Box::new(s))),
         Request::Alerts => store.alerts().collect::<Result<Vec<_>, _>>().map(Response::Alerts),

@@ -179,3 +179,86 @@ fn cli_ingest_show_and_instances() {
     assert_ne!(code, 0);
     assert!(err.contains("/nonexistent/safeguard.toml"), "{err}");
 }
+
+/// Without a watcher, queries read `<store>/snapshot` (no sled open), which must never be stale: a
+/// writer removes it before its first write and rewrites it on a clean close; after a crash the next
+/// query opens the store itself and leaves a fresh snapshot.
+#[test]
+fn queries_without_a_watcher_read_a_snapshot_that_is_never_stale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store_s = store.to_str().unwrap();
+    let snap = store.join(safeguard::store::snapshot::FILE_NAME);
+    let seed = std::fs::read_to_string(fixture("scenarios/seed.log")).unwrap();
+    let lines: Vec<&str> = seed.lines().collect();
+    let (a, b) = (lines.len() / 3, 2 * lines.len() / 3);
+    let part = |name: &str, range: &[&str]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, range.join("\n") + "\n").unwrap();
+        p
+    };
+    let lines_read = || -> Value {
+        let (code, out, err) = run(&["status", "--json", "--store", store_s]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()["counters"]["lines_read"].clone()
+    };
+    let id = "6e101b27-ee1b-4f4d-a032-4401a3709ec3";
+
+    let first = part("first.log", &lines[..a]);
+    let (code, _, err) = run(&["ingest", first.to_str().unwrap(), "--store", store_s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(snap.exists(), "ingest closed cleanly but left no snapshot");
+
+    // Another process holds sled's lock without writing: queries still answer, so they did not open it.
+    {
+        let held = open(&store);
+        let expect = record_json(&held.record(id).unwrap().unwrap(), now_ms(), &RiskRules::default());
+        let (code, out, err) = run(&["show", id, "--json", "--store", store_s]);
+        assert_eq!(code, 0, "{err}");
+        let mut got: Value = serde_json::from_str(&out).unwrap();
+        let mut expect = expect;
+        got["at_risk"] = Value::Null; // time-dependent
+        expect["at_risk"] = Value::Null;
+        assert_eq!(got, expect);
+        assert_eq!(lines_read(), a as u64);
+        let (code, out, _) = run(&["instances", "--json", "--store", store_s]);
+        assert_eq!(code, 0);
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len(), held.records().count());
+        let (code, _, err) = run(&["show", "00000000-0000-0000-0000-000000000000", "--store", store_s]);
+        assert_eq!(code, 1, "{err}");
+    }
+    assert!(snap.exists(), "a handle that wrote nothing removed the snapshot");
+
+    // A write removes the snapshot at once, before the store closes.
+    {
+        let s = open(&store);
+        let second = part("second.log", &lines[a..b]);
+        safeguard::ingest::ingest(&s, EngineConfig::default(), &[second]).unwrap();
+        assert!(!snap.exists(), "the snapshot outlived a write");
+    }
+    assert!(snap.exists());
+    assert_eq!(lines_read(), b as u64);
+
+    // A writer killed after committing leaves no snapshot: the next query opens the store, sees every
+    // committed line, and leaves a fresh snapshot behind.
+    let third = part("third.log", &lines[b..]);
+    let mut w = common::KillOnDrop(
+        std::process::Command::new(common::bin())
+            .args(["watch", "--file", third.to_str().unwrap(), "--store", store_s])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_until("the watcher's commit", std::time::Duration::from_secs(20), || lines_read() == lines.len() as u64);
+    w.0.kill().unwrap();
+    w.0.wait().unwrap();
+    assert!(!snap.exists(), "a crashed writer's snapshot survived");
+    // Its socket file is left behind too; nobody answers on it.
+    assert!(store.join(safeguard::query::SOCKET_NAME).exists());
+    assert_eq!(lines_read(), lines.len() as u64);
+    assert!(snap.exists(), "the query that opened the store left no snapshot");
+    let (code, out, _) = run(&["show", id, "--json", "--store", store_s]);
+    assert_eq!(code, 0);
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["status"], "deleted");
+}

@@ -463,7 +463,7 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
     if mode == "recover" && env.etcd.is_none() {
         refusals.push("no [etcd] section in the config: step 5 must delete the target's /initialize and /optime/leader keys; add [etcd] url = \"http://<etcd>:4001\"".into());
     }
-    if mode == "recover" && matches!(env.access, Access::Direct(_)) {
+    if mode == "recover" && !matches!(env.access, Access::Watcher { .. }) {
         warnings.push("no watcher is running on this store, so step 8 cannot see the restore in the stream; start `safeguard watch` (with the platform's syslog) before executing".into());
     }
 

@@ -11,6 +11,9 @@
 //! | `d/<instance-id>`           | empty: deletion pending its grace       |
 //! | `p/<source-id>`             | JSON [`super::Position`]                |
 //! | `o/<alert id>`              | JSON [`crate::alerts::Alert`] (outbox)  |
+//!
+//! Beside the sled files, `<store>/snapshot` holds a copy of all of these for queries run while no
+//! watcher is (see [`super::snapshot`]).
 
 pub const SCHEMA: &[u8] = b"m/schema";
 pub const COUNTERS: &[u8] = b"m/counters";

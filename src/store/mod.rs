@@ -2,9 +2,12 @@
 //! Every write goes through [`Store::commit`], one atomic batch followed by a flush.
 
 pub mod keys;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +29,8 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("a stored record under {key} is corrupt: {source}")]
     Corrupt { key: String, source: serde_json::Error },
+    #[error("cannot remove the read snapshot {path} before writing: {source}; remove it by hand (it is rebuilt when the store next closes)")]
+    StaleSnapshot { path: PathBuf, source: std::io::Error },
 }
 
 /// Line and event counts the store keeps, committed with the state they describe (so they survive
@@ -91,6 +96,43 @@ pub struct WriteSet<'a> {
 pub struct Store {
     db: sled::Db,
     path: PathBuf,
+    snap: Arc<SnapshotKeeper>,
+}
+
+/// Keeps `<store>/snapshot` true (see [`snapshot`]): removed before this open's first write, written
+/// again when the last handle closes.
+struct SnapshotKeeper {
+    db: sled::Db,
+    dir: PathBuf,
+    removed: AtomicBool,
+}
+
+impl SnapshotKeeper {
+    fn before_write(&self) -> Result<(), StoreError> {
+        if !self.removed.load(Ordering::Acquire) {
+            snapshot::remove(&self.dir).map_err(|source| StoreError::StaleSnapshot { path: snapshot::path_in(&self.dir), source })?;
+            self.removed.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SnapshotKeeper {
+    fn drop(&mut self) {
+        // Still holding sled's lock here, so no writer can slip in between the last write and the copy.
+        if !self.removed.load(Ordering::Acquire) && snapshot::path_in(&self.dir).exists() {
+            return;
+        }
+        // A store of another schema (refused at open) is not this release's to copy.
+        if !matches!(self.db.get(keys::SCHEMA), Ok(Some(v)) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes()) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match self.db.flush().map_err(std::io::Error::other).and_then(|_| snapshot::write(&self.dir, SCHEMA_VERSION, &self.db)) {
+            Ok(n) => tracing::debug!(entries = n, ms = started.elapsed().as_millis() as u64, "wrote the read snapshot"),
+            Err(e) => tracing::warn!(store = %self.dir.display(), error = %e, "could not write the read snapshot; queries without a watcher will open the store instead (slower)"),
+        }
+    }
 }
 
 impl Store {
@@ -106,8 +148,10 @@ impl Store {
             }
             _ => StoreError::Open { path: path.to_path_buf(), source: e },
         })?;
+        let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false) });
         match db.get(keys::SCHEMA)? {
             None => {
+                snap.before_write()?;
                 db.insert(keys::SCHEMA, SCHEMA_VERSION.to_string().as_bytes())?;
                 db.flush()?;
             }
@@ -120,7 +164,7 @@ impl Store {
                 })
             }
         }
-        Ok(Store { db, path: path.to_path_buf() })
+        Ok(Store { db, path: path.to_path_buf(), snap })
     }
 
     /// Opens the store for writing, waiting up to `wait` while another process holds it: a CLI query
@@ -160,7 +204,7 @@ impl Store {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
         serde_json::from_slice(v).map_err(|source| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), source })
     }
 
@@ -240,6 +284,7 @@ impl Store {
     /// Updates an alert's delivery state. The engine only ever creates alerts (in [`Store::commit`]);
     /// the sender and `alerts retry` only update existing ones, so the two never race on a key.
     pub fn put_alert(&self, a: &crate::alerts::Alert) -> Result<(), StoreError> {
+        self.snap.before_write()?;
         self.db.insert(keys::alert(&a.id), serde_json::to_vec(a).unwrap_or_default())?;
         self.db.flush()?;
         Ok(())
@@ -248,6 +293,7 @@ impl Store {
     /// Writes everything in one atomic batch, then flushes to disk: when this returns Ok, the state, the
     /// effects it caused and the source positions it covers are all durable, or none of them are.
     pub fn commit(&self, ws: WriteSet<'_>) -> Result<(), StoreError> {
+        self.snap.before_write()?;
         let mut b = sled::Batch::default();
         for r in &ws.records {
             let v = compact_json(r).map_err(|source| StoreError::Corrupt { key: r.instance_id.clone(), source })?;
