@@ -52,7 +52,16 @@ pub fn remove(store_dir: &Path) -> std::io::Result<()> {
 /// Writes every entry of `db` (in key order) as the store's snapshot, atomically.
 pub fn write(store_dir: &Path, schema: u32, db: &sled::Db) -> std::io::Result<u64> {
     let tmp = store_dir.join(format!("{FILE_NAME}.tmp"));
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let res = write_to(&tmp, store_dir, schema, db);
+    if res.is_err() {
+        // A full disk must not also keep a half-written copy around.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn write_to(tmp: &Path, store_dir: &Path, schema: u32, db: &sled::Db) -> std::io::Result<u64> {
+    let mut w = BufWriter::with_capacity(1 << 20, File::create(tmp)?);
     w.write_all(&[0u8; HEADER as usize])?;
     let mut index: Vec<u8> = Vec::new();
     let mut off = HEADER;
@@ -79,7 +88,7 @@ pub fn write(store_dir: &Path, schema: u32, db: &sled::Db) -> std::io::Result<u6
     f.write_all(&h)?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path_in(store_dir))?;
+    std::fs::rename(tmp, path_in(store_dir))?;
     fsync_dir(store_dir)?;
     Ok(count)
 }
