@@ -5,6 +5,7 @@
 //! (a file, stdin, a Kafka partition) never has a line applied twice: lines at or before the committed
 //! position are skipped and counted.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::alerts::{self, Alert, AlertsConfig};
@@ -222,17 +223,17 @@ impl Engine {
         }
     }
 
-    fn attribute(&mut self, ev: &Event) -> Result<Option<String>, StoreError> {
+    fn attribute<'e>(&mut self, ev: &'e Event<'_>) -> Result<Option<Cow<'e, str>>, StoreError> {
         if let Some(id) = &ev.instance {
-            return Ok(Some(id.clone()));
+            return Ok(Some(Cow::Borrowed(id)));
         }
         if let Some(n) = ev.node_uuid.as_deref() {
             if let Some(id) = self.nodes.get(n) {
-                return Ok(Some(id.clone()));
+                return Ok(Some(Cow::Owned(id.clone())));
             }
             if let Some(id) = self.store.instance_of_node(n)? {
                 self.remember_node(n, &id);
-                return Ok(Some(id));
+                return Ok(Some(Cow::Owned(id)));
             }
         }
         if let Some(short) = ev.short_id.as_deref() {
@@ -245,13 +246,17 @@ impl Engine {
             }
             // Two instances sharing 6 characters: attributing to either could be wrong, so neither.
             if found.len() == 1 {
-                return Ok(found.pop());
+                return Ok(found.pop().map(Cow::Owned));
             }
         }
         Ok(None)
     }
 
     fn remember_node(&mut self, node: &str, id: &str) {
+        // Nearly every line names a node already known; skip the two copies and the insert then.
+        if self.nodes.len() < NODE_CACHE_MAX && self.nodes.get(node).is_some_and(|known| known == id) {
+            return;
+        }
         if self.nodes.len() >= NODE_CACHE_MAX {
             self.nodes.clear();
         }
@@ -266,24 +271,28 @@ impl Engine {
         Ok(self.dirty.get_mut(id).expect("inserted above"))
     }
 
-    fn apply(&mut self, id: &str, ev: &Event) {
+    fn apply(&mut self, id: &str, ev: &Event<'_>) {
         let t = ev.time.unwrap_or(self.watermark.max(1));
         let rules = self.cfg.rules;
-        let rec = match self.load(id, t) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(instance = id, error = %e, "cannot load the instance record; event not applied");
-                return;
-            }
+        // One hash lookup for the record nearly every event finds already loaded.
+        let rec = match self.dirty.get_mut(id) {
+            Some(r) => r,
+            None => match self.load(id, t) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(instance = id, error = %e, "cannot load the instance record; event not applied");
+                    return;
+                }
+            },
         };
         let effects = state::apply(rec, ev, &rules);
-        let learned: Vec<String> = match (&ev.node_uuid, &ev.kind) {
-            (Some(n), _) => vec![n.clone()],
-            (None, EventKind::AddNode { node_uuid: Some(n), .. } | EventKind::RemoveNode { node_uuid: Some(n), .. }) => vec![n.clone()],
-            _ => vec![],
+        let learned = match (&ev.node_uuid, &ev.kind) {
+            (Some(n), _) => Some(&**n),
+            (None, EventKind::AddNode { node_uuid: Some(n), .. } | EventKind::RemoveNode { node_uuid: Some(n), .. }) => Some(n.as_str()),
+            _ => None,
         };
-        for n in learned {
-            self.remember_node(&n, id);
+        if let Some(n) = learned {
+            self.remember_node(n, id);
         }
         self.counters.events_applied += 1;
         self.effects.extend(effects);

@@ -17,7 +17,7 @@ struct Lager {
 const SOURCES: [&str; 2] = ["patroni-broker.", "dingo-postgresql-broker."];
 
 /// `Ok(None)`: not a broker line, or a broker line with no bearing on instance state.
-pub fn parse(body: &str, host: &str) -> Result<Option<Event>, Reject> {
+pub fn parse(body: &str, host: &str) -> Result<Option<Event<'static>>, Reject> {
     if !body.starts_with('{') || !SOURCES.iter().any(|s| body.contains(s)) {
         return Ok(None);
     }
@@ -69,10 +69,10 @@ pub fn parse(body: &str, host: &str) -> Result<Option<Event>, Reject> {
             let to_instance = last_component(&to_uri).ok_or(Reject::Broker)?;
             return Ok(Some(Event {
                 time: lager_time(lager.timestamp.as_ref()),
-                host: host.to_string(),
+                host: host.to_string().into(),
                 node_uuid: None,
                 short_id: None,
-                instance: Some(to_instance),
+                instance: Some(to_instance.into()),
                 backup_prefix: None,
                 kind: EventKind::CopyBackup { from_instance, from_uri, to_uri },
             }));
@@ -86,10 +86,10 @@ pub fn parse(body: &str, host: &str) -> Result<Option<Event>, Reject> {
         .ok_or(Reject::Broker)?;
     Ok(Some(Event {
         time: lager_time(lager.timestamp.as_ref()),
-        host: host.to_string(),
+        host: host.to_string().into(),
         node_uuid: None,
         short_id: None,
-        instance: Some(instance),
+        instance: Some(instance.into()),
         backup_prefix: None,
         kind,
     }))

@@ -5,9 +5,9 @@ use super::{is_instance_id, EventKind, RestoreMsg, Script};
 
 /// The node uuid of a container program: `docker/cf-<uuid>`, `cf-<uuid>`, `cf-<uuid>[pid]`.
 pub fn node_from_program(program: &str) -> Option<&str> {
-    let p = program.rsplit('/').next()?;
+    let p = memchr::memrchr(b'/', program.as_bytes()).map_or(program, |i| &program[i + 1..]);
     let p = p.strip_prefix("cf-")?;
-    let p = p.split('[').next()?;
+    let p = memchr::memchr(b'[', p.as_bytes()).map_or(p, |i| &p[..i]);
     is_instance_id(p).then_some(p)
 }
 
@@ -25,7 +25,8 @@ fn script_named(name: &str) -> Option<Script> {
 
 /// Splits `patroni> rest` or `6e101b-backup> rest` into (script, short instance id, rest).
 pub fn strip_script_prefix(msg: &str) -> (Option<Script>, Option<&str>, &str) {
-    let Some(gt) = msg.as_bytes().iter().take(40).position(|&c| c == b'>') else {
+    let head = &msg.as_bytes()[..msg.len().min(40)];
+    let Some(gt) = memchr::memchr(b'>', head) else {
         return (None, None, msg);
     };
     let token = &msg[..gt];

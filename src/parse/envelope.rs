@@ -28,7 +28,7 @@ const MONTHS: [&[u8; 3]; 12] = [
 
 pub fn parse(line: &str) -> Result<Envelope<'_>, Reject> {
     let line = line.trim_end_matches(['\r', '\n']);
-    let t = line.trim_start();
+    let t = super::trim_start(line);
     if t.starts_with('{') {
         return parse_json(t);
     }
@@ -62,8 +62,9 @@ fn two_digits(b: &[u8]) -> Option<u32> {
 /// (rsyslog's high-precision template).
 fn parse_3164(s: &str) -> Result<Envelope<'_>, Reject> {
     let b = s.as_bytes();
-    let (time, rest) = if b.len() >= 16 && b[3] == b' ' && MONTHS.iter().any(|m| &b[..3] == *m) {
-        let month = MONTHS.iter().position(|m| &b[..3] == *m).map(|i| i as u32 + 1).ok_or(Reject::Envelope)?;
+    let month = if b.len() >= 16 && b[3] == b' ' { MONTHS.iter().position(|m| &b[..3] == *m) } else { None };
+    let (time, rest) = if let Some(month) = month {
+        let month = month as u32 + 1;
         let day = match (b[4], b[5]) {
             (b' ', d) if d.is_ascii_digit() => (d - b'0') as u32,
             (a, d) if a.is_ascii_digit() && d.is_ascii_digit() => ((a - b'0') * 10 + (d - b'0')) as u32,
@@ -86,12 +87,12 @@ fn parse_3164(s: &str) -> Result<Envelope<'_>, Reject> {
         return Err(Reject::Envelope);
     };
     let rest = rest.trim_start_matches(' ');
-    let sp = rest.find(' ').ok_or(Reject::Envelope)?;
+    let sp = memchr::memchr(b' ', rest.as_bytes()).ok_or(Reject::Envelope)?;
     let host = &rest[..sp];
     let rest = &rest[sp + 1..];
-    // The tag ends at the first ": " (or ':' at end); a tag has no spaces.
-    let (program, message) = match rest.find(':') {
-        Some(i) if !rest[..i].contains(' ') && (i + 1 == rest.len() || rest.as_bytes()[i + 1] == b' ') => {
+    // The tag ends at the first ": " (or ':' at end); a tag has no spaces. One scan finds whichever comes first.
+    let (program, message) = match memchr::memchr2(b':', b' ', rest.as_bytes()) {
+        Some(i) if rest.as_bytes()[i] == b':' && (i + 1 == rest.len() || rest.as_bytes()[i + 1] == b' ') => {
             (&rest[..i], &rest[(i + 1).min(rest.len())..])
         }
         _ => ("", rest),

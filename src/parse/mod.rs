@@ -10,6 +10,10 @@ pub mod envelope;
 pub mod prefilter;
 pub mod wale;
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::{Deserialize, Serialize};
 
 pub use envelope::{EnvTime, Envelope};
@@ -171,16 +175,18 @@ impl EventKind {
 
 /// One parsed line. `instance` is set when the payload names the instance; otherwise `node_uuid` (the
 /// container) or `short_id` (the 6-character script prefix) let the store attribute it.
+/// The names borrow from the line where they can: most lines become an event that is applied and
+/// dropped at once, and copying five names per line cost more than parsing it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
+pub struct Event<'a> {
     #[serde(with = "crate::timeutil::serde_opt_ms", default)]
     pub time: Option<i64>,
-    pub host: String,
-    pub node_uuid: Option<String>,
-    pub short_id: Option<String>,
-    pub instance: Option<String>,
+    pub host: Cow<'a, str>,
+    pub node_uuid: Option<Cow<'a, str>>,
+    pub short_id: Option<Cow<'a, str>>,
+    pub instance: Option<Cow<'a, str>>,
     /// `s3://bucket/.../<id>/wal/` when the line shows it.
-    pub backup_prefix: Option<String>,
+    pub backup_prefix: Option<Cow<'a, str>>,
     pub kind: EventKind,
 }
 
@@ -227,7 +233,7 @@ impl YearClock {
 }
 
 /// Parses one line. `Ok(None)` means irrelevant (a known-harmless or unrelated line).
-pub fn parse_line(line: &str, clock: &mut YearClock, now: i64) -> Result<Option<Event>, Reject> {
+pub fn parse_line<'a>(line: &'a str, clock: &mut YearClock, now: i64) -> Result<Option<Event<'a>>, Reject> {
     let env = envelope::parse(line)?;
     let env_time = env.time;
     let Some(mut ev) = parse_envelope(&env)? else {
@@ -244,24 +250,29 @@ pub fn parse_line(line: &str, clock: &mut YearClock, now: i64) -> Result<Option<
 }
 
 /// Event from an already split envelope (used by sources that deliver structured messages).
-pub fn parse_envelope(env: &Envelope<'_>) -> Result<Option<Event>, Reject> {
-    let msg: &str = &env.message;
-    let host: &str = &env.host;
-    let program: &str = &env.program;
+pub fn parse_envelope<'a>(env: &Envelope<'a>) -> Result<Option<Event<'a>>, Reject> {
+    match (&env.program, &env.message) {
+        (Cow::Borrowed(program), Cow::Borrowed(message)) => event_from(env.host.clone(), program, message),
+        // A JSON envelope that unescaped its strings: the event cannot borrow from them.
+        (program, message) => Ok(event_from(env.host.clone(), program, message)?.map(Event::into_owned)),
+    }
+}
+
+fn event_from<'a>(host: Cow<'a, str>, program: &'a str, msg: &'a str) -> Result<Option<Event<'a>>, Reject> {
     let node_uuid = container::node_from_program(program);
-    let (script, short_id, body) = container::strip_script_prefix(msg.trim_start());
-    let body = body.trim();
+    let (script, short_id, body) = container::strip_script_prefix(trim_start(msg));
+    let body = trim(body);
 
     if node_uuid.is_none() && script.is_none() {
-        if let Some(ev) = broker::parse(body, host)? {
+        if let Some(ev) = broker::parse(body, &host)? {
             return Ok(Some(ev));
         }
     }
     let base = |kind: EventKind| Event {
         time: None,
-        host: host.to_string(),
-        node_uuid: node_uuid.map(str::to_string),
-        short_id: short_id.map(str::to_string),
+        host,
+        node_uuid: node_uuid.map(Cow::Borrowed),
+        short_id: short_id.map(Cow::Borrowed),
         instance: None,
         backup_prefix: None,
         kind,
@@ -271,61 +282,95 @@ pub fn parse_envelope(env: &Envelope<'_>) -> Result<Option<Event>, Reject> {
         ev.time = parsed.time;
         if let Some(loc) = parsed.location {
             ev.instance = Some(loc.instance);
-            ev.backup_prefix = Some(loc.prefix);
+            ev.backup_prefix = Some(Cow::Borrowed(loc.prefix));
         }
         return Ok(Some(ev));
     }
     if let Some(c) = container::parse_message(body, script) {
         let mut ev = base(c.kind);
         if let Some(n) = c.node_uuid {
-            ev.node_uuid = Some(n);
+            ev.node_uuid = Some(Cow::Owned(n));
         }
         return Ok(Some(ev));
     }
     Ok(None)
 }
 
+impl Event<'_> {
+    /// The same event, owning its names.
+    pub fn into_owned(self) -> Event<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        Event {
+            time: self.time,
+            host: own(self.host),
+            node_uuid: self.node_uuid.map(own),
+            short_id: self.short_id.map(own),
+            instance: self.instance.map(own),
+            backup_prefix: self.backup_prefix.map(own),
+            kind: self.kind,
+        }
+    }
+}
+
 /// The location a WAL-E URL points into: `s3://bucket/<path>/<instance>/wal/...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub instance: String,
+pub struct Location<'a> {
+    /// Lower case; borrowed unless the URL had upper case in it.
+    pub instance: Cow<'a, str>,
     /// Up to and including `wal/`.
-    pub prefix: String,
+    pub prefix: &'a str,
     /// What follows the prefix.
-    pub rest: String,
+    pub rest: &'a str,
 }
 
 /// Finds the instance and backup prefix in any S3 URL WAL-E prints. The instance is the path component
 /// before `wal`, so buckets laid out as `backups/<id>/wal/` and other depths both work.
-pub fn locate(url: &str) -> Option<Location> {
+pub fn locate(url: &str) -> Option<Location<'_>> {
+    static WAL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("/wal/"));
     let rest = url.strip_prefix("s3://")?;
-    let mut start = 0;
-    let mut prev: Option<(usize, usize)> = None;
-    for (i, comp) in rest.split('/').enumerate() {
-        let end = start + comp.len();
-        if i >= 1 && comp == "wal" {
-            if let Some((ps, pe)) = prev {
-                let id = &rest[ps..pe];
-                if is_instance_id(id) && end < rest.len() {
-                    return Some(Location {
-                        instance: id.to_ascii_lowercase(),
-                        prefix: format!("s3://{}/", &rest[..end]),
-                        rest: rest[end + 1..].to_string(),
-                    });
-                }
+    let b = rest.as_bytes();
+    let mut from = 0;
+    // Each `/wal/` closes a `wal` component; the one before it (never the bucket) may be the instance.
+    while let Some(p) = WAL.find(&b[from..]).map(|i| from + i) {
+        if let Some(s) = memchr::memrchr(b'/', &b[..p]) {
+            let id = &rest[s + 1..p];
+            if is_instance_id(id) {
+                // `rest[end]` is the `/` after `wal`: the prefix runs through it.
+                let end = p + "/wal".len();
+                let upper = id.bytes().fold(false, |any, c| any | c.is_ascii_uppercase());
+                let instance = if upper { Cow::Owned(id.to_ascii_lowercase()) } else { Cow::Borrowed(id) };
+                return Some(Location { instance, prefix: &url[.."s3://".len() + end + 1], rest: &rest[end + 1..] });
             }
         }
-        if i >= 1 {
-            prev = Some((start, end));
-        }
-        start = end + 1;
+        from = p + 1;
     }
     None
 }
 
+/// `str::trim_start`, skipping ASCII whitespace bytewise (std decodes every char); same result.
+fn trim_start(s: &str) -> &str {
+    let i = s.bytes().position(|c| !matches!(c, b'\t'..=b'\r' | b' ')).unwrap_or(s.len());
+    // A non-ASCII char may be Unicode whitespace: std decides from there (`i` is a char boundary).
+    if s.as_bytes().get(i).is_some_and(|&c| c >= 0x80) {
+        return s[i..].trim_start();
+    }
+    &s[i..]
+}
+
+/// `str::trim`, with the fast path of [`trim_start`] at both ends.
+fn trim(s: &str) -> &str {
+    let s = trim_start(s);
+    let j = s.bytes().rposition(|c| !matches!(c, b'\t'..=b'\r' | b' ')).map_or(0, |j| j + 1);
+    if j > 0 && s.as_bytes()[j - 1] >= 0x80 {
+        return s[..j].trim_end();
+    }
+    &s[..j]
+}
+
 /// Instance ids are Cloud Foundry GUIDs; accept any id-like token so test ids and other platforms work.
 pub fn is_instance_id(s: &str) -> bool {
-    (4..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    // Branch-free, so it vectorizes: this runs on every container line's program name.
+    (4..=64).contains(&s.len()) && s.bytes().fold(true, |ok, c| ok & (c.is_ascii_alphanumeric() | (c == b'-') | (c == b'_')))
 }
 
 #[cfg(test)]
@@ -341,6 +386,19 @@ mod tests {
         assert_eq!(locate("s3://b/x/wal/"), None);
         assert_eq!(locate("s3://b/wal/x"), None);
         assert_eq!(locate("http://b/backups/abcd/wal/x"), None);
+        // The first `wal` after an id-like component; never the bucket; ids lower-cased.
+        let l = locate("s3://b/x/wal/y/ABCD/wal/z").unwrap();
+        assert_eq!((&*l.instance, l.prefix, l.rest), ("abcd", "s3://b/x/wal/y/ABCD/wal/", "z"));
+        assert_eq!(locate("s3://abcd/wal/x"), None);
+        assert_eq!(locate("s3://b/abcd/wal/wal/x").map(|l| l.rest), Some("wal/x"));
+    }
+
+    #[test]
+    fn trims_like_std() {
+        for s in ["", " ", "  a b  ", "\t\x0Bx\r\n", "\u{a0} x \u{3000}", "x\u{2028}", "\u{85}", "é ", " \u{1680}é\u{a0}", "\x1Cx\x1F"] {
+            assert_eq!(trim_start(s), s.trim_start(), "{s:?}");
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
     }
 
     #[test]

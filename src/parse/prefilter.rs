@@ -20,9 +20,22 @@ pub const PATTERNS: [&str; 10] = [
     "_if_missing> ",
 ];
 
+/// Where the search starts inside each pattern; a hit is then checked against the whole pattern. Teddy
+/// fingerprints a pattern by its first three bytes, and "req" starts words all over HTTP services' logs:
+/// searching "WAL segments" instead made the scan a fifth faster (scripts/bench.sh's file).
+const SEARCH_FROM: [usize; PATTERNS.len()] = [0, 0, 0, 0, "required ".len(), 0, 0, 0, 0, 0];
+
 #[derive(Clone)]
 pub struct Prefilter {
-    ac: AhoCorasick,
+    searcher: Searcher,
+}
+
+#[derive(Clone)]
+enum Searcher {
+    /// Teddy on its own: the automaton wrapped around it cost a tenth of the scan.
+    Packed(aho_corasick::packed::Searcher),
+    /// Where Teddy is unavailable (no SSSE3 or NEON).
+    Automaton(AhoCorasick),
 }
 
 impl Default for Prefilter {
@@ -31,23 +44,71 @@ impl Default for Prefilter {
     }
 }
 
+fn searched() -> impl Iterator<Item = &'static str> {
+    PATTERNS.iter().zip(SEARCH_FROM).map(|(p, k)| &p[k..])
+}
+
+fn automaton() -> AhoCorasick {
+    AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostFirst)
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(searched())
+        .expect("static patterns build")
+}
+
 impl Prefilter {
     pub fn new() -> Self {
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostFirst)
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(PATTERNS)
-            .expect("static patterns build");
-        Prefilter { ac }
+        let mut packed = aho_corasick::packed::Config::new();
+        packed.match_kind(aho_corasick::packed::MatchKind::LeftmostFirst);
+        let searcher = match packed.builder().extend(searched()).build() {
+            Some(p) => Searcher::Packed(p),
+            None => Searcher::Automaton(automaton()),
+        };
+        Prefilter { searcher }
     }
 
     pub fn is_match(&self, line: &[u8]) -> bool {
-        self.ac.is_match(line)
+        self.find(line, 0).is_some()
     }
 
-    /// Start of the first match at or after `from`.
-    pub fn find(&self, haystack: &[u8], from: usize) -> Option<usize> {
-        let input = aho_corasick::Input::new(haystack).range(from..);
-        self.ac.find(input).map(|m| m.start())
+    /// Start of a pattern that lies wholly at or after `from`: the first such, or one beginning inside it,
+    /// so always on the first such pattern's line (no pattern holds a newline).
+    pub fn find(&self, haystack: &[u8], mut from: usize) -> Option<usize> {
+        loop {
+            let (i, start) = match &self.searcher {
+                Searcher::Packed(p) => p.find_in(haystack, aho_corasick::Span::from(from..haystack.len())).map(|m| (m.pattern().as_usize(), m.start()))?,
+                Searcher::Automaton(ac) => ac.find(aho_corasick::Input::new(haystack).range(from..)).map(|m| (m.pattern().as_usize(), m.start()))?,
+            };
+            let k = SEARCH_FROM[i];
+            if k == 0 {
+                return Some(start);
+            }
+            let whole = PATTERNS[i].as_bytes();
+            match start.checked_sub(k) {
+                Some(at) if at >= from && haystack.get(at..at + whole.len()) == Some(whole) => return Some(at),
+                // Only the searched part is there: not a match; look further.
+                _ => from = start + 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_searched_for_counts_only_inside_its_whole_pattern() {
+        let fallback = Prefilter { searcher: Searcher::Automaton(automaton()) };
+        for pf in [&Prefilter::new(), &fallback] {
+            assert!(pf.is_match(b"NOTICE: all required WAL segments have been archived"));
+            assert!(!pf.is_match(b"NOTICE: all WAL segments have been archived"));
+            assert!(!pf.is_match(b"required WAL segment"));
+            let h = b"x WAL segments y\nz required WAL segments\n";
+            assert_eq!(pf.find(h, 0), Some(19));
+            // The whole pattern would begin before `from`.
+            assert_eq!(pf.find(h, 20), None);
+            assert_eq!(pf.find(b"WAL segments; cf-1", 0), Some(14));
+        }
     }
 }

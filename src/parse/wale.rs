@@ -2,41 +2,72 @@
 //! arrives as its own syslog line, so every line is read on its own; DETAIL and STRUCTURED of the same
 //! push both produce an event, and the state layer counts a segment once.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use super::{locate, EventKind, Location, PushState, Reject};
 
-pub struct WalEParsed {
+pub struct WalEParsed<'a> {
     pub kind: EventKind,
     pub time: Option<i64>,
-    pub location: Option<Location>,
+    pub location: Option<Location<'a>>,
 }
 
-fn out(kind: EventKind, location: Option<Location>) -> Result<Option<WalEParsed>, Reject> {
+fn out(kind: EventKind, location: Option<Location<'_>>) -> Result<Option<WalEParsed<'_>>, Reject> {
     Ok(Some(WalEParsed { kind, time: None, location }))
 }
 
 /// First `s3://...` URL in a line, without surrounding quotes or a sentence's final period.
 fn url_in(s: &str) -> Option<&str> {
-    let start = s.find("s3://")?;
+    static S3: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("s3://"));
+    let start = S3.find(s.as_bytes())?;
     let rest = &s[start..];
-    let end = rest.find(|c: char| c == '"' || c == '\'' || c.is_whitespace()).unwrap_or(rest.len());
-    Some(rest[..end].trim_end_matches('.'))
+    Some(rest[..url_end(rest)].trim_end_matches('.'))
+}
+
+/// Index of the first quote or whitespace (as `char::is_whitespace`).
+fn url_end(s: &str) -> usize {
+    let b = s.as_bytes();
+    let end = memchr::memchr3(b'"', b'\'', b' ', b).unwrap_or(b.len());
+    // Other whitespace is ASCII 9..=13 or non-ASCII; a branch-free scan rules both out (nearly always).
+    if !b[..end].iter().fold(false, |any, &c| any | (c.wrapping_sub(b'\t') < 5) | (c >= 0x80)) {
+        return end;
+    }
+    s.char_indices().find(|&(_, c)| c == '"' || c == '\'' || c.is_whitespace()).map_or(s.len(), |(i, _)| i)
 }
 
 pub fn is_segment(s: &str) -> bool {
-    s.len() == 24 && s.bytes().all(|c| c.is_ascii_hexdigit())
+    s.len() == 24 && all_hex(s.as_bytes())
+}
+
+/// Branch-free, so it vectorizes: segment names are checked several times per WAL-E line.
+fn all_hex(b: &[u8]) -> bool {
+    b.iter().fold(true, |all, c| all & c.is_ascii_hexdigit())
 }
 
 /// A WAL file name as pushed: a segment, `<seg>.<off>.backup` or `<tli>.history`.
 fn is_wal_file(s: &str) -> bool {
-    let head = s.split('.').next().unwrap_or("");
-    (is_segment(head) || (head.len() == 8 && head.bytes().all(|c| c.is_ascii_hexdigit())))
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'.')
+    let head = s.split_once('.').map_or(s, |(h, _)| h);
+    (is_segment(head) || (head.len() == 8 && all_hex(head.as_bytes())))
+        && s.bytes().fold(true, |all, c| all & (c.is_ascii_alphanumeric() || c == b'.'))
 }
 
 fn wal_from_rest(rest: &str) -> Option<String> {
     let f = rest.strip_prefix("wal_005/")?;
     let f = f.strip_suffix(".lzo").unwrap_or(f);
-    is_wal_file(f).then(|| f.to_ascii_uppercase().replace(".BACKUP", ".backup").replace(".HISTORY", ".history"))
+    is_wal_file(f).then(|| normalize_wal(f))
+}
+
+/// Upper-case hex, with the `.backup` / `.history` suffixes as PostgreSQL names them.
+fn normalize_wal(f: &str) -> String {
+    let up = f.to_ascii_uppercase();
+    // Only a name with a dot can carry a suffix; a plain segment (nearly every line) is done.
+    if up.contains('.') {
+        up.replace(".BACKUP", ".backup").replace(".HISTORY", ".history")
+    } else {
+        up
+    }
 }
 
 /// `basebackups_005/base_<SEG>_<OFF>/...` or `basebackups_005/base_<SEG>_<OFF>_backup_stop_sentinel.json`.
@@ -53,37 +84,32 @@ pub fn is_backup_name(n: &str) -> bool {
     is_segment(seg) && off.len() == 8 && off.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
-/// The markers a WAL-E or archiver line is recognised by, found in one scan of the line.
+/// The markers a WAL-E or archiver line is recognised by, in the order `parse` tests them.
 const MARKERS: [&str; 8] = [
     "STRUCTURED:",
     "DETAIL:",
     "pg_stop_backup complete",
+    // PostgreSQL 10+ says this where 9.x said "pg_stop_backup complete, all required ...".
+    "all required WAL segments have been archived",
     "archive command failed",
     "CRITICAL",
     "retrying after encountering exception",
     "could no longer locate object while performing wal restore",
-    // PostgreSQL 10+ says this where 9.x said "pg_stop_backup complete, all required ...".
-    "all required WAL segments have been archived",
 ];
 const STRUCTURED: usize = 0;
 const DETAIL: usize = 1;
 const STOP_BACKUP: usize = 2;
-const ARCHIVE_FAILED: usize = 3;
-const CRITICAL: usize = 4;
-const RETRYING: usize = 5;
-const NO_LONGER_LOCATE: usize = 6;
-const STOP_BACKUP_10: usize = 7;
+const STOP_BACKUP_10: usize = 3;
+const ARCHIVE_FAILED: usize = 4;
+const CRITICAL: usize = 5;
+const RETRYING: usize = 6;
+const NO_LONGER_LOCATE: usize = 7;
 
-/// First position of each marker in `b`. One precompiled SIMD searcher per marker: on lines this short
-/// that beats a single multi-pattern automaton (measured with scripts/bench.sh).
-fn markers(b: &[u8]) -> [Option<usize>; MARKERS.len()] {
-    static FINDERS: std::sync::OnceLock<Vec<memchr::memmem::Finder<'static>>> = std::sync::OnceLock::new();
-    let finders = FINDERS.get_or_init(|| MARKERS.iter().map(|m| memchr::memmem::Finder::new(m)).collect());
-    let mut at = [None; MARKERS.len()];
-    for (slot, f) in at.iter_mut().zip(finders) {
-        *slot = f.find(b);
-    }
-    at
+/// First position of marker `m` in `b`, with one precompiled SIMD searcher per marker. Searched lazily,
+/// in priority order: most lines are STRUCTURED or DETAIL and need one or two searches, not eight.
+fn marker(m: usize, b: &[u8]) -> Option<usize> {
+    static FINDERS: LazyLock<Vec<Finder<'static>>> = LazyLock::new(|| MARKERS.iter().map(Finder::new).collect());
+    FINDERS[m].find(b)
 }
 
 /// The `key=value` fields of a STRUCTURED line that matter here, read in one pass.
@@ -115,10 +141,10 @@ impl<'a> Structured<'a> {
     }
 }
 
-pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
-    let at = markers(body.as_bytes());
+pub fn parse(body: &str) -> Result<Option<WalEParsed<'_>>, Reject> {
+    let b = body.as_bytes();
     // Structured lines carry the event time and an unambiguous action.
-    if let Some(i) = at[STRUCTURED] {
+    if let Some(i) = marker(STRUCTURED, b) {
         let s = &body[i + "STRUCTURED:".len()..];
         let f = Structured::read(s);
         let action = f.action;
@@ -127,8 +153,8 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
         }
         let key = f.key.ok_or(Reject::WalE)?;
         let loc = locate(key).ok_or(Reject::WalE)?;
-        let seg = f.seg.filter(|x| is_wal_file(x)).map(str::to_ascii_uppercase).or_else(|| wal_from_rest(&loc.rest));
-        let segment = seg.ok_or(Reject::WalE)?.replace(".BACKUP", ".backup").replace(".HISTORY", ".history");
+        let seg = f.seg.filter(|x| is_wal_file(x)).map(normalize_wal).or_else(|| wal_from_rest(loc.rest));
+        let segment = seg.ok_or(Reject::WalE)?;
         let state = match f.state {
             Some("begin") => PushState::Begin,
             Some("complete") => PushState::Complete,
@@ -139,17 +165,17 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
         let kind = if action == Some("push-wal") { EventKind::WalPush { segment, state } } else { EventKind::WalFetch { segment, state } };
         return Ok(Some(WalEParsed { kind, time, location: Some(loc) }));
     }
-    if let Some(i) = at[DETAIL] {
-        let d = body[i + "DETAIL:".len()..].trim();
+    if let Some(i) = marker(DETAIL, b) {
+        let d = super::trim(&body[i + "DETAIL:".len()..]);
         if let Some(r) = d.strip_prefix("Uploading ") {
             let url = url_in(r).ok_or(Reject::WalE)?;
             let loc = locate(url).ok_or(Reject::WalE)?;
-            let done = r.contains(" complete at ");
-            if let Some(seg) = wal_from_rest(&loc.rest) {
+            if let Some(seg) = wal_from_rest(loc.rest) {
                 // `Uploading "pg_wal/X" to "s3://..."`: the begin of a wal-push.
                 return out(EventKind::WalPush { segment: seg, state: PushState::Begin }, Some(loc));
             }
-            let (backup, tail) = backup_from_rest(&loc.rest).ok_or(Reject::WalE)?;
+            let done = r.contains(" complete at ");
+            let (backup, tail) = backup_from_rest(loc.rest).ok_or(Reject::WalE)?;
             let kind = if let Some(part) = tail.strip_prefix("tar_partitions/") {
                 let part = part.strip_suffix(".tar.lzo").unwrap_or(part).to_string();
                 EventKind::BasePartition { backup, part, done }
@@ -161,14 +187,14 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
         if let Some(r) = d.strip_prefix("Archiving to ") {
             let url = url_in(r).ok_or(Reject::WalE)?;
             let loc = locate(url).ok_or(Reject::WalE)?;
-            let seg = wal_from_rest(&loc.rest).ok_or(Reject::WalE)?;
+            let seg = wal_from_rest(loc.rest).ok_or(Reject::WalE)?;
             return out(EventKind::WalPush { segment: seg, state: PushState::Complete }, Some(loc));
         }
         if let Some(r) = d.strip_prefix("The key being deleted is ") {
             let url = url_in(r).ok_or(Reject::WalE)?;
             let loc = locate(url).ok_or(Reject::WalE)?;
             if loc.rest.ends_with("_backup_stop_sentinel.json") {
-                let (backup, _) = backup_from_rest(&loc.rest).ok_or(Reject::WalE)?;
+                let (backup, _) = backup_from_rest(loc.rest).ok_or(Reject::WalE)?;
                 return out(EventKind::BackupPruned { backup }, Some(loc));
             }
             return Ok(None);
@@ -180,20 +206,20 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
         }
         return Ok(None);
     }
-    if at[STOP_BACKUP].is_some() || at[STOP_BACKUP_10].is_some() {
+    if marker(STOP_BACKUP, b).is_some() || marker(STOP_BACKUP_10, b).is_some() {
         return out(EventKind::BaseBackupStopped, None);
     }
-    if let Some(i) = at[ARCHIVE_FAILED] {
+    if let Some(i) = marker(ARCHIVE_FAILED, b) {
         return out(EventKind::WalPushFailed { detail: body[i..].chars().take(200).collect() }, None);
     }
-    if at[CRITICAL].is_some() && body.contains("MSG:") {
+    if marker(CRITICAL, b).is_some() && body.contains("MSG:") {
         let msg = body.split("MSG:").nth(1).unwrap_or("").trim();
         return out(EventKind::WalPushFailed { detail: format!("WAL-E CRITICAL: {}", msg.chars().take(200).collect::<String>()) }, None);
     }
-    if at[RETRYING].is_some() {
+    if marker(RETRYING, b).is_some() {
         return out(EventKind::WalERetry, None);
     }
-    if at[NO_LONGER_LOCATE].is_some() {
+    if marker(NO_LONGER_LOCATE, b).is_some() {
         return out(EventKind::WalRestoreEnd, None);
     }
     if let Some(r) = body.strip_prefix("upload: ") {
@@ -212,7 +238,7 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed>, Reject> {
 
 /// `base_<SEG>_<OFF>\t<last_modified>\t<wal_segment_backup_start>\t<offset>` from `wal-e backup-list`,
 /// tabs possibly escaped as `#011` by rsyslog or turned into spaces by a shipper.
-fn list_line(body: &str) -> Result<Option<WalEParsed>, Reject> {
+fn list_line(body: &str) -> Result<Option<WalEParsed<'_>>, Reject> {
     let norm = body.replace("#011", "\t");
     let mut fields = norm.split(|c: char| c == '\t' || c == ' ').filter(|f| !f.is_empty());
     let name = fields.next().unwrap_or("");
@@ -271,6 +297,15 @@ mod tests {
             kind(&format!("DETAIL: The key being deleted is {base}_backup_stop_sentinel.json.")),
             EventKind::BackupPruned { backup: "base_000000010000000000000003_00000040".into() }
         );
+    }
+
+    #[test]
+    fn urls_end_at_quotes_and_any_whitespace() {
+        assert_eq!(url_in(r#"to "s3://b/x/y.lzo"."#), Some("s3://b/x/y.lzo"));
+        assert_eq!(url_in("to s3://b/x\u{a0}y"), Some("s3://b/x"));
+        assert_eq!(url_in("to s3://b/é\x0Bx"), Some("s3://b/é"));
+        assert_eq!(url_in("to s3://b/x."), Some("s3://b/x"));
+        assert_eq!(url_in("no url"), None);
     }
 
     #[test]

@@ -231,7 +231,7 @@ impl InstanceRecord {
 /// Applies one event (already attributed to `rec`) and returns its effects. Idempotent in the sense the
 /// store relies on: applying the same event twice in a row changes nothing further except counters that
 /// the store guards by source position.
-pub fn apply(rec: &mut InstanceRecord, ev: &Event, rules: &Rules) -> Vec<Effect> {
+pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Effect> {
     let mut effects = Vec::new();
     let t = ev.time.unwrap_or(rec.last_seen);
     rec.events_applied += 1;
@@ -240,16 +240,16 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event, rules: &Rules) -> Vec<Effect>
     }
     rec.last_seen = rec.last_seen.max(t);
     if let Some(p) = &ev.backup_prefix {
-        if rec.backup_prefix.as_deref() != Some(p) {
-            rec.backup_prefix = Some(p.clone());
+        if rec.backup_prefix.as_deref() != Some(&**p) {
+            rec.backup_prefix = Some(p.to_string());
         }
     }
     // A line printed inside a container tells us the node and its cell.
     if let Some(n) = &ev.node_uuid {
         let host_is_cell = !matches!(ev.kind, EventKind::ContainerCreating | EventKind::ContainerDestroying);
         let node = rec.node_mut(n);
-        if host_is_cell && !ev.host.is_empty() {
-            node.host = Some(ev.host.clone());
+        if host_is_cell && !ev.host.is_empty() && node.host.as_deref() != Some(&*ev.host) {
+            node.host = Some(ev.host.to_string());
         }
     }
 
@@ -307,8 +307,11 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event, rules: &Rules) -> Vec<Effect>
             if rec.wal.last_segment.as_deref() != Some(segment) {
                 rec.wal.segments_pushed += 1;
             }
-            if rec.wal.last_segment.as_deref().is_none_or(|l| segment.as_str() >= l) {
-                rec.wal.last_segment = Some(segment.clone());
+            match &mut rec.wal.last_segment {
+                // Reuses the buffer: this runs for every segment pushed.
+                Some(l) if segment.as_str() > l.as_str() => l.clone_from(segment),
+                Some(_) => {}
+                None => rec.wal.last_segment = Some(segment.clone()),
             }
             rec.wal.last_pushed_at = Some(rec.wal.last_pushed_at.map_or(t, |p| p.max(t)));
         }
@@ -401,7 +404,7 @@ fn set_if(slot: &mut Option<String>, v: &Option<String>) {
 mod tests {
     use super::*;
 
-    fn ev(kind: EventKind, t: i64) -> Event {
+    fn ev(kind: EventKind, t: i64) -> Event<'static> {
         Event { time: Some(t), host: "cell".into(), node_uuid: None, short_id: None, instance: Some("i-1".into()), backup_prefix: None, kind }
     }
 

@@ -93,6 +93,8 @@ fn write_to(tmp: &Path, store_dir: &Path, schema: u32, db: &sled::Db) -> std::io
     Ok(count)
 }
 
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// An open snapshot: point lookups by binary search (a few small reads), prefix scans in two reads.
 pub struct Snapshot {
     file: File,
@@ -178,7 +180,7 @@ impl Snapshot {
     }
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SnapshotError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, SnapshotError> {
         let lo = self.lower_bound(prefix)?;
         let hi = match successor(prefix) {
             Some(s) => self.lower_bound(&s)?,
@@ -234,7 +236,7 @@ mod tests {
             db.insert(format!("n/{i:05}"), format!("node {i}").as_bytes()).unwrap();
         }
         db.insert("m/schema", &b"1"[..]).unwrap();
-        db.insert(b"p/\xff".to_vec(), &b""[..]).unwrap();
+        db.insert(&b"p/\xff"[..], &b""[..]).unwrap();
         assert_eq!(write(dir.path(), 1, &db).unwrap(), 1002);
         let s = Snapshot::open(dir.path()).unwrap().unwrap();
         assert_eq!(s.schema(), 1);
