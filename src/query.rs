@@ -200,11 +200,7 @@ fn scan<T: for<'de> Deserialize<'de>>(snap: &Snapshot, prefix: &str) -> Result<i
 }
 
 fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryError> {
-    let (mut instances, mut deleted) = (0, 0);
-    for r in scan::<InstanceRecord>(snap, keys::INSTANCE)? {
-        instances += 1;
-        deleted += u64::from(r?.status == Status::Deleted);
-    }
+    let (instances, deleted) = count(scan(snap, keys::INSTANCE)?)?;
     let counters = snap.get(keys::COUNTERS)?.map(|v| Store::decode(keys::COUNTERS, &v)).transpose()?.unwrap_or_default();
     let positions = snap
         .scan_prefix(keys::POSITION.as_bytes())?
@@ -238,13 +234,18 @@ fn select(records: impl Iterator<Item = Result<InstanceRecord, StoreError>>, fil
     Ok(out)
 }
 
-fn status(s: &Store, watcher_running: bool) -> Result<StoreStatus, StoreError> {
+/// (instances, deleted).
+fn count(records: impl Iterator<Item = Result<InstanceRecord, StoreError>>) -> Result<(u64, u64), StoreError> {
     let (mut instances, mut deleted) = (0, 0);
-    for r in s.records() {
-        let r = r?;
+    for r in records {
         instances += 1;
-        deleted += u64::from(r.status == Status::Deleted);
+        deleted += u64::from(r?.status == Status::Deleted);
     }
+    Ok((instances, deleted))
+}
+
+fn status(s: &Store, watcher_running: bool) -> Result<StoreStatus, StoreError> {
+    let (instances, deleted) = count(s.records())?;
     Ok(StoreStatus {
         path: s.path().to_path_buf(),
         schema_version: s.schema_version()?,
