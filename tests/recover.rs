@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::DisplayErrorContext;
+use common::env;
 use aws_sdk_s3::primitives::ByteStream;
 use safeguard::etcd::{Etcd, EtcdConfig};
 use safeguard::s3::{ObjectInfo, ObjectStore, S3Config, S3Url};
@@ -24,13 +25,6 @@ use serde_json::Value;
 
 const SECRET: &str = "test-secret-Zq8vKx31";
 const CC_SECRET: &str = "uaa-client-secret-Pw7";
-
-fn service(var: &str) -> String {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
-        _ => panic!("{var} is not set: run scripts/test.sh, which starts the real services (moto S3, etcd) and sets it"),
-    }
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -98,20 +92,12 @@ impl Drop for World {
 }
 
 fn s3_config() -> S3Config {
-    S3Config {
-        endpoint: Some(service("SAFEGUARD_TEST_S3")),
-        path_style: true,
-        access_key_id: Some("testing-key".into()),
-        secret_access_key: Some(SECRET.into()),
-        timeout: "10s".into(),
-        max_attempts: 2,
-        ..S3Config::default()
-    }
+    common::s3_config(env("SAFEGUARD_TEST_S3"), SECRET)
 }
 
 impl World {
     fn new(tag: &str) -> World {
-        let etcd = service("SAFEGUARD_TEST_ETCD");
+        let etcd = env("SAFEGUARD_TEST_ETCD");
         let _ = etcd;
         let s3 = ObjectStore::connect(&s3_config()).unwrap();
         let bucket = format!("sg-rec-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
@@ -293,7 +279,7 @@ impl World {
     /// they log each operation to ops.log, empty a data directory, and (start) append the restore
     /// lines to `restore_into` (the watched log).
     fn config(&self, restore_into: Option<&Path>, extra: &str) -> PathBuf {
-        self.config_via(&service("SAFEGUARD_TEST_S3"), restore_into, extra)
+        self.config_via(&env("SAFEGUARD_TEST_S3"), restore_into, extra)
     }
 
     fn config_via(&self, s3: &str, restore_into: Option<&Path>, extra: &str) -> PathBuf {
@@ -344,7 +330,7 @@ client_id = "safeguard"
 client_secret = "{CC_SECRET}"
 {extra}
 "#,
-            etcd = service("SAFEGUARD_TEST_ETCD"),
+            etcd = env("SAFEGUARD_TEST_ETCD"),
             ops = ops.display(),
             data = data.display(),
         );
@@ -390,7 +376,7 @@ client_secret = "{CC_SECRET}"
 }
 
 fn etcd() -> Etcd {
-    Etcd::new(&EtcdConfig { url: service("SAFEGUARD_TEST_ETCD"), ..EtcdConfig::default() }).unwrap()
+    Etcd::new(&EtcdConfig { url: env("SAFEGUARD_TEST_ETCD"), ..EtcdConfig::default() }).unwrap()
 }
 
 fn set_patroni_keys(id: &str) {
@@ -682,7 +668,7 @@ fn guards_refuse_and_say_why() {
     // No [etcd] section: an instance recovery cannot clear the keys.
     let text = std::fs::read_to_string(&cfg).unwrap();
     let no_etcd = w.dir().join("no-etcd.toml");
-    let etcd_section = format!("[etcd]\nurl = \"{}\"\ntimeout = \"5s\"\n", service("SAFEGUARD_TEST_ETCD"));
+    let etcd_section = format!("[etcd]\nurl = \"{}\"\ntimeout = \"5s\"\n", env("SAFEGUARD_TEST_ETCD"));
     assert!(text.contains(&etcd_section));
     std::fs::write(&no_etcd, text.replace(&etcd_section, "")).unwrap();
     let (code, out, err) = w.run(&no_etcd, &["recover", &w.source, "--into", &w.target]);
@@ -808,7 +794,7 @@ fn s3_throttling_is_retried_and_access_denied_stops_the_copy_until_resumed() {
     let w = World::new("faults");
     w.standard_source();
     w.ingest(&w.log_lines());
-    let proxy = fault_proxy::FaultProxy::start(&service("SAFEGUARD_TEST_S3"));
+    let proxy = fault_proxy::FaultProxy::start(&env("SAFEGUARD_TEST_S3"));
     let cfg = w.config_via(&proxy.endpoint, None, "");
     let src = w.prefix(&w.source);
     let wal_keys = w.list(&src).iter().filter(|o| o.key.contains("/wal_005/")).count() as u64;

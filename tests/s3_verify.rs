@@ -1,6 +1,8 @@
 //! Object-store verification against a real S3 API (moto), as WAL-E lays out an instance prefix.
 //! scripts/test.sh starts moto and exports SAFEGUARD_TEST_S3=http://127.0.0.1:PORT.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,31 +13,14 @@ use safeguard::verify::{verify, Gap, Segment, Verdict, VerifyReport};
 
 const SECRET: &str = "test-secret-Zq8vKx31";
 
-fn endpoint() -> String {
-    match std::env::var("SAFEGUARD_TEST_S3") {
-        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
-        _ => panic!(
-            "SAFEGUARD_TEST_S3 is not set: run scripts/test.sh, which starts the real services (moto S3) and sets it"
-        ),
-    }
-}
-
 fn config(endpoint: String) -> S3Config {
-    S3Config {
-        endpoint: Some(endpoint),
-        path_style: true,
-        access_key_id: Some("testing-key".into()),
-        secret_access_key: Some(SECRET.into()),
-        timeout: "10s".into(),
-        max_attempts: 2,
-        ..S3Config::default()
-    }
+    common::s3_config(endpoint, SECRET)
 }
 
 /// A store and a fresh, uniquely named bucket on the test S3 server.
 async fn fresh(tag: &str) -> (ObjectStore, String) {
     static N: AtomicU32 = AtomicU32::new(0);
-    let store = ObjectStore::connect(&config(endpoint())).expect("valid test config");
+    let store = ObjectStore::connect(&config(common::env("SAFEGUARD_TEST_S3"))).expect("valid test config");
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -244,7 +229,7 @@ async fn listing_paginates_past_1000_objects() {
 
 #[tokio::test]
 async fn missing_bucket_is_reported_as_unreachable_with_advice() {
-    let store = ObjectStore::connect(&config(endpoint())).expect("valid test config");
+    let store = ObjectStore::connect(&config(common::env("SAFEGUARD_TEST_S3"))).expect("valid test config");
     let prefix = instance_prefix("sg-no-such-bucket-here", ID);
     let r = verify(&store, &prefix).await;
     match &r.verdict {

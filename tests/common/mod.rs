@@ -142,3 +142,17 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The test S3 server's client settings: path-style, a known secret (tests check it never leaks),
+/// short timeouts and one SDK retry.
+pub fn s3_config(endpoint: String, secret: &str) -> safeguard::s3::S3Config {
+    safeguard::s3::S3Config {
+        endpoint: Some(endpoint),
+        path_style: true,
+        access_key_id: Some("testing-key".into()),
+        secret_access_key: Some(secret.into()),
+        timeout: "10s".into(),
+        max_attempts: 2,
+        ..safeguard::s3::S3Config::default()
+    }
+}
