@@ -109,7 +109,7 @@ fn cloud_controller() -> u16 {
         ("GET", "/v2/info") => (200, format!(r#"{{"token_endpoint":"http://127.0.0.1:{port}"}}"#)),
         ("POST", "/oauth/token") => {
             // Basic base64("safeguard:" + CC_SECRET)
-            let expected = format!("Basic {}", b64(&format!("safeguard:{CC_SECRET}")));
+            let expected = format!("Basic {}", common::base64(format!("safeguard:{CC_SECRET}").as_bytes()));
             if auth == Some(expected.as_str()) {
                 (200, r#"{"access_token":"tok","token_type":"bearer"}"#.into())
             } else {
@@ -118,23 +118,6 @@ fn cloud_controller() -> u16 {
         }
         _ => (404, "{}".into()),
     })
-}
-
-fn b64(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// The config as sections, so each case can replace one.
