@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
     w.flush()?;
     drop(w);
     let store = safeguard::store::Store::open(std::path::Path::new(store_dir), 64 << 20)?;
-    let s = safeguard::ingest::ingest(&store, Default::default(), &[tmp.clone()])?;
+    let s = safeguard::ingest::ingest(&store, Default::default(), std::slice::from_ref(&tmp))?;
     std::fs::remove_file(&tmp)?;
     println!("{first}");
     eprintln!("{} instances, {} events applied in {:.1}s", n, s.counters.events_applied, s.seconds);

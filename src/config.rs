@@ -25,7 +25,7 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"2m\" or \"26h\": {e}")))
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub store: StoreConfig,
@@ -44,25 +44,6 @@ pub struct Config {
     pub http: Option<crate::http::HttpConfig>,
     /// What `safeguard doctor` needs beyond the rest (the S3 prefix to list, the etcd key to read).
     pub doctor: crate::doctor::DoctorConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            store: StoreConfig::default(),
-            watch: WatchConfig::default(),
-            risk: RiskConfig::default(),
-            sources: Vec::new(),
-            s3: None,
-            alerts: None,
-            recover: crate::recover::RecoverConfig::default(),
-            platform: crate::platform::PlatformConfig::default(),
-            etcd: None,
-            cloud_controller: None,
-            http: None,
-            doctor: crate::doctor::DoctorConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -298,7 +298,7 @@ impl Generator {
 
     fn noise(&mut self) -> String {
         let t = self.now;
-        let host = format!("{}", ["cell-1", "cell-2", "router-0", "api-0", "uaa-0"][self.rng.below(5) as usize]);
+        let host = ["cell-1", "cell-2", "router-0", "api-0", "uaa-0"][self.rng.below(5) as usize].to_string();
         let n = self.rng.below(1000);
         let msg = match self.rng.below(10) {
             0 => format!("sshd[{n}]: Accepted publickey for vcap from 10.0.{}.{} port 52{n:03} ssh2", n % 250, n % 200),

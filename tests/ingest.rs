@@ -32,7 +32,7 @@ fn scenario_fixtures_yield_the_expected_records() {
         let expect: Value = serde_json::from_str(&std::fs::read_to_string(log.with_extension("expect.json")).unwrap()).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let store = open(tmp.path());
-        let s = safeguard::ingest::ingest(&store, EngineConfig::default(), &[log.clone()]).unwrap();
+        let s = safeguard::ingest::ingest(&store, EngineConfig::default(), std::slice::from_ref(&log)).unwrap();
         assert_eq!(s.counters.lines_rejected, 0, "{}: {:?}", log.display(), s.counters.rejected_by_reason);
         let now = now_ms();
         for (id, want) in expect["instances"].as_object().unwrap() {
@@ -84,7 +84,7 @@ fn replaying_the_same_input_changes_nothing() {
     let snapshot = |store: &Store| -> Vec<String> { store.records().map(|r| serde_json::to_string(&r.unwrap()).unwrap()).collect() };
 
     let store = open(&store_dir);
-    let first = safeguard::ingest::ingest(&store, EngineConfig::default(), &[log.clone()]).unwrap();
+    let first = safeguard::ingest::ingest(&store, EngineConfig::default(), std::slice::from_ref(&log)).unwrap();
     let before = snapshot(&store);
     let applied = store.counters().unwrap().events_applied;
     assert!(applied > 1000);
@@ -121,7 +121,7 @@ fn an_appended_file_applies_only_the_new_lines() {
     let half = lines.len() / 2;
     std::fs::write(&log, lines[..half].join("\n") + "\n").unwrap();
     let store = open(&tmp.path().join("store"));
-    let a = safeguard::ingest::ingest(&store, EngineConfig::default(), &[log.clone()]).unwrap();
+    let a = safeguard::ingest::ingest(&store, EngineConfig::default(), std::slice::from_ref(&log)).unwrap();
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
     let b = safeguard::ingest::ingest(&store, EngineConfig::default(), &[log]).unwrap();
     assert_eq!(a.counters.lines_read, half as u64);

@@ -240,7 +240,7 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed<'_>>, Reject> {
 /// tabs possibly escaped as `#011` by rsyslog or turned into spaces by a shipper.
 fn list_line(body: &str) -> Result<Option<WalEParsed<'_>>, Reject> {
     let norm = body.replace("#011", "\t");
-    let mut fields = norm.split(|c: char| c == '\t' || c == ' ').filter(|f| !f.is_empty());
+    let mut fields = norm.split(['\t', ' ']).filter(|f| !f.is_empty());
     let name = fields.next().unwrap_or("");
     if !is_backup_name(name) {
         return Ok(None);
