@@ -81,7 +81,7 @@ fn backup_from_rest(rest: &str) -> Option<(String, &str)> {
 pub fn is_backup_name(n: &str) -> bool {
     let Some(r) = n.strip_prefix("base_") else { return false };
     let Some((seg, off)) = r.split_once('_') else { return false };
-    is_segment(seg) && off.len() == 8 && off.bytes().all(|c| c.is_ascii_hexdigit())
+    is_segment(seg) && off.len() == 8 && all_hex(off.as_bytes())
 }
 
 /// The markers a WAL-E or archiver line is recognised by, in the order `parse` tests them.
