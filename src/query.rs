@@ -205,7 +205,7 @@ fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryErr
     let positions = snap
         .scan_prefix(keys::POSITION.as_bytes())?
         .into_iter()
-        .map(|(k, v)| Ok((String::from_utf8_lossy(&k[keys::POSITION.len()..]).into_owned(), Store::decode(&k, &v)?)))
+        .map(|(k, v)| Store::position_entry(&k, &v))
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(StoreStatus {
         path: path.to_path_buf(),

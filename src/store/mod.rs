@@ -251,14 +251,18 @@ impl Store {
     }
 
     pub fn positions(&self) -> Result<Vec<(String, Position)>, StoreError> {
-        let p = keys::POSITION.as_bytes();
         self.db
-            .scan_prefix(p)
+            .scan_prefix(keys::POSITION)
             .map(|r| {
                 let (k, v) = r?;
-                Ok((String::from_utf8_lossy(&k[p.len()..]).into_owned(), Self::decode(&k, &v)?))
+                Self::position_entry(&k, &v)
             })
             .collect()
+    }
+
+    /// A `p/<source>` entry as (source, position).
+    pub(crate) fn position_entry(k: &[u8], v: &[u8]) -> Result<(String, Position), StoreError> {
+        Ok((String::from_utf8_lossy(&k[keys::POSITION.len()..]).into_owned(), Self::decode(k, v)?))
     }
 
     pub fn counters(&self) -> Result<Counters, StoreError> {
