@@ -101,7 +101,7 @@ enum Cmd {
         json: bool,
     },
     /// Recover a deleted instance from its backups (plan only unless --execute); see docs/recover.md.
-    Recover(safeguard::recover::cli::RecoverArgs),
+    Recover(Box<safeguard::recover::cli::RecoverArgs>),
     /// List recoveries from the journal, or show one with its steps and events.
     Recoveries(safeguard::recover::cli::RecoveriesArgs),
     /// Check every configured connection (store, Kafka, S3, etcd, SMTP, webhook, Cloud Controller,
@@ -291,7 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Recover(args) => safeguard::recover::cli::run_recover(&cfg, &store_path, cache, args),
+        Cmd::Recover(args) => safeguard::recover::cli::run_recover(&cfg, &store_path, cache, *args),
         Cmd::Recoveries(args) => safeguard::recover::cli::run_recoveries(&store_path, args),
         Cmd::Doctor { timeout, json } => {
             let config_label = match &cli.config {
