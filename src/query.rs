@@ -122,10 +122,7 @@ impl Access {
     pub fn record(&self, id: &str) -> Result<Option<InstanceRecord>, QueryError> {
         match self {
             Access::Direct(s) => Ok(s.record(&id.to_ascii_lowercase())?),
-            Access::Snapshot { snap, .. } => {
-                let k = keys::instance(&id.to_ascii_lowercase());
-                Ok(snap.get(&k)?.map(|v| Store::decode(&k, &v)).transpose()?)
-            }
+            Access::Snapshot { snap, .. } => Ok(get(snap, &keys::instance(&id.to_ascii_lowercase()))?),
             Access::Watcher { .. } => match self.ask(&Request::Show { id: id.to_string() })? {
                 Response::Record(r) => Ok(r.map(|b| *b)),
                 _ => Err(QueryError::Remote("unexpected answer".into())),
@@ -194,6 +191,11 @@ fn retry(store: &Store, id: &str) -> Result<Option<crate::alerts::Alert>, StoreE
     Ok(Some(a))
 }
 
+/// The decoded value at `key` in the snapshot.
+fn get<T: for<'de> Deserialize<'de>>(snap: &Snapshot, key: &[u8]) -> Result<Option<T>, QueryError> {
+    Ok(snap.get(key)?.map(|v| Store::decode(key, &v)).transpose()?)
+}
+
 /// Decoded values under a key prefix of the snapshot.
 fn scan<T: for<'de> Deserialize<'de>>(snap: &Snapshot, prefix: &str) -> Result<impl Iterator<Item = Result<T, StoreError>>, SnapshotError> {
     Ok(snap.scan_prefix(prefix.as_bytes())?.into_iter().map(|(k, v)| Store::decode(&k, &v)))
@@ -201,7 +203,7 @@ fn scan<T: for<'de> Deserialize<'de>>(snap: &Snapshot, prefix: &str) -> Result<i
 
 fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryError> {
     let (instances, deleted) = count(scan(snap, keys::INSTANCE)?)?;
-    let counters = snap.get(keys::COUNTERS)?.map(|v| Store::decode(keys::COUNTERS, &v)).transpose()?.unwrap_or_default();
+    let counters = get(snap, keys::COUNTERS)?.unwrap_or_default();
     let positions = snap
         .scan_prefix(keys::POSITION.as_bytes())?
         .into_iter()

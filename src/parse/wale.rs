@@ -31,7 +31,7 @@ fn url_end(s: &str) -> usize {
     let b = s.as_bytes();
     let end = memchr::memchr3(b'"', b'\'', b' ', b).unwrap_or(b.len());
     // Other whitespace is ASCII 9..=13 or non-ASCII; a branch-free scan rules both out (nearly always).
-    if !b[..end].iter().fold(false, |any, &c| any | (c.wrapping_sub(b'\t') < 5) | (c >= 0x80)) {
+    if !b[..end].iter().fold(false, |any, &c| any | super::is_ascii_space(c) | (c >= 0x80)) {
         return end;
     }
     s.char_indices().find(|&(_, c)| c == '"' || c == '\'' || c.is_whitespace()).map_or(s.len(), |(i, _)| i)

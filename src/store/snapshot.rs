@@ -141,7 +141,7 @@ impl Snapshot {
     fn entry(&self, i: u64) -> Result<(u64, u32, u32), SnapshotError> {
         let mut e = [0u8; ENTRY as usize];
         self.file.read_exact_at(&mut e, self.index_off + i * ENTRY).map_err(|e| self.io(e))?;
-        let (off, kl, vl) = (u64::from_le_bytes(e[..8].try_into().unwrap_or_default()), u32::from_le_bytes(e[8..12].try_into().unwrap_or_default()), u32::from_le_bytes(e[12..].try_into().unwrap_or_default()));
+        let (off, kl, vl) = index_entry(&e);
         if off < HEADER || off + u64::from(kl) + u64::from(vl) > self.index_off {
             return Err(self.bad("an index entry points outside the data"));
         }
@@ -192,7 +192,7 @@ impl Snapshot {
         let idx = self.read(self.index_off + lo * ENTRY, ((hi - lo) * ENTRY) as usize)?;
         let entries: Vec<(u64, u32, u32)> = idx
             .chunks_exact(ENTRY as usize)
-            .map(|e| (u64::from_le_bytes(e[..8].try_into().unwrap_or_default()), u32::from_le_bytes(e[8..12].try_into().unwrap_or_default()), u32::from_le_bytes(e[12..].try_into().unwrap_or_default())))
+            .map(index_entry)
             .collect();
         let start = entries[0].0;
         let end = entries.iter().map(|&(o, k, v)| o + u64::from(k) + u64::from(v)).max().unwrap_or(start);
@@ -209,6 +209,12 @@ impl Snapshot {
             })
             .collect()
     }
+}
+
+/// One 16-byte index entry: (data offset, key length, value length).
+fn index_entry(e: &[u8]) -> (u64, u32, u32) {
+    let u32_at = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().unwrap_or_default());
+    (u64::from_le_bytes(e[..8].try_into().unwrap_or_default()), u32_at(8), u32_at(12))
 }
 
 /// The smallest byte string greater than every string starting with `prefix`.
