@@ -319,8 +319,8 @@ fn writable_dir(dir: &std::path::Path) -> std::io::Result<()> {
 /// The settings a Kafka source runs with (the same TLS/SASL passthrough), for a probe.
 pub fn kafka_settings(s: &SourceConfig) -> Option<KafkaSettings> {
     match s.clone() {
-        SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout, .. } => {
-            Some(KafkaSettings { brokers, topics, group_id, start, client, session_timeout, stats_interval: Duration::from_secs(60) })
+        SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout, order_hold } => {
+            Some(KafkaSettings { brokers, topics, group_id, start, client, session_timeout, order_hold, stats_interval: Duration::from_secs(60) })
         }
         _ => None,
     }

@@ -260,6 +260,48 @@ fn keyed_multi_partition_stream_equals_file_ingest() {
     assert_same_store(&store, &truth);
 }
 
+/// Live, two hosts' lines produced a moment apart can reach the broker in the other order. The
+/// container-create line (attributed only through the container's own startup line) arrives first here,
+/// its older dependency 300 ms later on another partition that looked caught up: the source's
+/// `order_hold` still applies them in time order, so the create line is attributed and dates the node.
+#[test]
+fn a_line_reaching_the_broker_late_is_still_applied_in_time_order() {
+    let broker = broker();
+    let tmp = tempfile::tempdir().unwrap();
+    let topic = unique("late");
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 2);
+    let (id, node) = ("5b0a7c1e-2f3d-4e5f-8a9b-0c1d2e3f4a5b", "9d8c7b6a-1e2f-4a3b-8c5d-6e7f8a9b0c1d");
+    let provision = format!(
+        r#"Mar  1 00:00:01 0.router-partition-1 broker.stdout.log:  {{"timestamp":"1772323201.500000000","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.provision.start","log_level":1,"data":{{"instance-id":"{id}","organization_guid":"org-1","space_guid":"space-1"}}}}"#
+    );
+    let startup = format!("Mar  1 00:00:02 cell-a cf-{node}:  5b0a7c-startup> looking up public host:port from etcd -> 10.0.0.1:4001/v2/keys/postgresql-patroni/10.0.0.9:cf-{node}:5432 (0)");
+    let create = format!("Mar  1 00:00:03 cell-containers cf-containers-broker.stdout.log:  Creating Docker container `cf-{node}'...");
+    let p = producer(&broker);
+    let send = |partition: i32, ts: i64, line: &str| {
+        p.send(BaseRecord::<(), str>::to(&topic).partition(partition).payload(line).timestamp(ts)).map_err(|(e, _)| e).unwrap();
+        p.flush(Duration::from_secs(30)).unwrap();
+    };
+
+    let store = tmp.path().join("kafka-store");
+    let cfg = write_config(tmp.path(), &broker, &topic, &unique("g"));
+    let mut w = Watcher::start(&cfg, &store, &tmp.path().join("watch.log"));
+    send(0, T0, &provision);
+    wait_for_lines(&mut w, &store, 1, Duration::from_secs(60));
+    send(1, T0 + 2, &create);
+    std::thread::sleep(Duration::from_millis(300));
+    send(0, T0 + 1, &startup);
+    wait_for_lines(&mut w, &store, 3, Duration::from_secs(60));
+    w.sigterm();
+
+    let (code, out, err) = run(&["show", id, "--json", "--store", store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let rec: Value = serde_json::from_str(&out).unwrap();
+    let nodes = rec["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{rec:#}");
+    assert_eq!(nodes[0]["node_uuid"], node, "{rec:#}");
+    assert_eq!(nodes[0]["added_at"], "2026-03-01T00:00:03.000Z", "the create line was applied before the startup line it depends on: {rec:#}");
+}
+
 #[test]
 fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let broker = broker();

@@ -44,6 +44,7 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// How long a revoke or a shutdown waits for the store to make what was fed durable.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 const EPOCH_SHIFT: u32 = 48;
+const RESTARTED: &str = "Kafka partition restarted below the offset already applied (topic recreated, or the broker lost its log); reading the new log as new lines";
 const OFFSET_MASK: u64 = (1 << EPOCH_SHIFT) - 1;
 
 /// Settings managed by safeguard; setting them under `client` would break its guarantees.
@@ -80,6 +81,8 @@ pub struct KafkaSettings {
     pub start: KafkaStart,
     pub client: KafkaClientSettings,
     pub session_timeout: Duration,
+    /// See the config's `order_hold`.
+    pub order_hold: Duration,
     /// How often consumer lag and messages/s are logged.
     pub stats_interval: Duration,
 }
@@ -145,6 +148,7 @@ pub fn start(settings: KafkaSettings, sink: Sink, durable: watch::Receiver<Durab
 
 struct Buffered {
     ts: i64,
+    arrived: Instant,
     offset: i64,
     end: u64,
     bytes: Vec<u8>,
@@ -199,6 +203,7 @@ struct Ctx {
     group: String,
     start: KafkaStart,
     client: KafkaClientSettings,
+    order_hold: Duration,
     stopping: AtomicBool,
 }
 
@@ -227,6 +232,7 @@ impl Ctx {
             group: s.group_id.clone(),
             start: s.start,
             client: s.client.clone(),
+            order_hold: s.order_hold,
             stopping: AtomicBool::new(false),
         }
     }
@@ -344,29 +350,53 @@ impl Ctx {
     /// Sets where each newly assigned partition starts: the position this process or the store has,
     /// else the group's committed offset, else `start`.
     fn plan_assignment(&self, c: &BaseConsumer<Ctx>, tpl: &mut TopicPartitionList) {
-        let mut st = lock(&self.state);
         let mut ask_group = TopicPartitionList::new();
-        let mut plan: Vec<(String, i32, Offset, &'static str)> = Vec::new();
-        for el in tpl.elements() {
-            let (topic, partition) = (el.topic().to_string(), el.partition());
-            let Some(i) = self.part(&mut st, &topic, partition) else { return };
-            let st = &mut *st;
-            let p = &mut st.parts[i];
-            st.buffered_bytes = st.buffered_bytes.saturating_sub(p.buf.iter().map(|b| b.bytes.len()).sum());
-            st.buffered_msgs = st.buffered_msgs.saturating_sub(p.buf.len());
-            p.buf.clear();
-            p.assigned = true;
-            p.waiting_since = None;
-            p.received = p.next;
-            match p.next {
-                Some(n) => plan.push((topic, partition, Offset::Offset(n), "the position already applied (store)")),
-                None => {
-                    let _ = ask_group.add_partition(&topic, partition);
+        let mut resume: Vec<(usize, String, i32, i64)> = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            for el in tpl.elements() {
+                let (topic, partition) = (el.topic().to_string(), el.partition());
+                let Some(i) = self.part(&mut st, &topic, partition) else { return };
+                let st = &mut *st;
+                let p = &mut st.parts[i];
+                st.buffered_bytes = st.buffered_bytes.saturating_sub(p.buf.iter().map(|b| b.bytes.len()).sum());
+                st.buffered_msgs = st.buffered_msgs.saturating_sub(p.buf.len());
+                p.buf.clear();
+                p.assigned = true;
+                p.waiting_since = None;
+                p.received = p.next;
+                match p.next {
+                    Some(n) => resume.push((i, topic, partition, n)),
+                    None => {
+                        let _ = ask_group.add_partition(&topic, partition);
+                    }
                 }
             }
         }
-        if ask_group.count() > 0 {
-            let committed = c.committed_offsets(ask_group.clone(), Duration::from_secs(10));
+        // Broker round trips without the state lock: librdkafka's threads take it to log.
+        // The log's real extent, asked before resuming: librdkafka's cached watermarks date from before
+        // an outage, and a restart noticed only after other partitions had fed lines would apply those
+        // lines ahead of this partition's earlier ones.
+        let marks: Vec<_> = resume.iter().map(|(_, t, p, _)| c.fetch_watermarks(t, *p, Duration::from_secs(10)).ok()).collect();
+        let committed = (ask_group.count() > 0).then(|| c.committed_offsets(ask_group.clone(), Duration::from_secs(10)));
+
+        let mut st = lock(&self.state);
+        let mut plan: Vec<(String, i32, Offset, &'static str)> = Vec::new();
+        for ((i, topic, partition, n), mark) in resume.into_iter().zip(marks) {
+            match mark {
+                Some((lo, hi)) if hi < n => {
+                    let p = &mut st.parts[i];
+                    p.epoch += 1;
+                    p.next = Some(lo);
+                    p.received = Some(lo);
+                    tracing::warn!(%topic, partition, applied_up_to = n, high_watermark = hi, epoch = p.epoch, "{RESTARTED}");
+                    plan.push((topic, partition, Offset::Offset(lo), "the start of a restarted log"));
+                }
+                // Watermarks unreadable: `check_resets` still catches a restarted log once fetching.
+                _ => plan.push((topic, partition, Offset::Offset(n), "the position already applied (store)")),
+            }
+        }
+        if let Some(committed) = committed {
             if let Err(e) = &committed {
                 self.warn_limited(&mut st, "committed", &format!("cannot read the group's committed offsets ({e}); partitions without a store position start from the earliest retained offset"));
             }
@@ -501,14 +531,14 @@ impl Ctx {
         while let [rest @ .., b'\n' | b'\r'] = bytes {
             bytes = rest;
         }
-        let b = Buffered { ts: ts.unwrap_or(i64::MIN), offset, end: encode_position(p.epoch, offset + 1), bytes: bytes.to_vec() };
+        let b = Buffered { ts: ts.unwrap_or(i64::MIN), arrived: Instant::now(), offset, end: encode_position(p.epoch, offset + 1), bytes: bytes.to_vec() };
         st.buffered_bytes += b.bytes.len();
         st.buffered_msgs += 1;
         p.buf.push_back(b);
         if let Some((was, epoch)) = reset {
             tracing::warn!(
                 %topic, partition, offset, applied_up_to = was, epoch,
-                "Kafka partition restarted below the offset already applied (topic recreated, or the broker lost its log); reading the new log as new lines"
+                "{RESTARTED}"
             );
         }
     }
@@ -523,6 +553,7 @@ impl Ctx {
             let over = st.buffered_bytes > MAX_BUFFERED_BYTES;
             let mut best: Option<(i64, usize)> = None;
             let mut blocked = false;
+            let mut idle = false;
             for (i, p) in st.parts.iter_mut().enumerate() {
                 if !p.assigned {
                     continue;
@@ -535,11 +566,16 @@ impl Ctx {
                         p.waiting_since.get_or_insert(now);
                         blocked = true;
                     }
-                    None => {}
+                    None => idle = true,
                 }
             }
             let Some((_, i)) = best else { return true };
             if blocked {
+                return true;
+            }
+            // An idle partition may still have an older line in flight: a record produced just before
+            // this one to another partition can reach the broker just after it.
+            if idle && !over && st.parts[i].buf.front().is_some_and(|b| now.duration_since(b.arrived) < self.order_hold) {
                 return true;
             }
             let p = &mut st.parts[i];
@@ -590,7 +626,7 @@ impl Ctx {
             };
             tracing::warn!(
                 %topic, partition, applied_up_to = was, high_watermark = hi, epoch,
-                "Kafka partition restarted below the offset already applied (topic recreated, or the broker lost its log); reading the new log as new lines"
+                "{RESTARTED}"
             );
         }
     }
@@ -647,7 +683,8 @@ fn watermarks(rk: *mut rdkafka::bindings::rd_kafka_t, p: &Part) -> Option<(i64, 
 /// Whether everything the broker has for this partition has been taken from librdkafka.
 fn caught_up(rk: *mut rdkafka::bindings::rd_kafka_t, p: &Part) -> bool {
     match (watermarks(rk, p), p.received) {
-        (Some((_, hi)), Some(r)) => r >= hi,
+        // Above the high watermark is a restarted log not yet re-read, not the end of one.
+        (Some((_, hi)), Some(r)) => r == hi,
         (Some((lo, hi)), None) => lo >= hi,
         (None, _) => false,
     }
@@ -786,6 +823,7 @@ mod tests {
             start: KafkaStart::Earliest,
             client,
             session_timeout: Duration::from_secs(10),
+            order_hold: Duration::from_secs(1),
             stats_interval: Duration::from_secs(60),
         };
         let e = s.client_config().unwrap_err().to_string();
