@@ -119,7 +119,7 @@ fn describe() {
         Unit::Seconds,
         "When the most recent failed delivery attempt of an alert that is still pending or failed was made (0: none)."
     );
-    describe_gauge!("safeguard_store_size_bytes", Unit::Bytes, "Size of the sled store on disk.");
+    describe_gauge!("safeguard_store_size_bytes", Unit::Bytes, "Bytes of all files under the store directory (sled, blobs, read snapshot).");
     describe_gauge!("safeguard_recoveries", "Recoveries in the journal, by outcome (running, failed, succeeded, abandoned).");
     describe_gauge!("safeguard_kafka_consumer_lag", "Kafka messages not yet durably applied to the store, by topic and partition (high watermark minus the store's position).");
     describe_gauge!("safeguard_kafka_brokers_up", "1 when the Kafka source's brokers answered the last watermark request, by source (its topics).");

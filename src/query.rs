@@ -212,7 +212,7 @@ fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryErr
     Ok(StoreStatus {
         path: path.to_path_buf(),
         schema_version: snap.get(keys::SCHEMA)?.map(|v| String::from_utf8_lossy(&v).into_owned()),
-        size_bytes: std::fs::metadata(path.join("db")).map_or(0, |m| m.len()),
+        size_bytes: crate::store::dir_size(path),
         instances,
         deleted,
         counters,

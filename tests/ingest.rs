@@ -221,6 +221,13 @@ fn queries_without_a_watcher_read_a_snapshot_that_is_never_stale() {
         expect["at_risk"] = Value::Null;
         assert_eq!(got, expect);
         assert_eq!(lines_read(), a as u64);
+        // One size for the store whichever path answers: every file under it, the snapshot included.
+        let (_, out, _) = run(&["status", "--json", "--store", store_s]);
+        let size = serde_json::from_str::<Value>(&out).unwrap()["size_bytes"].as_u64().unwrap();
+        let walked: u64 = walk_files(&store).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+        assert!(walked > std::fs::metadata(&snap).unwrap().len());
+        assert_eq!(size, walked, "status without a watcher");
+        assert_eq!(held.size_on_disk(), walked, "the open store");
         let (code, out, _) = run(&["instances", "--json", "--store", store_s]);
         assert_eq!(code, 0);
         assert_eq!(serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len(), held.records().count());
@@ -261,4 +268,17 @@ fn queries_without_a_watcher_read_a_snapshot_that_is_never_stale() {
     let (code, out, _) = run(&["show", id, "--json", "--store", store_s]);
     assert_eq!(code, 0);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["status"], "deleted");
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -200,8 +200,9 @@ impl Store {
         Ok(self.db.get(keys::SCHEMA)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    /// Bytes under the store directory (sled's files, blobs, the read snapshot).
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        dir_size(&self.path)
     }
 
     pub(crate) fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
@@ -351,4 +352,18 @@ pub fn compact_json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
     let mut value = serde_json::to_value(v)?;
     strip(&mut value);
     serde_json::to_vec(&value)
+}
+
+/// Bytes of the files under `dir`, recursively: one figure for the store whether sled is open (the
+/// watcher answers) or not (the snapshot answers). Unreadable entries count as 0.
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
