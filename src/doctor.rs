@@ -26,8 +26,11 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, SourceConfig};
+use crate::config::Config;
 use crate::sources::kafka::KafkaSettings;
+
+/// A probe never runs the consumer loop that logs statistics; the field only needs a value.
+pub const PROBE_STATS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// `[doctor]`: what the checks need that the rest of the config does not say.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -195,7 +198,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     let mut futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Check> + Send>>> = Vec::new();
     let mut skipped = Vec::new();
 
-    let kafka: Vec<KafkaSettings> = cfg.sources.iter().filter_map(kafka_settings).collect();
+    let kafka: Vec<KafkaSettings> = cfg.sources.iter().filter_map(|s| KafkaSettings::from_source(s, PROBE_STATS_INTERVAL)).collect();
     if kafka.is_empty() {
         skipped.push(Check::skip("kafka", "no Kafka source in [[sources]]"));
     }
@@ -315,16 +318,6 @@ fn writable_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 // ------------------------------------------------------------------------------------------- kafka
-
-/// The settings a Kafka source runs with (the same TLS/SASL passthrough), for a probe.
-pub fn kafka_settings(s: &SourceConfig) -> Option<KafkaSettings> {
-    match s.clone() {
-        SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout, order_hold } => {
-            Some(KafkaSettings { brokers, topics, group_id, start, client, session_timeout, order_hold, stats_interval: Duration::from_secs(60) })
-        }
-        _ => None,
-    }
-}
 
 /// A librdkafka client context that keeps the last warning or error instead of logging it, so a check
 /// can say why a broker did not answer ("Connection refused") rather than only that it timed out.

@@ -203,7 +203,7 @@ impl Server {
                 SourceConfig::File { path, .. } => source_labels.push(format!("file {}", path.display())),
                 SourceConfig::Stdin => source_labels.push("stdin".into()),
                 SourceConfig::Kafka { .. } => {
-                    if let Some(settings) = crate::doctor::kafka_settings(&s) {
+                    if let Some(settings) = crate::sources::kafka::KafkaSettings::from_source(&s, crate::doctor::PROBE_STATS_INTERVAL) {
                         kafka.push(spawn_kafka_probe(settings, probe_stop.clone()));
                     }
                 }

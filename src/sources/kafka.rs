@@ -30,7 +30,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::{Durable, Msg, Sink};
-use crate::config::{KafkaClientSettings, KafkaStart};
+use crate::config::{KafkaClientSettings, KafkaStart, SourceConfig};
 use crate::pipeline::SourceHandle;
 
 /// Longest the merge waits for a partition that has nothing buffered and is not caught up.
@@ -88,6 +88,17 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
+    /// The settings of a `kafka` source section (None for other sources): the one place the config's
+    /// fields become the consumer's, for the watcher and for the probes alike.
+    pub fn from_source(s: &SourceConfig, stats_interval: Duration) -> Option<KafkaSettings> {
+        match s.clone() {
+            SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout, order_hold } => {
+                Some(KafkaSettings { brokers, topics, group_id, start, client, session_timeout, order_hold, stats_interval })
+            }
+            _ => None,
+        }
+    }
+
     /// The librdkafka configuration; errors name the setting and what to do.
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
         anyhow::ensure!(!self.brokers.is_empty(), "kafka source: `brokers` is empty; list at least one host:port");
@@ -175,6 +186,16 @@ struct Part {
     /// Since when the merge has waited for this (empty, not caught up) partition.
     waiting_since: Option<Instant>,
     fed: u64,
+}
+
+impl Part {
+    /// Reads this partition's log again from `lo` as new lines, in a new epoch; returns the epoch.
+    fn restart_at(&mut self, lo: i64) -> u64 {
+        self.epoch += 1;
+        self.next = Some(lo);
+        self.received = Some(lo);
+        self.epoch
+    }
 }
 
 #[derive(Default)]
@@ -385,11 +406,8 @@ impl Ctx {
         for ((i, topic, partition, n), mark) in resume.into_iter().zip(marks) {
             match mark {
                 Some((lo, hi)) if hi < n => {
-                    let p = &mut st.parts[i];
-                    p.epoch += 1;
-                    p.next = Some(lo);
-                    p.received = Some(lo);
-                    tracing::warn!(%topic, partition, applied_up_to = n, high_watermark = hi, epoch = p.epoch, "{RESTARTED}");
+                    let epoch = st.parts[i].restart_at(lo);
+                    tracing::warn!(%topic, partition, applied_up_to = n, high_watermark = hi, epoch, "{RESTARTED}");
                     plan.push((topic, partition, Offset::Offset(lo), "the start of a restarted log"));
                 }
                 // Watermarks unreadable: `check_resets` still catches a restarted log once fetching.
@@ -616,14 +634,7 @@ impl Ctx {
                 self.warn_limited(&mut st, "seek", &format!("cannot seek to the start of the restarted log of {topic}/{partition}: {e}; retrying"));
                 continue;
             }
-            let epoch = {
-                let mut st = lock(&self.state);
-                let p = &mut st.parts[i];
-                p.epoch += 1;
-                p.next = Some(lo);
-                p.received = Some(lo);
-                p.epoch
-            };
+            let epoch = lock(&self.state).parts[i].restart_at(lo);
             tracing::warn!(
                 %topic, partition, applied_up_to = was, high_watermark = hi, epoch,
                 "{RESTARTED}"

@@ -178,9 +178,10 @@ pub async fn start(
                     let _ = sink.send_blocking(Msg::Finished { name: "stdin".into() });
                 });
             }
-            SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout, order_hold } => {
-                let settings = kafka::KafkaSettings { brokers, topics, group_id, start, client, session_timeout, order_hold, stats_interval: opts.stats_interval };
-                finishing.push(kafka::start(settings, sink.clone(), durable.clone(), stop.clone())?);
+            SourceConfig::Kafka { .. } => {
+                if let Some(settings) = kafka::KafkaSettings::from_source(src, opts.stats_interval) {
+                    finishing.push(kafka::start(settings, sink.clone(), durable.clone(), stop.clone())?);
+                }
             }
         }
     }
