@@ -134,6 +134,21 @@ fn assert_same_store(kafka_store: &Path, truth: &(BTreeMap<String, String>, Coun
     assert_eq!(c.lines_replayed_skipped, 0, "the source resumed at the store's position, so nothing was replayed into the engine");
 }
 
+/// A new topic (unique name from `name`) with `partitions` partitions.
+fn new_topic(broker: &str, name: &str, partitions: u32) -> String {
+    let topic = unique(name);
+    create_topic(&env("SAFEGUARD_TEST_TANSU"), broker, &topic, partitions);
+    topic
+}
+
+/// `safeguard watch` on a new store under `dir`, consuming `topic` in a group of its own.
+fn watch_topic(dir: &Path, broker: &str, topic: &str) -> (PathBuf, Watcher) {
+    let store = dir.join("kafka-store");
+    let cfg = write_config(dir, broker, topic, &unique("g"));
+    let w = Watcher::start(&cfg, &store, &dir.join("watch.log"));
+    (store, w)
+}
+
 fn write_config(dir: &Path, broker: &str, topic: &str, group: &str) -> PathBuf {
     let p = dir.join("safeguard.toml");
     std::fs::write(
@@ -242,8 +257,7 @@ fn wait_for_lines(w: &mut Watcher, store: &Path, n: u64, timeout: Duration) {
 fn keyed_multi_partition_stream_equals_file_ingest() {
     let broker = broker();
     let tmp = tempfile::tempdir().unwrap();
-    let topic = unique("equal");
-    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 4);
+    let topic = new_topic(&broker, "equal", 4);
     let lines = stream(21, 30_000);
     let truth = file_truth(tmp.path(), &lines);
 
@@ -252,9 +266,7 @@ fn keyed_multi_partition_stream_equals_file_ingest() {
     produce(&p, &topic, &lines, 0..lines.len(), None);
     eprintln!("produced {} records in {:.1}s", lines.len(), t.elapsed().as_secs_f64());
 
-    let store = tmp.path().join("kafka-store");
-    let cfg = write_config(tmp.path(), &broker, &topic, &unique("g"));
-    let mut w = Watcher::start(&cfg, &store, &tmp.path().join("watch.log"));
+    let (store, mut w) = watch_topic(tmp.path(), &broker, &topic);
     wait_for_lines(&mut w, &store, lines.len() as u64, Duration::from_secs(120));
     w.sigterm();
     assert_same_store(&store, &truth);
@@ -268,8 +280,7 @@ fn keyed_multi_partition_stream_equals_file_ingest() {
 fn a_line_reaching_the_broker_late_is_still_applied_in_time_order() {
     let broker = broker();
     let tmp = tempfile::tempdir().unwrap();
-    let topic = unique("late");
-    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 2);
+    let topic = new_topic(&broker, "late", 2);
     let (id, node) = ("5b0a7c1e-2f3d-4e5f-8a9b-0c1d2e3f4a5b", "9d8c7b6a-1e2f-4a3b-8c5d-6e7f8a9b0c1d");
     let provision = format!(
         r#"Mar  1 00:00:01 0.router-partition-1 broker.stdout.log:  {{"timestamp":"1772323201.500000000","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.provision.start","log_level":1,"data":{{"instance-id":"{id}","organization_guid":"org-1","space_guid":"space-1"}}}}"#
@@ -282,9 +293,7 @@ fn a_line_reaching_the_broker_late_is_still_applied_in_time_order() {
         p.flush(Duration::from_secs(30)).unwrap();
     };
 
-    let store = tmp.path().join("kafka-store");
-    let cfg = write_config(tmp.path(), &broker, &topic, &unique("g"));
-    let mut w = Watcher::start(&cfg, &store, &tmp.path().join("watch.log"));
+    let (store, mut w) = watch_topic(tmp.path(), &broker, &topic);
     send(0, T0, &provision);
     wait_for_lines(&mut w, &store, 1, Duration::from_secs(60));
     send(1, T0 + 2, &create);
@@ -306,8 +315,7 @@ fn a_line_reaching_the_broker_late_is_still_applied_in_time_order() {
 fn sigkill_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let broker = broker();
     let tmp = tempfile::tempdir().unwrap();
-    let topic = unique("crash");
-    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 3);
+    let topic = new_topic(&broker, "crash", 3);
     let lines = stream(33, 24_000);
     let truth = file_truth(tmp.path(), &lines);
     let total = lines.len() as u64;
@@ -391,8 +399,7 @@ fn broker_outage_the_watcher_survives_and_catches_up() {
     let broker = format!("127.0.0.1:{port}");
     let tansu_log = tmp.path().join("tansu.log");
     let tansu = Tansu::start(port, &tansu_log);
-    let topic = unique("outage");
-    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 3);
+    let topic = new_topic(&broker, "outage", 3);
     let lines = stream(45, 16_000);
     let truth = file_truth(tmp.path(), &lines);
     // Most lines before the outage: the memory broker comes back empty, and the topic is recreated with
@@ -400,9 +407,7 @@ fn broker_outage_the_watcher_survives_and_catches_up() {
     let split = lines.len() * 3 / 4;
     produce(&producer(&broker), &topic, &lines, 0..split, None);
 
-    let store = tmp.path().join("kafka-store");
-    let cfg = write_config(tmp.path(), &broker, &topic, &unique("g"));
-    let mut w = Watcher::start(&cfg, &store, &tmp.path().join("watch.log"));
+    let (store, mut w) = watch_topic(tmp.path(), &broker, &topic);
     wait_for_lines(&mut w, &store, split as u64, Duration::from_secs(120));
 
     tansu.stop();
@@ -511,8 +516,7 @@ fn bench_kafka_end_to_end() {
 
     // 2. Produce the backlog, one record per batch (the tansu batch trap), from 4 producers in
     //    parallel (each host's lines through one of them, so a host's order holds).
-    let topic = unique("bench");
-    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, PARTITIONS);
+    let topic = new_topic(&broker, "bench", PARTITIONS);
     let t = Instant::now();
     produce_parallel(&broker, &topic, &lines);
     let produce_secs = t.elapsed().as_secs_f64();
@@ -577,8 +581,7 @@ fn bench_kafka_end_to_end() {
     w.sigterm();
 
     // 4. Live: produce while the watcher runs; produce start to flushed store.
-    let topic2 = unique("bench-live");
-    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic2, 4);
+    let topic2 = new_topic(&broker, "bench-live", 4);
     let live_store = tmp.path().join("live-store");
     let cfg2 = tmp.path().join("live.toml");
     std::fs::write(&cfg2, bench_cfg(&topic2)).unwrap();
