@@ -75,6 +75,12 @@ pub struct WatchConfig {
     /// How often the watcher logs its counters.
     #[serde(deserialize_with = "duration")]
     pub stats_interval: Duration,
+    /// Most lines kept waiting for their instance (a container's line before the line that names its
+    /// instance); past it the oldest is given up and counted unattributed.
+    pub parked_max: usize,
+    /// How long (wall clock) a parked line waits for its instance before it is given up.
+    #[serde(deserialize_with = "duration")]
+    pub parked_ttl: Duration,
 }
 
 impl Default for WatchConfig {
@@ -85,6 +91,8 @@ impl Default for WatchConfig {
             commit_lines: 50_000,
             max_line_bytes: 64 * 1024,
             stats_interval: Duration::from_secs(60),
+            parked_max: 100_000,
+            parked_ttl: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -232,6 +240,8 @@ impl Config {
             rules: Rules { deletion_grace_ms: self.watch.deletion_grace.as_millis() as i64, ..Rules::default() },
             max_line_bytes: self.watch.max_line_bytes,
             alerts: self.alerts.clone(),
+            parked_max: self.watch.parked_max,
+            parked_ttl_ms: i64::try_from(self.watch.parked_ttl.as_millis()).unwrap_or(i64::MAX),
         }
     }
 

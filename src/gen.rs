@@ -51,6 +51,9 @@ pub struct GenConfig {
     pub concurrent_instances: usize,
     /// Fraction of lines from unrelated programs.
     pub noise: f64,
+    /// Fraction of the unrelated lines that are the broker's own lager lines about no instance (it logs
+    /// every catalog request): they pass the prefilter and are parsed as JSON before being dropped.
+    pub broker_noise: f64,
     /// Fraction of instances that are deleted before the stream ends.
     pub delete_fraction: f64,
     /// Fraction of instances that never take a base backup.
@@ -66,6 +69,7 @@ impl Default for GenConfig {
             lines: 100_000,
             concurrent_instances: 50,
             noise: 0.95,
+            broker_noise: 0.0,
             delete_fraction: 0.3,
             no_backup_fraction: 0.1,
             start_ms: crate::timeutil::parse_rfc3339("2026-03-01T00:00:00Z").unwrap_or(0),
@@ -137,7 +141,12 @@ impl Generator {
     }
 
     fn spawn(&mut self) {
-        let id = self.rng.uuid();
+        // Instance ids never share their first 6 characters in one corpus: lines that name an instance only
+        // by that prefix (`6e101b-backup>`) would be ambiguous, which the engine rightly leaves unattributed.
+        let mut id = self.rng.uuid();
+        while self.truth.instances.keys().any(|k| k[..6] == id[..6]) {
+            id = self.rng.uuid();
+        }
         let era = match self.rng.below(3) {
             0 => Era::One,
             1 => Era::Two,
@@ -296,8 +305,25 @@ impl Generator {
         self.active[i].queue.extend(lines);
     }
 
+    /// A broker lager line about no instance (catalog and health requests), as the broker prints them.
+    fn broker_noise(&mut self) -> String {
+        let t = self.now;
+        let n = self.rng.below(1000);
+        let (msg, data) = match self.rng.below(3) {
+            0 => ("dingo-postgresql-broker.catalog", format!(r#""session":"{n}""#)),
+            1 => ("dingo-postgresql-broker.api.request", format!(r#""method":"GET","path":"/v2/catalog","session":"{n}""#)),
+            _ => ("dingo-postgresql-broker.routing.refresh", format!(r#""routes":{},"session":"{n}""#, n % 40)),
+        };
+        let ts = format!("{}.{:03}000000", t.div_euclid(1000), t.rem_euclid(1000));
+        let payload = format!(r#"{{"timestamp":"{ts}","source":"dingo-postgresql-broker","message":"{msg}","log_level":1,"data":{{{data}}}}}"#);
+        format!("{} 0.router-partition-cac94a070a81fd8f3931 broker.stdout.log:  {payload}", bsd_time(t))
+    }
+
     fn noise(&mut self) -> String {
         let t = self.now;
+        if self.cfg.broker_noise > 0.0 && self.rng.chance(self.cfg.broker_noise) {
+            return self.broker_noise();
+        }
         let host = ["cell-1", "cell-2", "router-0", "api-0", "uaa-0"][self.rng.below(5) as usize].to_string();
         let n = self.rng.below(1000);
         let msg = match self.rng.below(10) {

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::pipeline::{Engine, EngineConfig, SourceHandle};
-use crate::sources::file::{read_file, read_stream, LineSink};
+use crate::parse::YearClock;
+use crate::pipeline::{Engine, EngineConfig, Resume, SourceHandle};
+use crate::sources::file::{read_file, read_stream, LineSink, StreamOptions};
 use crate::state::Effect;
 use crate::store::{Counters, Store, StoreError};
 use crate::timeutil::now_ms;
@@ -42,9 +43,13 @@ struct Direct<'a> {
 }
 
 impl LineSink for Direct<'_> {
-    fn register(&mut self, id: &str, name: &str) -> io::Result<(SourceHandle, Option<u64>)> {
-        let h = self.engine.add_source(id, name, true).map_err(io::Error::other)?;
-        Ok((h, self.engine.committed(h)))
+    fn register(&mut self, id: &str, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)> {
+        self.engine.add_source_with(id, name, true, clock).map_err(io::Error::other)
+    }
+
+    fn restart(&mut self, h: SourceHandle) -> io::Result<()> {
+        self.engine.restart(h);
+        Ok(())
     }
 
     fn lines(&mut self, h: SourceHandle, base: u64, bytes: &[u8]) -> io::Result<()> {
@@ -62,12 +67,17 @@ impl LineSink for Direct<'_> {
 /// Ingests each path (`-` is stdin) and commits. Deletions whose grace has passed by the wall clock
 /// become final at the end.
 pub fn ingest(store: &Store, cfg: EngineConfig, paths: &[PathBuf]) -> Result<IngestSummary, IngestError> {
+    ingest_with(store, cfg, paths, StreamOptions::default())
+}
+
+/// [`ingest`] with options for how the archives' years are read (`--year`).
+pub fn ingest_with(store: &Store, cfg: EngineConfig, paths: &[PathBuf], opts: StreamOptions) -> Result<IngestSummary, IngestError> {
     let started = Instant::now();
     let mut engine = Engine::new(store.clone(), cfg)?;
     let before = engine.counters().clone();
     let mut sink = Direct { engine: &mut engine, since_commit: 0, effects: Vec::new() };
     for p in paths {
-        let res = if p == Path::new("-") { read_stream(io::stdin().lock(), "stdin", &mut sink) } else { read_file(p, &mut sink) };
+        let res = if p == Path::new("-") { read_stream(io::stdin().lock(), "stdin", &mut sink, opts) } else { read_file(p, &mut sink, opts) };
         res.map_err(|source| IngestError::Read { path: p.clone(), source })?;
     }
     let mut effects = std::mem::take(&mut sink.effects);

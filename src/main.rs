@@ -55,6 +55,10 @@ enum Cmd {
         files: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// The year of each file's first RFC 3164 line (they carry none); later lines roll over from it.
+        /// Without it, years come from times the lines carry, else from the file's modification time.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1970..=9999))]
+        year: Option<i64>,
     },
     /// One row per instance.
     Instances {
@@ -183,9 +187,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tracing::info!("stopped; {}", report::counters_text(&counters));
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Ingest { files, json } => {
+        Cmd::Ingest { files, json, year } => {
             let store = Store::open_waiting(&store_path, cache, std::time::Duration::from_secs(5)).context("ingest writes to the store directly")?;
-            let s = safeguard::ingest::ingest(&store, cfg.engine(), &files)?;
+            let opts = safeguard::sources::file::StreamOptions { year };
+            let s = safeguard::ingest::ingest_with(&store, cfg.engine(), &files, opts)?;
             if json {
                 print_json(&s)?;
             } else {

@@ -1,17 +1,21 @@
 //! The ingest engine: lines from any source -> prefilter -> parse -> attribute -> apply -> one atomic,
-//! flushed store commit per batch (records, indexes, the alerts their effects raise, source positions and counters together).
+//! flushed store commit per batch (records, indexes, the alerts their effects raise, parked lines, source
+//! positions and counters together).
 //!
 //! Sources register a cursor and feed lines with the position *after* each line. A replayable source
-//! (a file, stdin, a Kafka partition) never has a line applied twice: lines at or before the committed
-//! position are skipped and counted.
+//! (a file, stdin, a Kafka partition) skips lines at or before its committed position; since applying a
+//! fact again changes nothing (see [`crate::state`]), that skip saves work, it is not what keeps records
+//! right. A line whose instance is not known yet (a container's line before the broker's add-node, in
+//! another file or partition) is parked durably and applied when the line that names its instance
+//! arrives, so attribution does not depend on arrival order either.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::alerts::{self, Alert, AlertsConfig};
-use crate::parse::{parse_line, Event, EventKind, Prefilter, Reject, YearClock};
+use crate::parse::{parse_line, place_year, Event, EventKind, Prefilter, Reject, YearClock};
 use crate::state::{self, Effect, InstanceRecord, Rules};
-use crate::store::{Counters, Position, SourceCounters, Store, StoreError, WriteSet};
+use crate::store::{Counters, Parked, Position, SourceCounters, Store, StoreError, Tail, WriteSet};
 use crate::timeutil::now_ms;
 
 #[derive(Debug, Clone)]
@@ -21,16 +25,31 @@ pub struct EngineConfig {
     pub max_line_bytes: usize,
     /// With `[alerts]` configured, deletions and absence scans raise outbox entries.
     pub alerts: Option<AlertsConfig>,
+    /// Most lines parked at once waiting for their instance; the oldest is given up past it.
+    pub parked_max: usize,
+    /// Wall-clock age at which a parked line is given up.
+    pub parked_ttl_ms: i64,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { rules: Rules::default(), max_line_bytes: 64 * 1024, alerts: None }
+        EngineConfig { rules: Rules::default(), max_line_bytes: 64 * 1024, alerts: None, parked_max: 100_000, parked_ttl_ms: 7 * 86_400_000 }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SourceHandle(usize);
+
+/// Bytes before a position whose hash identifies the stream there ([`Tail`]).
+pub const TAIL_BYTES: usize = 4096;
+
+/// Where a replayable source stands in the store: it resumes after `offset` if the bytes before it are
+/// still `tail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub offset: u64,
+    pub tail: Option<Tail>,
+}
 
 struct Cursor {
     id: String,
@@ -43,6 +62,10 @@ struct Cursor {
     committed: Option<u64>,
     pending: Option<u64>,
     clock: YearClock,
+    /// The clock a restart from the beginning starts with.
+    initial_clock: YearClock,
+    /// The last bytes fed (chunked sources only), for the position's tail hash.
+    tail: Vec<u8>,
 }
 
 /// What a commit made durable.
@@ -50,6 +73,67 @@ struct Cursor {
 pub struct Committed {
     pub records: usize,
     pub effects: Vec<Effect>,
+}
+
+/// Lines waiting for their instance, indexed by what will resolve them. All in memory (bounded by
+/// `parked_max`) and mirrored in the store.
+#[derive(Default)]
+struct ParkedSet {
+    entries: BTreeMap<u64, Parked>,
+    by_node: HashMap<String, Vec<u64>>,
+    by_short: HashMap<String, Vec<u64>>,
+    by_instance: HashMap<String, Vec<u64>>,
+    next_seq: u64,
+    /// Parked since the last commit / resolved or expired since the last commit.
+    added: Vec<u64>,
+    removed: Vec<u64>,
+}
+
+impl ParkedSet {
+    fn insert(&mut self, p: Parked) {
+        let seq = p.seq;
+        self.next_seq = self.next_seq.max(seq + 1);
+        match &p.instance {
+            Some(i) => self.by_instance.entry(i.clone()).or_default().push(seq),
+            None => {
+                if let Some(n) = &p.event.node_uuid {
+                    self.by_node.entry(n.to_string()).or_default().push(seq);
+                }
+                if let Some(s) = &p.event.short_id {
+                    self.by_short.entry(s.to_ascii_lowercase()).or_default().push(seq);
+                }
+            }
+        }
+        self.entries.insert(seq, p);
+    }
+
+    /// Removes and returns the entries listed under `key` in `index` (entries already gone are skipped).
+    fn take(&mut self, which: Index, key: &str) -> Vec<Parked> {
+        let index = match which {
+            Index::Node => &mut self.by_node,
+            Index::Short => &mut self.by_short,
+            Index::Instance => &mut self.by_instance,
+        };
+        let Some(seqs) = index.remove(key) else { return Vec::new() };
+        seqs.into_iter().filter_map(|s| self.remove(s)).collect()
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<Parked> {
+        let p = self.entries.remove(&seq)?;
+        self.removed.push(seq);
+        Some(p)
+    }
+
+    fn oldest(&self) -> Option<&Parked> {
+        self.entries.values().next()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Index {
+    Node,
+    Short,
+    Instance,
 }
 
 pub struct Engine {
@@ -64,6 +148,7 @@ pub struct Engine {
     /// Alerts raised since the last commit (absence scans).
     alerts: Vec<Alert>,
     counters: Counters,
+    parked: ParkedSet,
     /// Newest event time seen: the clock for deletion grace during a backfill.
     watermark: i64,
     now: i64,
@@ -74,7 +159,12 @@ const NODE_CACHE_MAX: usize = 1_000_000;
 
 impl Engine {
     pub fn new(store: Store, cfg: EngineConfig) -> Result<Engine, StoreError> {
-        let counters = store.counters()?;
+        let mut counters = store.counters()?;
+        let mut parked = ParkedSet::default();
+        for p in store.parked()? {
+            parked.insert(p);
+        }
+        counters.lines_parked = parked.entries.len() as u64;
         Ok(Engine {
             store,
             cfg,
@@ -85,6 +175,7 @@ impl Engine {
             effects: Vec::new(),
             alerts: Vec::new(),
             counters,
+            parked,
             watermark: 0,
             now: now_ms(),
             uncommitted_lines: 0,
@@ -104,20 +195,46 @@ impl Engine {
         self.uncommitted_lines
     }
 
-    /// Registers a source. `id` must be stable across restarts for a replayable source.
+    /// Registers a live source (its clock is the wall clock). `id` must be stable across restarts for a
+    /// replayable source.
     pub fn add_source(&mut self, id: &str, name: &str, replayable: bool) -> Result<SourceHandle, StoreError> {
-        let committed = if replayable { self.store.position(id)?.map(|p| p.offset) } else { None };
+        Ok(self.add_source_with(id, name, replayable, YearClock::live())?.0)
+    }
+
+    /// Registers a source whose RFC 3164 years start from `clock` unless the store holds the clock of an
+    /// earlier run at its position. Returns where a replayable source stands.
+    pub fn add_source_with(&mut self, id: &str, name: &str, replayable: bool, clock: YearClock) -> Result<(SourceHandle, Option<Resume>), StoreError> {
+        let pos = if replayable { self.store.position(id)? } else { None };
+        let resume = pos.as_ref().map(|p| Resume { offset: p.offset, tail: p.tail });
+        let resumed_clock = pos.as_ref().and_then(|p| p.clock.clone());
+        let tail = match &pos {
+            // The bytes before the position are not known again until the source feeds more; a commit
+            // before then keeps the stored tail.
+            Some(p) => p.tail.map(|_| Vec::new()).unwrap_or_default(),
+            None => Vec::new(),
+        };
         self.cursors.push(Cursor {
             id: id.to_string(),
             name: name.to_string(),
             label: source_label(id, name),
             delta: SourceCounters::default(),
             replayable,
-            committed,
+            committed: pos.map(|p| p.offset),
             pending: None,
-            clock: YearClock::default(),
+            clock: resumed_clock.unwrap_or_else(|| clock.clone()),
+            initial_clock: clock,
+            tail,
         });
-        Ok(SourceHandle(self.cursors.len() - 1))
+        Ok((SourceHandle(self.cursors.len() - 1), resume))
+    }
+
+    /// The source turned out to be another stream than the one at its stored position (its bytes
+    /// differ): read it from the start. Nothing is lost: applying a fact again changes nothing.
+    pub fn restart(&mut self, h: SourceHandle) {
+        let c = &mut self.cursors[h.0];
+        c.committed = None;
+        c.clock = c.initial_clock.clone();
+        c.tail.clear();
     }
 
     /// The committed position of a source (where a file source resumes reading).
@@ -160,6 +277,7 @@ impl Engine {
                     self.counters.lines_replayed_skipped += skipped;
                 }
             }
+            keep_tail(&mut cur.tail, chunk);
         }
         self.counters.lines_read += lines;
         self.uncommitted_lines += lines;
@@ -201,24 +319,64 @@ impl Engine {
             Ok(Some(ev)) => {
                 self.counters.lines_relevant += 1;
                 self.cursors[h.0].delta.lines_relevant += 1;
-                if let Some(t) = ev.time {
+                if let (Some(t), false) = (ev.time, ev.weak_year) {
                     self.watermark = self.watermark.max(t);
                 }
-                match self.attribute(&ev) {
-                    Ok(Some(id)) => {
-                        self.counters.lines_attributed += 1;
-                        self.apply(&id, &ev);
-                    }
-                    Ok(None) => {
-                        self.counters.lines_unattributed += 1;
-                        tracing::debug!(event = ev.kind.name(), host = %ev.host, "event names no known instance");
-                    }
-                    Err(e) => {
-                        // A store read failing is not the line's fault; count it unattributed and say so.
-                        self.counters.lines_unattributed += 1;
-                        tracing::warn!(error = %e, "store lookup failed while attributing an event");
-                    }
-                }
+                self.handle(ev);
+            }
+        }
+    }
+
+    /// Attributes an event and applies it, or parks it until its instance is known.
+    fn handle(&mut self, ev: Event<'_>) {
+        match self.attribute(&ev) {
+            Ok(Some(id)) => {
+                let id = id.into_owned();
+                self.apply_attributed(&id, ev);
+            }
+            Ok(None) if ev.node_uuid.is_some() || ev.short_id.is_some() => self.park(ev.into_owned(), None),
+            Ok(None) => {
+                self.counters.lines_unattributed += 1;
+                tracing::debug!(event = ev.kind.name(), host = %ev.host, "event names no instance and no container");
+            }
+            Err(e) => {
+                // A store read failing is not the line's fault; count it unattributed and say so.
+                self.counters.lines_unattributed += 1;
+                tracing::warn!(error = %e, "store lookup failed while attributing an event");
+            }
+        }
+    }
+
+    fn park(&mut self, event: Event<'static>, instance: Option<String>) {
+        if self.cfg.parked_max == 0 {
+            self.give_up(1);
+            return;
+        }
+        while self.parked.entries.len() >= self.cfg.parked_max {
+            let Some(seq) = self.parked.oldest().map(|p| p.seq) else { break };
+            self.parked.remove(seq);
+            self.counters.lines_parked = self.counters.lines_parked.saturating_sub(1);
+            self.give_up(1);
+        }
+        tracing::debug!(event = event.kind.name(), node = ?event.node_uuid, short = ?event.short_id, "parked a line until its instance is known");
+        let seq = self.parked.next_seq;
+        self.parked.added.push(seq);
+        self.parked.insert(Parked { seq, parked_at: self.now, event, instance });
+        self.counters.lines_parked += 1;
+    }
+
+    fn give_up(&mut self, n: u64) {
+        self.counters.lines_unattributed += n;
+        self.counters.lines_expired_unattributed += n;
+    }
+
+    /// Applies a parked line whose instance became known.
+    fn unpark(&mut self, items: Vec<Parked>) {
+        for p in items {
+            self.counters.lines_parked = self.counters.lines_parked.saturating_sub(1);
+            match p.instance {
+                Some(id) => self.apply_attributed(&id, p.event),
+                None => self.handle(p.event),
             }
         }
     }
@@ -252,31 +410,40 @@ impl Engine {
         Ok(None)
     }
 
-    fn remember_node(&mut self, node: &str, id: &str) {
+    /// Remembers a node's instance; true when that is news (lines parked for the node can go now).
+    fn remember_node(&mut self, node: &str, id: &str) -> bool {
         // Nearly every line names a node already known; skip the two copies and the insert then.
-        if self.nodes.len() < NODE_CACHE_MAX && self.nodes.get(node).is_some_and(|known| known == id) {
-            return;
+        if self.nodes.get(node).is_some_and(|known| known == id) {
+            return false;
         }
         if self.nodes.len() >= NODE_CACHE_MAX {
             self.nodes.clear();
         }
         self.nodes.insert(node.to_string(), id.to_string());
+        true
     }
 
-    fn load(&mut self, id: &str, t: i64) -> Result<&mut InstanceRecord, StoreError> {
+    fn load(&mut self, id: &str, t: i64) -> Result<(&mut InstanceRecord, bool), StoreError> {
+        let mut created = false;
         if !self.dirty.contains_key(id) {
-            let rec = self.store.record(id)?.unwrap_or_else(|| InstanceRecord::new(id, t));
+            let rec = match self.store.record(id)? {
+                Some(r) => r,
+                None => {
+                    created = true;
+                    InstanceRecord::new(id, t)
+                }
+            };
             self.dirty.insert(id.to_string(), rec);
         }
-        Ok(self.dirty.get_mut(id).expect("inserted above"))
+        Ok((self.dirty.get_mut(id).expect("inserted above"), created))
     }
 
-    fn apply(&mut self, id: &str, ev: &Event<'_>) {
+    fn apply_attributed(&mut self, id: &str, mut ev: Event<'_>) {
         let t = ev.time.unwrap_or(self.watermark.max(1));
         let rules = self.cfg.rules;
         // One hash lookup for the record nearly every event finds already loaded.
-        let rec = match self.dirty.get_mut(id) {
-            Some(r) => r,
+        let (rec, created) = match self.dirty.get_mut(id) {
+            Some(r) => (r, false),
             None => match self.load(id, t) {
                 Ok(r) => r,
                 Err(e) => {
@@ -285,23 +452,57 @@ impl Engine {
                 }
             },
         };
-        let effects = state::apply(rec, ev, &rules);
+        if ev.weak_year {
+            // Its year was a guess: place it next to what the instance's anchored lines say, or wait for them.
+            match (rec.facts.anchored_min, rec.facts.anchored_max, ev.time) {
+                (Some(lo), Some(hi), Some(t)) => ev.time = Some(place_year(t, lo, hi)),
+                (_, _, Some(_)) => {
+                    if created {
+                        // Nothing of it is stored yet; an empty record is not kept for a line that waits.
+                        self.dirty.remove(id);
+                    }
+                    self.park(ev.into_owned(), Some(id.to_string()));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let was_anchored = rec.facts.anchored_min.is_some();
+        let effects = state::apply(rec, &ev, &rules);
+        let now_anchored = !was_anchored && rec.facts.anchored_min.is_some();
+        self.counters.lines_attributed += 1;
+        self.counters.events_applied += 1;
+        self.effects.extend(effects);
+
         let learned = match (&ev.node_uuid, &ev.kind) {
             (Some(n), _) => Some(&**n),
             (None, EventKind::AddNode { node_uuid: Some(n), .. } | EventKind::RemoveNode { node_uuid: Some(n), .. }) => Some(n.as_str()),
             _ => None,
         };
+        let mut waiting = Vec::new();
         if let Some(n) = learned {
-            self.remember_node(n, id);
+            if self.remember_node(n, id) && !self.parked.entries.is_empty() {
+                waiting.extend(self.parked.take(Index::Node, n));
+            }
         }
-        self.counters.events_applied += 1;
-        self.effects.extend(effects);
+        if created && !self.parked.entries.is_empty() {
+            if let Some(short) = id.get(..6) {
+                waiting.extend(self.parked.take(Index::Short, &short.to_ascii_lowercase()));
+            }
+        }
+        if now_anchored && !self.parked.entries.is_empty() {
+            waiting.extend(self.parked.take(Index::Instance, id));
+        }
+        if !waiting.is_empty() {
+            waiting.sort_by_key(|p| p.seq);
+            self.unpark(waiting);
+        }
     }
 
-    /// Makes pending deletions final whose grace has passed by `now` (event time in a backfill, wall
-    /// clock while watching).
+    /// Makes deletions final whose grace has passed by `now` (event time in a backfill, wall clock while
+    /// watching).
     fn tick(&mut self, now: i64) -> Result<(), StoreError> {
-        let mut ids: Vec<String> = self.dirty.values().filter(|r| r.deletion_pending).map(|r| r.instance_id.clone()).collect();
+        let mut ids: Vec<String> = self.dirty.values().filter(|r| r.needs_tick()).map(|r| r.instance_id.clone()).collect();
         for id in self.store.pending_deletions()? {
             if !ids.contains(&id) {
                 ids.push(id);
@@ -309,11 +510,25 @@ impl Engine {
         }
         let rules = self.cfg.rules;
         for id in ids {
-            let rec = self.load(&id, now)?;
+            let (rec, _) = self.load(&id, now)?;
             let effects = state::tick(rec, now, &rules);
             self.effects.extend(effects);
         }
         Ok(())
+    }
+
+    /// Gives up parked lines older than the configured age.
+    fn expire_parked(&mut self) {
+        let cutoff = self.now.saturating_sub(self.cfg.parked_ttl_ms);
+        let old: Vec<u64> = self.parked.entries.values().take_while(|p| p.parked_at < cutoff).map(|p| p.seq).collect();
+        for seq in &old {
+            self.parked.remove(*seq);
+        }
+        if !old.is_empty() {
+            tracing::info!(lines = old.len(), "gave up parked lines whose instance never became known");
+            self.counters.lines_parked = self.counters.lines_parked.saturating_sub(old.len() as u64);
+            self.give_up(old.len() as u64);
+        }
     }
 
     /// Commits everything fed so far, after advancing deletions to `tick_at` (defaults to the newest
@@ -324,16 +539,20 @@ impl Engine {
         if tick_now > 0 {
             self.tick(tick_now)?;
         }
+        self.expire_parked();
         let now = self.now;
         let mut positions = Vec::new();
         for c in &self.cursors {
             if let (true, Some(p)) = (c.replayable, c.pending) {
                 if Some(p) != c.committed {
-                    positions.push((c.id.clone(), Position { offset: p, name: c.name.clone(), updated_at: now }));
+                    let tail = (!c.tail.is_empty()).then(|| Tail { len: c.tail.len() as u32, hash: crate::sources::fnv1a(&c.tail) });
+                    let pos = Position { offset: p, name: c.name.clone(), updated_at: now, clock: Some(c.clock.clone()), tail };
+                    positions.push((c.id.clone(), pos));
                 }
             }
         }
-        if self.dirty.is_empty() && positions.is_empty() && self.effects.is_empty() && self.alerts.is_empty() && self.uncommitted_lines == 0 {
+        let parked_changed = !self.parked.added.is_empty() || !self.parked.removed.is_empty();
+        if self.dirty.is_empty() && positions.is_empty() && self.effects.is_empty() && self.alerts.is_empty() && self.uncommitted_lines == 0 && !parked_changed {
             return Ok(Committed::default());
         }
         let effects = std::mem::take(&mut self.effects);
@@ -347,11 +566,18 @@ impl Engine {
         let mut new_alerts = std::mem::take(&mut self.alerts);
         if let Some(cfg) = &self.cfg.alerts {
             for e in &effects {
-                if let Effect::InstanceDeleted { instance_id, at, .. } = e {
-                    if let Some(a) = self.dirty.get(instance_id).and_then(|r| alerts::on_deletion(r, *at, now, cfg)) {
-                        new_alerts.push(a);
-                    }
-                }
+                let raised = match e {
+                    Effect::InstanceDeleted { instance_id, at, .. } => self.dirty.get(instance_id).and_then(|r| alerts::on_deletion(r, *at, now, cfg)),
+                    // Only a deletion that was announced needs its all-clear.
+                    Effect::DeletionReversed { instance_id, at, evidence } => match self.dirty.get(instance_id) {
+                        Some(r) if self.store.alert_exists(&alerts::deletion_id(instance_id, *at))? || new_alerts.iter().any(|a| a.id == alerts::deletion_id(instance_id, *at)) => {
+                            alerts::on_reversal(r, *at, evidence, now, cfg)
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                new_alerts.extend(raised);
             }
         }
         // The alert id is its idempotency key: never recreate (and so resend) one that exists.
@@ -361,14 +587,22 @@ impl Engine {
                 fresh.push(a);
             }
         }
+        let added: Vec<u64> = std::mem::take(&mut self.parked.added);
+        let removed: Vec<u64> = std::mem::take(&mut self.parked.removed);
         let ws = WriteSet {
             records: self.dirty.values().collect(),
             positions,
             counters: Some(&self.counters),
             alerts: fresh,
+            parked: added.iter().filter_map(|s| self.parked.entries.get(s)).collect(),
+            unparked: removed.into_iter().filter(|s| !self.parked.entries.contains_key(s)).collect(),
         };
         let records = ws.records.len();
-        self.store.commit(ws)?;
+        if let Err(e) = self.store.commit(ws) {
+            // Nothing was written: keep what must still be written next time.
+            self.parked.added = added;
+            return Err(e);
+        }
         for c in &mut self.cursors {
             if c.pending.is_some() {
                 c.committed = c.pending;
@@ -400,6 +634,19 @@ impl Engine {
         let n = raised.len();
         self.alerts.extend(raised);
         Ok(n)
+    }
+}
+
+/// Keeps the last [`TAIL_BYTES`] of a stream in `tail`.
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    if chunk.len() >= TAIL_BYTES {
+        tail.clear();
+        tail.extend_from_slice(&chunk[chunk.len() - TAIL_BYTES..]);
+    } else {
+        tail.extend_from_slice(chunk);
+        if tail.len() > TAIL_BYTES {
+            tail.drain(..tail.len() - TAIL_BYTES);
+        }
     }
 }
 

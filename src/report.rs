@@ -17,6 +17,8 @@ pub fn record_json(rec: &InstanceRecord, now: i64, rules: &RiskRules) -> Value {
     let mut v = serde_json::to_value(rec).unwrap_or(Value::Null);
     let risks: Vec<&str> = assess(rec, now, rules).into_iter().map(|r| r.as_str()).collect();
     if let Value::Object(m) = &mut v {
+        // The facts behind the fields are the store's business, not the reader's.
+        m.remove("facts");
         m.insert("at_risk".into(), json!(risks));
     }
     v
@@ -155,6 +157,9 @@ pub fn delta(before: &Counters, after: &Counters) -> Counters {
         lines_replayed_skipped: after.lines_replayed_skipped - before.lines_replayed_skipped,
         events_applied: after.events_applied - before.events_applied,
         effects: after.effects - before.effects,
+        // A gauge: what waits now, not a difference.
+        lines_parked: after.lines_parked,
+        lines_expired_unattributed: after.lines_expired_unattributed - before.lines_expired_unattributed,
         ..Default::default()
     };
     for (k, v) in &after.rejected_by_reason {
@@ -177,6 +182,12 @@ pub fn counters_text(c: &Counters) -> String {
     }
     if c.lines_replayed_skipped > 0 {
         let _ = write!(s, ", {} already applied (skipped)", c.lines_replayed_skipped);
+    }
+    if c.lines_parked > 0 {
+        let _ = write!(s, ", {} waiting for the line that names their instance", c.lines_parked);
+    }
+    if c.lines_expired_unattributed > 0 {
+        let _ = write!(s, ", {} given up unattributed", c.lines_expired_unattributed);
     }
     s
 }

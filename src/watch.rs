@@ -31,6 +31,9 @@ fn log_effects(c: &Committed) {
                     tracing::error!(instance = %instance_id, at = %rfc3339(*at), %evidence, "instance DELETED and the logs show NO complete base backup")
                 }
             }
+            Effect::DeletionReversed { instance_id, at, evidence } => {
+                tracing::warn!(instance = %instance_id, deleted_at = %rfc3339(*at), %evidence, "a deletion already made final did not happen: the instance is live again")
+            }
             Effect::RestoreSeen { instance_id, .. } => tracing::info!(instance = %instance_id, "restore from backups started"),
         }
     }
@@ -57,10 +60,11 @@ fn engine_loop(
     };
     while let Some(msg) = rx.blocking_recv() {
         match msg {
-            Msg::Register { id, name, replayable, reply } => {
-                let h = engine.add_source(&id, &name, replayable)?;
-                let _ = reply.send((h, engine.committed(h)));
+            Msg::Register { id, name, replayable, clock, reply } => {
+                let r = engine.add_source_with(&id, &name, replayable, clock)?;
+                let _ = reply.send(r);
             }
+            Msg::Restart { h } => engine.restart(h),
             Msg::Line { h, end, bytes } => engine.feed_line(h, end, &bytes),
             Msg::Chunk { h, base, bytes } => engine.feed_chunk(h, base, &bytes),
             Msg::Finished { name } => {

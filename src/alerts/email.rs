@@ -107,12 +107,25 @@ impl Mailer {
         Ok(Mailer { transport: builder.build(), cfg: cfg.clone(), server: format!("{}:{port}", cfg.host) })
     }
 
-    fn recipients(&self, sev: Severity) -> &[String] {
-        let specific = match sev {
-            Severity::Critical => &self.cfg.to_critical,
-            Severity::Warning => &self.cfg.to_warning,
-        };
-        if specific.is_empty() { &self.cfg.to } else { specific }
+    fn recipients(&self, sev: Severity) -> Vec<&String> {
+        fn pick<'a>(to: &'a [String], specific: &'a [String]) -> Vec<&'a String> {
+            if specific.is_empty() { to.iter().collect() } else { specific.iter().collect() }
+        }
+        let c = &self.cfg;
+        match sev {
+            Severity::Critical => pick(&c.to, &c.to_critical),
+            Severity::Warning => pick(&c.to, &c.to_warning),
+            // The all-clear goes to whoever may have been paged for the deletion, each once.
+            Severity::Resolved => {
+                let mut all = pick(&c.to, &c.to_critical);
+                for r in pick(&c.to, &c.to_warning) {
+                    if !all.contains(&r) {
+                        all.push(r);
+                    }
+                }
+                all
+            }
+        }
     }
 
     pub async fn send(&self, a: &Alert, m: &Message) -> Result<(), EmailError> {

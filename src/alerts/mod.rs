@@ -92,6 +92,9 @@ impl Default for RuleConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     Deletion,
+    /// A deletion that was announced turned out not to be one (a late line showed a node added within
+    /// the grace): the all-clear for that deletion alert.
+    DeletionResolved,
     NoRecentBaseBackup,
     WalArchivingFailing,
 }
@@ -101,6 +104,7 @@ pub enum Kind {
 pub enum Rule {
     InstanceDeleted,
     DeletedWithoutBaseBackup,
+    DeletionResolved,
     NoRecentBaseBackup,
     WalArchivingFailing,
 }
@@ -110,6 +114,7 @@ impl Rule {
         match self {
             Rule::InstanceDeleted => "instance_deleted",
             Rule::DeletedWithoutBaseBackup => "deleted_without_base_backup",
+            Rule::DeletionResolved => "deletion_resolved",
             Rule::NoRecentBaseBackup => "no_recent_base_backup",
             Rule::WalArchivingFailing => "wal_archiving_failing",
         }
@@ -118,6 +123,8 @@ impl Rule {
         match self {
             Rule::InstanceDeleted => c.instance_deleted,
             Rule::DeletedWithoutBaseBackup => c.deleted_without_base_backup,
+            // It follows the deletion alert it resolves.
+            Rule::DeletionResolved => c.instance_deleted || c.deleted_without_base_backup,
             Rule::NoRecentBaseBackup => c.no_recent_base_backup,
             Rule::WalArchivingFailing => c.wal_archiving_failing,
         }
@@ -125,6 +132,7 @@ impl Rule {
     pub fn severity(self) -> Severity {
         match self {
             Rule::DeletedWithoutBaseBackup => Severity::Critical,
+            Rule::DeletionResolved => Severity::Resolved,
             _ => Severity::Warning,
         }
     }
@@ -135,6 +143,7 @@ impl Rule {
 pub enum Severity {
     Warning,
     Critical,
+    Resolved,
 }
 
 impl Severity {
@@ -142,6 +151,7 @@ impl Severity {
         match self {
             Severity::Warning => "warning",
             Severity::Critical => "critical",
+            Severity::Resolved => "resolved",
         }
     }
 }
@@ -235,6 +245,7 @@ impl Alert {
     fn new(r: &InstanceRecord, kind: Kind, rule: Option<Rule>, episode: String, summary: String, now: i64, cfg: &AlertsConfig) -> Alert {
         let kind_s = match kind {
             Kind::Deletion => "deletion",
+            Kind::DeletionResolved => "deletion_resolved",
             Kind::NoRecentBaseBackup => "no_recent_base_backup",
             Kind::WalArchivingFailing => "wal_archiving_failing",
         };
@@ -285,6 +296,26 @@ pub fn on_deletion(r: &InstanceRecord, at: i64, now: i64, cfg: &AlertsConfig) ->
         r.deleted_by.as_deref().unwrap_or("deletion seen in the broker log")
     );
     Some(Alert::new(r, Kind::Deletion, None, rfc3339(at), summary, now, cfg))
+}
+
+/// The id of the deletion alert for the episode at `at` (see [`on_deletion`]).
+pub fn deletion_id(instance: &str, at: i64) -> String {
+    format!("{instance}:deletion:{}", rfc3339(at))
+}
+
+/// The all-clear for an announced deletion at `at` that the facts no longer support. Its id follows the
+/// deletion's, so it too is raised once whatever the replays.
+pub fn on_reversal(r: &InstanceRecord, at: i64, evidence: &str, now: i64, cfg: &AlertsConfig) -> Option<Alert> {
+    if !Rule::DeletionResolved.enabled(&cfg.rules) {
+        return None;
+    }
+    let summary = format!(
+        "Instance {} was reported deleted at {}, but it is {} now: {evidence}. No recovery is needed for that deletion.",
+        r.instance_id,
+        rfc3339(at),
+        if r.status == Status::Live { "live" } else { "deleted at another time" },
+    );
+    Some(Alert::new(r, Kind::DeletionResolved, Some(Rule::DeletionResolved), rfc3339(at), summary, now, cfg))
 }
 
 /// Absence rules for one live instance at `now`: no recent base backup, WAL archiving failing or silent.
@@ -345,11 +376,13 @@ pub fn compose(a: &Alert) -> Message {
     let tag = match sev {
         Severity::Critical => "CRITICAL",
         Severity::Warning => "WARNING",
+        Severity::Resolved => "RESOLVED",
     };
     let id = &a.instance_id;
     let subject = match a.rule {
         Some(Rule::DeletedWithoutBaseBackup) => format!("[safeguard] {tag}: deleted instance {id} has NO complete base backup"),
         Some(Rule::InstanceDeleted) => format!("[safeguard] {tag}: instance {id} was deleted - recover with safeguard recover {id}"),
+        Some(Rule::DeletionResolved) => format!("[safeguard] {tag}: instance {id} is live again - the deletion reported at {} did not happen", a.episode),
         Some(Rule::NoRecentBaseBackup) => format!("[safeguard] {tag}: instance {id} has no recent base backup"),
         Some(Rule::WalArchivingFailing) => format!("[safeguard] {tag}: WAL archiving problem on instance {id}"),
         None => format!("[safeguard] {tag}: instance {id}"),

@@ -75,6 +75,7 @@ pub fn parse(body: &str, host: &str) -> Result<Option<Event<'static>>, Reject> {
                 instance: Some(to_instance.into()),
                 backup_prefix: None,
                 kind: EventKind::CopyBackup { from_instance, from_uri, to_uri },
+                weak_year: false,
             }));
         }
         // Everything else, including state.save-cluster (which carries credentials), is not kept.
@@ -92,6 +93,7 @@ pub fn parse(body: &str, host: &str) -> Result<Option<Event<'static>>, Reject> {
         instance: Some(instance.into()),
         backup_prefix: None,
         kind,
+        weak_year: false,
     }))
 }
 

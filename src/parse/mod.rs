@@ -188,48 +188,133 @@ pub struct Event<'a> {
     /// `s3://bucket/.../<id>/wal/` when the line shows it.
     pub backup_prefix: Option<Cow<'a, str>>,
     pub kind: EventKind,
+    /// The time's year was guessed (an RFC 3164 line in a stream that had shown no anchor yet): the
+    /// engine places it against the instance's anchored times before applying it.
+    #[serde(default)]
+    pub weak_year: bool,
 }
 
-/// Resolves RFC 3164's missing year for one source: prefers times carried by the payload, never lets time
-/// run backwards by months (a December-to-January rollover advances the year).
-#[derive(Debug, Clone, Default)]
+/// Resolves RFC 3164's missing year for one stream. Times the line carries (payload epochs, WAL-E
+/// `STRUCTURED: time=`, RFC 5424 and JSON envelopes) are anchors; a year-less time is placed within half a
+/// year of the last time seen (a December-to-January rollover advances the year), never later than the
+/// stream's `bound` plus a day (an archive's mtime, or the wall clock). Its state is persisted with the
+/// source position, so a restart or a resumed ingest continues with the same year.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct YearClock {
+    /// The last time resolved or observed.
+    #[serde(default)]
     last: Option<i64>,
+    /// True once the year rests on an anchor (a time with a year, a forced year, a live stream's clock).
+    #[serde(default)]
+    anchored: bool,
+    /// Latest plausible time for this stream (an archive's mtime); `None`: the wall clock.
+    #[serde(default)]
+    bound: Option<i64>,
+    /// `ingest --year`: the year of the first year-less line.
+    #[serde(default)]
+    year: Option<i64>,
 }
 
 const DAY_MS: i64 = 86_400_000;
+/// How far past its bound a stream's time may run (clock skew between hosts, a file written after its
+/// last line was stamped).
+pub const FUTURE_SKEW_MS: i64 = DAY_MS;
 
 impl YearClock {
-    pub fn observe(&mut self, t: i64) {
-        self.last = Some(t);
+    /// A live stream: its lines are current, so the wall clock anchors the year.
+    pub fn live() -> Self {
+        YearClock { anchored: true, ..Default::default() }
     }
 
-    pub fn resolve(&mut self, tm: EnvTime, now: i64) -> Option<i64> {
+    /// An archive: years come from its anchors; before any, from `bound` (its mtime), marked weak.
+    pub fn archive(bound: Option<i64>, year: Option<i64>) -> Self {
+        YearClock { last: None, anchored: year.is_some(), bound, year }
+    }
+
+    /// Starts the clock at an anchor found ahead in the stream (the lines before it are placed near it).
+    pub fn seed(&mut self, anchor: i64) {
+        if self.last.is_none() {
+            self.last = Some(anchor);
+            self.anchored = true;
+        }
+    }
+
+    pub fn is_anchored(&self) -> bool {
+        self.anchored
+    }
+
+    pub fn observe(&mut self, t: i64) {
+        self.last = Some(t);
+        self.anchored = true;
+    }
+
+    /// The time, and whether its year was only guessed.
+    pub fn resolve(&mut self, tm: EnvTime, now: i64) -> Option<(i64, bool)> {
         let t = match tm {
             EnvTime::None => return None,
-            EnvTime::Full(t) => t,
+            EnvTime::Full(t) => {
+                self.observe(t);
+                return Some((t, false));
+            }
             EnvTime::NoYear { month, day, h, m, s } => {
-                let reference = self.last.unwrap_or(now);
-                let (ry, _, _) = crate::timeutil::civil_from_days(reference.div_euclid(DAY_MS));
+                let ceiling = self.bound.unwrap_or(now).saturating_add(FUTURE_SKEW_MS);
                 let at = |y: i64| crate::timeutil::from_civil(y, month, day, h, m, s, 0);
-                // Feb 29 in a year without one: nothing sensible to pick, keep the reference year's Mar 1.
-                let mut t = at(ry).or_else(|| at(ry + 1)).or_else(|| at(ry - 1))?;
-                if self.last.is_none() {
-                    // No history: the most recent such date not in the future.
-                    if t > now + DAY_MS {
-                        t = at(ry - 1).unwrap_or(t);
+                // Feb 29 in a year without one: the nearest year that has it.
+                let near = |y: i64| at(y).or_else(|| at(y + 1)).or_else(|| at(y - 1));
+                match (self.last, self.year.take()) {
+                    (None, Some(y)) => near(y)?,
+                    (last, _) => {
+                        let reference = last.unwrap_or(ceiling - FUTURE_SKEW_MS);
+                        let (ry, _, _) = crate::timeutil::civil_from_days(reference.div_euclid(DAY_MS));
+                        let mut t = near(ry)?;
+                        if last.is_none() {
+                            // No history: the most recent such date not after the bound.
+                            if t > ceiling {
+                                t = near(ry - 1).unwrap_or(t);
+                            }
+                        } else if t < reference - 180 * DAY_MS {
+                            t = near(ry + 1).unwrap_or(t);
+                        } else if t > reference + 180 * DAY_MS {
+                            t = near(ry - 1).unwrap_or(t);
+                        }
+                        if t > ceiling && self.bound.is_some() {
+                            // Never in the archive's future: a year back is the only reading left.
+                            let (y, _, _) = crate::timeutil::civil_from_days(t.div_euclid(DAY_MS));
+                            t = near(y - 1).unwrap_or(t);
+                        }
+                        t
                     }
-                } else if t < reference - 180 * DAY_MS {
-                    t = at(ry + 1).unwrap_or(t);
-                } else if t > reference + 180 * DAY_MS {
-                    t = at(ry - 1).unwrap_or(t);
                 }
-                t
             }
         };
         self.last = Some(t);
-        Some(t)
+        Some((t, !self.anchored))
     }
+}
+
+/// Moves a time whose year was guessed to the year that puts it nearest the anchored span `[lo, hi]` of
+/// the instance it belongs to (ties: the earlier year). Month, day and time of day are kept.
+pub fn place_year(t: i64, lo: i64, hi: i64) -> i64 {
+    let days = t.div_euclid(DAY_MS);
+    let (_, mo, d) = crate::timeutil::civil_from_days(days);
+    let ms_of_day = t.rem_euclid(DAY_MS);
+    let year_of = |x: i64| crate::timeutil::civil_from_days(x.div_euclid(DAY_MS)).0;
+    let (ylo, yhi) = (year_of(lo), year_of(hi));
+    let dist = |c: i64| if c < lo { lo - c } else { c.saturating_sub(hi).max(0) };
+    (ylo - 1..=yhi + 1)
+        .filter_map(|y| crate::timeutil::from_civil(y, mo, d, 0, 0, 0, 0).map(|c| c + ms_of_day))
+        .min_by_key(|&c| (dist(c), c))
+        .unwrap_or(t)
+}
+
+/// The time a line carries with its year (an anchor for [`YearClock`]), if it carries one: a full
+/// envelope time or a payload time. Irrelevant and unparsable lines give none.
+pub fn line_anchor(line: &str) -> Option<i64> {
+    let env = envelope::parse(line).ok()?;
+    if let EnvTime::Full(t) = env.time {
+        return Some(t);
+    }
+    parse_envelope(&env).ok().flatten().and_then(|ev| ev.time)
 }
 
 /// Parses one line. `Ok(None)` means irrelevant (a known-harmless or unrelated line).
@@ -244,7 +329,12 @@ pub fn parse_line<'a>(line: &'a str, clock: &mut YearClock, now: i64) -> Result<
             // Payload time is authoritative; still feed the clock so the year stays right for lines without one.
             clock.observe(t);
         }
-        None => ev.time = clock.resolve(env_time, now),
+        None => {
+            if let Some((t, weak)) = clock.resolve(env_time, now) {
+                ev.time = Some(t);
+                ev.weak_year = weak;
+            }
+        }
     }
     Ok(Some(ev))
 }
@@ -276,6 +366,7 @@ fn event_from<'a>(host: Cow<'a, str>, program: &'a str, msg: &'a str) -> Result<
         instance: None,
         backup_prefix: None,
         kind,
+        weak_year: false,
     };
     if let Some(parsed) = wale::parse(body)? {
         let mut ev = base(parsed.kind);
@@ -308,6 +399,7 @@ impl Event<'_> {
             instance: self.instance.map(own),
             backup_prefix: self.backup_prefix.map(own),
             kind: self.kind,
+            weak_year: self.weak_year,
         }
     }
 }
@@ -412,16 +504,46 @@ mod tests {
     fn year_clock_rolls_over_and_prefers_history() {
         let now = crate::timeutil::parse_rfc3339("2026-11-24T00:00:00Z").unwrap();
         let mut c = YearClock::default();
-        let nov = c.resolve(EnvTime::NoYear { month: 11, day: 20, h: 0, m: 0, s: 0 }, now).unwrap();
+        let nov = c.resolve(EnvTime::NoYear { month: 11, day: 20, h: 0, m: 0, s: 0 }, now).unwrap().0;
         assert_eq!(crate::timeutil::rfc3339(nov), "2026-11-20T00:00:00.000Z");
         let mut c = YearClock::default();
-        let dec = c.resolve(EnvTime::NoYear { month: 12, day: 31, h: 23, m: 0, s: 0 }, now).unwrap();
+        let dec = c.resolve(EnvTime::NoYear { month: 12, day: 31, h: 23, m: 0, s: 0 }, now).unwrap().0;
         assert_eq!(crate::timeutil::rfc3339(dec), "2025-12-31T23:00:00.000Z");
-        let jan = c.resolve(EnvTime::NoYear { month: 1, day: 1, h: 0, m: 1, s: 0 }, now).unwrap();
+        let jan = c.resolve(EnvTime::NoYear { month: 1, day: 1, h: 0, m: 1, s: 0 }, now).unwrap().0;
         assert_eq!(crate::timeutil::rfc3339(jan), "2026-01-01T00:01:00.000Z");
         let mut c = YearClock::default();
         c.observe(crate::timeutil::parse_rfc3339("2016-03-16T23:00:00Z").unwrap());
-        let t = c.resolve(EnvTime::NoYear { month: 3, day: 17, h: 1, m: 0, s: 0 }, now).unwrap();
+        let (t, weak) = c.resolve(EnvTime::NoYear { month: 3, day: 17, h: 1, m: 0, s: 0 }, now).unwrap();
         assert_eq!(crate::timeutil::rfc3339(t), "2016-03-17T01:00:00.000Z");
+        assert!(!weak);
+    }
+
+    #[test]
+    fn guessed_years_move_next_to_the_anchored_span() {
+        let p = |s: &str| crate::timeutil::parse_rfc3339(s).unwrap();
+        let (lo, hi) = (p("2016-03-16T19:00:01Z"), p("2016-03-17T06:10:17Z"));
+        assert_eq!(place_year(p("2026-03-17T06:10:20Z"), lo, hi), p("2016-03-17T06:10:20Z"));
+        assert_eq!(place_year(p("2025-12-31T23:00:00Z"), p("2016-01-01T00:00:00Z"), p("2016-01-02T00:00:00Z")), p("2015-12-31T23:00:00Z"));
+        assert_eq!(place_year(p("2026-03-16T20:00:00Z"), lo, hi), p("2016-03-16T20:00:00Z"));
+    }
+
+    #[test]
+    fn archive_years_are_weak_until_anchored_and_never_after_the_bound() {
+        let p = |s: &str| crate::timeutil::parse_rfc3339(s).unwrap();
+        let now = p("2026-11-24T00:00:00Z");
+        let mut c = YearClock::archive(Some(p("2016-06-01T00:00:00Z")), None);
+        let (t, weak) = c.resolve(EnvTime::NoYear { month: 7, day: 1, h: 0, m: 0, s: 0 }, now).unwrap();
+        assert_eq!(crate::timeutil::rfc3339(t), "2015-07-01T00:00:00.000Z", "July is after the June mtime");
+        assert!(weak);
+        c.observe(p("2016-03-16T00:00:00Z"));
+        let (t, weak) = c.resolve(EnvTime::NoYear { month: 3, day: 17, h: 0, m: 0, s: 0 }, now).unwrap();
+        assert_eq!(crate::timeutil::rfc3339(t), "2016-03-17T00:00:00.000Z");
+        assert!(!weak);
+        let mut forced = YearClock::archive(None, Some(2012));
+        let (t, weak) = forced.resolve(EnvTime::NoYear { month: 12, day: 31, h: 0, m: 0, s: 0 }, now).unwrap();
+        assert_eq!(crate::timeutil::rfc3339(t), "2012-12-31T00:00:00.000Z");
+        assert!(!weak);
+        let (t, _) = forced.resolve(EnvTime::NoYear { month: 1, day: 1, h: 0, m: 0, s: 0 }, now).unwrap();
+        assert_eq!(crate::timeutil::rfc3339(t), "2013-01-01T00:00:00.000Z");
     }
 }

@@ -8,14 +8,73 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{stream_id, Msg, Sink};
-use crate::pipeline::SourceHandle;
+use super::{fnv1a, stream_id, Msg, Sink};
+use crate::parse::{line_anchor, YearClock};
+use crate::pipeline::{Resume, SourceHandle};
 
 /// Small enough that what read() copied is still in L2 when the newline count and the prefilter scan
 /// it (4 MiB measured a few percent slower on scripts/bench.sh); lines longer than this grow the buffer.
 const READ_SIZE: usize = 256 << 10;
 /// A "line" longer than this without a newline is cut (it will be rejected as too long).
 const MAX_CARRY: usize = 16 << 20;
+/// How far into a stream to look for the first line that carries its year (an anchor).
+const ANCHOR_SCAN: u64 = 8 << 20;
+/// How much of stdin is held to check that a resumed stream is the one stored; past it, a stdin stream
+/// is read again from its start (applying a line twice changes nothing).
+const STDIN_VERIFY_MAX: u64 = 64 << 20;
+
+/// How an archive's RFC 3164 years are resolved (`ingest --year`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamOptions {
+    /// The year of the stream's first year-less line; later lines roll over from it.
+    pub year: Option<i64>,
+}
+
+/// The first anchor (a time with a year) in the first lines of `buf`.
+fn first_anchor(buf: &[u8]) -> Option<i64> {
+    buf.split(|&c| c == b'\n')
+        .take(100_000)
+        .filter(|l| l.len() <= 64 * 1024)
+        .find_map(|l| std::str::from_utf8(l).ok().and_then(line_anchor))
+}
+
+/// An archive's clock: its mtime bounds the year, the first anchor in its head seeds it.
+fn archive_clock(head: &[u8], bound: Option<i64>, opts: StreamOptions) -> YearClock {
+    let mut clock = YearClock::archive(bound, opts.year);
+    if opts.year.is_none() {
+        if let Some(a) = first_anchor(head) {
+            clock.seed(a);
+        }
+    }
+    clock
+}
+
+fn mtime_ms(m: &std::fs::Metadata) -> Option<i64> {
+    let t = m.modified().ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
+/// True when the bytes before the resume offset are the ones the store saw there.
+fn tail_matches(bytes_before: &[u8], r: &Resume) -> bool {
+    match r.tail {
+        // A position stored before tails were kept: trust the first line, as then.
+        None => true,
+        Some(t) => bytes_before.len() >= t.len as usize && fnv1a(&bytes_before[bytes_before.len() - t.len as usize..]) == t.hash,
+    }
+}
+
+fn file_tail_matches(f: &mut File, r: &Resume) -> io::Result<bool> {
+    let Some(t) = r.tail else { return Ok(true) };
+    let len = u64::from(t.len);
+    if f.metadata()?.len() < r.offset || len > r.offset {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(r.offset - len))?;
+    let mut buf = vec![0; len as usize];
+    f.read_exact(&mut buf)?;
+    Ok(tail_matches(&buf, r))
+}
 
 /// Splits a byte stream into runs of whole lines, tracking their offsets. One buffer, allocated once
 /// and reused: only an unfinished last line is moved between reads.
@@ -124,27 +183,46 @@ impl<R: Read> Chunker<R> {
 /// Where a stream consumer puts what it read: straight into an engine (`safeguard ingest`) or onto the
 /// watcher's channel.
 pub trait LineSink {
-    fn register(&mut self, id: &str, name: &str) -> io::Result<(SourceHandle, Option<u64>)>;
+    fn register(&mut self, id: &str, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)>;
+    /// The stream is not the one stored at its position: it is read from its start.
+    fn restart(&mut self, h: SourceHandle) -> io::Result<()>;
     fn lines(&mut self, h: SourceHandle, base: u64, bytes: &[u8]) -> io::Result<()>;
 }
 
 impl LineSink for Sink {
-    fn register(&mut self, id: &str, name: &str) -> io::Result<(SourceHandle, Option<u64>)> {
-        self.register_blocking(id, name, true).map_err(|e| io::Error::other(e.to_string()))
+    fn register(&mut self, id: &str, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)> {
+        self.register_blocking(id, name, true, clock).map_err(|e| io::Error::other(e.to_string()))
+    }
+    fn restart(&mut self, h: SourceHandle) -> io::Result<()> {
+        self.send_blocking(Msg::Restart { h }).map_err(|e| io::Error::other(e.to_string()))
     }
     fn lines(&mut self, h: SourceHandle, base: u64, bytes: &[u8]) -> io::Result<()> {
         self.send_blocking(Msg::Chunk { h, base, bytes: bytes.to_vec() }).map_err(|e| io::Error::other(e.to_string()))
     }
 }
 
-/// Reads a non-seekable stream (stdin) to its end. Lines already applied are skipped by the engine.
-pub fn read_stream<R: Read>(r: R, name: &str, sink: &mut dyn LineSink) -> io::Result<u64> {
-    let mut ch = Chunker::new(r, 0);
-    let first = ch.first_line()?;
-    if first.is_empty() && ch.pending().is_empty() {
+/// Reads a non-seekable stream (stdin) to its end. Lines already applied are skipped by the engine once
+/// the bytes before the stored position are seen to be the same; otherwise the stream is read as new.
+pub fn read_stream<R: Read>(mut r: R, name: &str, sink: &mut dyn LineSink, opts: StreamOptions) -> io::Result<u64> {
+    let mut head = Vec::new();
+    (&mut r).take(ANCHOR_SCAN).read_to_end(&mut head)?;
+    if head.is_empty() {
         return Ok(0);
     }
-    let (h, _) = sink.register(&stream_id("lines", &first), name)?;
+    let first = &head[..memchr::memchr(b'\n', &head).unwrap_or(head.len())];
+    let id = stream_id("lines", first);
+    let (h, resume) = sink.register(&id, name, archive_clock(&head, None, opts))?;
+    if let Some(res) = resume {
+        if res.offset > head.len() as u64 && res.offset <= STDIN_VERIFY_MAX {
+            (&mut r).take(res.offset - head.len() as u64).read_to_end(&mut head)?;
+        }
+        let same = res.offset <= head.len() as u64 && tail_matches(&head[..res.offset as usize], &res);
+        if !same {
+            tracing::info!(stream = name, "not the stream stored under its first line (or too long to check): reading it from the start");
+            sink.restart(h)?;
+        }
+    }
+    let mut ch = Chunker::new(io::Cursor::new(head).chain(r), 0);
     let mut n = 0;
     while let Some((base, bytes)) = ch.next_lines(true)? {
         n += bytes.len() as u64;
@@ -153,17 +231,29 @@ pub fn read_stream<R: Read>(r: R, name: &str, sink: &mut dyn LineSink) -> io::Re
     Ok(n)
 }
 
-/// Reads a file from its committed offset to its end.
-pub fn read_file(path: &Path, sink: &mut dyn LineSink) -> io::Result<u64> {
+/// Reads a file from its committed offset to its end (from its start when the bytes before that offset
+/// are not the ones stored: another file that shares its first line).
+pub fn read_file(path: &Path, sink: &mut dyn LineSink, opts: StreamOptions) -> io::Result<u64> {
     let mut f = File::open(path)?;
-    let mut ch = Chunker::new(&mut f, 0);
-    let first = ch.first_line()?;
-    if first.is_empty() && ch.pending().is_empty() {
+    let bound = mtime_ms(&f.metadata()?);
+    let mut head = Vec::new();
+    (&mut f).take(ANCHOR_SCAN).read_to_end(&mut head)?;
+    if head.is_empty() {
         return Ok(0);
     }
-    let (h, committed) = sink.register(&stream_id("lines", &first), &path.display().to_string())?;
-    drop(ch);
-    let start = committed.unwrap_or(0);
+    let first = &head[..memchr::memchr(b'\n', &head).unwrap_or(head.len())];
+    let id = stream_id("lines", first);
+    let (h, resume) = sink.register(&id, &path.display().to_string(), archive_clock(&head, bound, opts))?;
+    drop(head);
+    let start = match resume {
+        Some(r) if file_tail_matches(&mut f, &r)? => r.offset,
+        Some(_) => {
+            tracing::info!(path = %path.display(), "another stream than the one stored under its first line: reading it from the start");
+            sink.restart(h)?;
+            0
+        }
+        None => 0,
+    };
     f.seek(SeekFrom::Start(start))?;
     let mut ch = Chunker::new(&mut f, start);
     let mut n = 0;
@@ -209,9 +299,22 @@ pub fn follow_file(path: PathBuf, mut sink: Sink, poll: Duration, stop: Arc<Atom
             continue;
         }
         drop(probe);
-        let (h, committed) = LineSink::register(&mut sink, &stream_id("lines", &first), &path.display().to_string())?;
+        // It may hold days of history before its newest lines: read its years like an archive whose
+        // bound is the wall clock.
         let mut f = f;
-        let start = committed.unwrap_or(0);
+        let mut head = Vec::new();
+        (&mut f).take(ANCHOR_SCAN).read_to_end(&mut head)?;
+        let clock = archive_clock(&head, None, StreamOptions::default());
+        drop(head);
+        let (h, resume) = LineSink::register(&mut sink, &stream_id("lines", &first), &path.display().to_string(), clock)?;
+        let start = match resume {
+            Some(r) if file_tail_matches(&mut f, &r)? => r.offset,
+            Some(_) => {
+                sink.restart(h)?;
+                0
+            }
+            None => 0,
+        };
         f.seek(SeekFrom::Start(start))?;
         let mut ch = Chunker::new(f, start);
         tracing::info!(path = %path.display(), offset = start, "following file");

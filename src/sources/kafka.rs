@@ -335,14 +335,16 @@ impl Ctx {
         {
             let id = source_id(topic, partition);
             let name = format!("kafka topic {topic} partition {partition} (group {})", self.group);
-            let (h, pos) = match self.sink.register_blocking(&id, &name, true) {
+            // Kafka lines are current when shipped live; the clock persisted at the position carries a
+            // backfill's years across restarts.
+            let (h, pos) = match self.sink.register_blocking(&id, &name, true, crate::parse::YearClock::live()) {
                 Ok(r) => r,
                 Err(_) => {
                     st.engine_gone = true;
                     return None;
                 }
             };
-            let (epoch, next) = match pos.map(decode_position) {
+            let (epoch, next) = match pos.map(|r| decode_position(r.offset)) {
                 Some((e, n)) => (e, Some(n)),
                 None => (0, None),
             };

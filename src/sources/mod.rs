@@ -13,13 +13,17 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SourceConfig;
-use crate::pipeline::SourceHandle;
+use crate::parse::YearClock;
+use crate::pipeline::{Resume, SourceHandle};
 
 /// Source positions the store has durably committed, by source id; published after every commit.
 pub type Durable = Arc<HashMap<String, u64>>;
 
 pub enum Msg {
-    Register { id: String, name: String, replayable: bool, reply: oneshot::Sender<(SourceHandle, Option<u64>)> },
+    /// `clock`: how the source's RFC 3164 years start when the store has no clock of an earlier run.
+    Register { id: String, name: String, replayable: bool, clock: YearClock, reply: oneshot::Sender<(SourceHandle, Option<Resume>)> },
+    /// The source is another stream than the one its stored position belongs to: read it from the start.
+    Restart { h: SourceHandle },
     /// One message (a datagram, a framed TCP message), ending at `end` in its source.
     Line { h: SourceHandle, end: u64, bytes: Vec<u8> },
     /// Whole lines read from a file or stdin, starting at byte `base`.
@@ -47,19 +51,19 @@ impl Sink {
         Sink { tx }
     }
 
-    pub async fn register(&self, id: &str, name: &str, replayable: bool) -> Result<(SourceHandle, Option<u64>), EngineGone> {
+    pub async fn register(&self, id: &str, name: &str, replayable: bool) -> Result<(SourceHandle, Option<Resume>), EngineGone> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Register { id: id.to_string(), name: name.to_string(), replayable, reply })
+            .send(Msg::Register { id: id.to_string(), name: name.to_string(), replayable, clock: YearClock::live(), reply })
             .await
             .map_err(|_| EngineGone)?;
         rx.await.map_err(|_| EngineGone)
     }
 
-    pub fn register_blocking(&self, id: &str, name: &str, replayable: bool) -> Result<(SourceHandle, Option<u64>), EngineGone> {
+    pub fn register_blocking(&self, id: &str, name: &str, replayable: bool, clock: YearClock) -> Result<(SourceHandle, Option<Resume>), EngineGone> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .blocking_send(Msg::Register { id: id.to_string(), name: name.to_string(), replayable, reply })
+            .blocking_send(Msg::Register { id: id.to_string(), name: name.to_string(), replayable, clock, reply })
             .map_err(|_| EngineGone)?;
         rx.blocking_recv().map_err(|_| EngineGone)
     }
@@ -83,8 +87,9 @@ pub fn fnv1a(data: &[u8]) -> u64 {
     h
 }
 
-/// A line stream's identity: its first line, so the same archived log ingested twice (or from another
-/// path, or through stdin) is recognised and not applied again, and a rotated file is a new stream.
+/// A line stream's name in the store: its first line, so the same archived log ingested twice (or from
+/// another path, or through stdin) resumes where it stopped, and a rotated file is a new stream. Two
+/// streams that share a first line are told apart by the bytes before the stored position ([`Resume`]).
 pub fn stream_id(kind: &str, first_line: &[u8]) -> String {
     format!("{kind}:{:016x}", fnv1a(&first_line[..first_line.len().min(4096)]))
 }
@@ -161,7 +166,7 @@ pub async fn start(
                     let res = if follow {
                         file::follow_file(path.clone(), sink.clone(), std::time::Duration::from_millis(250), stop)
                     } else {
-                        file::read_file(&path, &mut sink.clone()).map(|_| ())
+                        file::read_file(&path, &mut sink.clone(), file::StreamOptions::default()).map(|_| ())
                     };
                     if let Err(e) = res {
                         tracing::error!(path = %path.display(), error = %e, "file source failed");
@@ -172,7 +177,7 @@ pub async fn start(
             SourceConfig::Stdin => {
                 let sink = sink.clone();
                 std::thread::spawn(move || {
-                    if let Err(e) = file::read_stream(std::io::stdin().lock(), "stdin", &mut sink.clone()) {
+                    if let Err(e) = file::read_stream(std::io::stdin().lock(), "stdin", &mut sink.clone(), file::StreamOptions::default()) {
                         tracing::error!(error = %e, "reading stdin failed");
                     }
                     let _ = sink.send_blocking(Msg::Finished { name: "stdin".into() });

@@ -1,18 +1,41 @@
 //! Pure instance state: [`apply`] folds one attributed event into an [`InstanceRecord`] and returns the
 //! [`Effect`]s it causes; [`tick`] advances time (a deletion becomes final after the grace). No I/O.
+//!
+//! **A record is a function of the set of facts seen**, never of their arrival order, multiplicity or a
+//! restart. Each field is kept one of two ways:
+//! - a lattice that absorbs facts commutatively and idempotently: min/max times, sets (distinct WAL
+//!   segments, partitions, failure times), and "latest by event time" for attributes (ties broken by value);
+//! - the lifecycle (node add/remove, deprovision, etcd-delete, update start/done): a small sorted,
+//!   deduplicated fact log ([`Facts::life`]) that is folded in event-time order every time it changes, so a
+//!   removal at T is never undone by an add at T' < T that arrives later.
+//!
+//! Base backups are derived the same way: a `pg_stop_backup` NOTICE completes the backup that was the
+//! newest to start before it, whatever order the lines came in.
 
 pub mod risk;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::parse::{wale::is_segment, Event, EventKind, Phase, PushState, RestoreMsg};
 use crate::timeutil::{serde_ms, serde_opt_ms};
 
-/// How many base backups a record keeps (newest first kept); daily backups for months would otherwise grow
-/// the record without bound. Pruned backups are dropped first.
+/// How many base backups a record keeps (newest names kept, pruned ones dropped first); daily backups
+/// for months would otherwise grow the record without bound.
 pub const MAX_BASE_BACKUPS: usize = 64;
 /// Nodes removed long ago are dropped past this many.
 pub const MAX_NODES: usize = 32;
+/// Lifecycle facts kept per record (oldest dropped past it). A cluster sees a handful per plan change.
+pub const MAX_LIFE_FACTS: usize = 512;
+/// Distinct failure / retry / stop / fetch times kept per record (newest kept).
+pub const MAX_TIMES: usize = 1024;
+/// WAL segment ranges kept per record; consecutive segments share one range.
+pub const MAX_SEGMENT_RANGES: usize = 4096;
+/// Partition names kept per base backup.
+pub const MAX_PARTS: usize = 4096;
+/// A WAL-E "could no longer locate object" and the fetch it voids are this close in time.
+const RESTORE_END_WINDOW_MS: i64 = 5_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -70,7 +93,9 @@ pub struct Wal {
     pub last_segment: Option<String>,
     #[serde(with = "serde_opt_ms", default)]
     pub last_pushed_at: Option<i64>,
+    /// Distinct segments pushed.
     pub segments_pushed: u64,
+    /// Distinct failure times (PostgreSQL's line and WAL-E's for one attempt share a second).
     pub push_failures: u64,
     #[serde(with = "serde_opt_ms", default)]
     pub last_failure_at: Option<i64>,
@@ -90,9 +115,77 @@ pub struct RestoreSeen {
     #[serde(with = "serde_opt_ms", default)]
     pub last_wal_fetch_at: Option<i64>,
     pub last_message: Option<RestoreMsg>,
-    /// WAL-E reported it could not find the object it was fetching: its next "complete" is not a fetch.
-    #[serde(default)]
-    pub fetch_missing: bool,
+}
+
+/// One lifecycle fact. Its identity is the whole value: the same line through two relays is one fact.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum LifeKind {
+    Creating { node: String },
+    Add { node: Option<String>, backend: Option<String> },
+    UpdateStart,
+    UpdateDone,
+    Remove { node: Option<String>, backend: Option<String> },
+    Deprovision { done: bool },
+    EtcdDelete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LifeFact {
+    pub t: i64,
+    #[serde(flatten)]
+    pub kind: LifeKind,
+}
+
+/// What one base backup's lines said; [`BaseBackup`] is derived from it and the stop NOTICEs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackupFacts {
+    /// Earliest time any line of this backup's upload was seen.
+    #[serde(with = "serde_opt_ms")]
+    pub started: Option<i64>,
+    pub parts_started: BTreeSet<String>,
+    pub parts_done: BTreeSet<String>,
+    /// Listed by `wal-e backup-list` (only backups with a sentinel are listed), with the listed time.
+    #[serde(with = "serde_opt_ms")]
+    pub listed: Option<i64>,
+    pub pruned: bool,
+}
+
+/// The facts behind the derived fields, kept in the record so any later fact can be absorbed exactly.
+/// Never shown (`show --json` strips it); every collection is bounded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Facts {
+    /// Event time of each "latest by time" attribute's current value, by attribute name.
+    pub lww: BTreeMap<String, i64>,
+    /// Lifecycle facts, sorted and deduplicated.
+    pub life: Vec<LifeFact>,
+    /// Earliest time each node was named by any line.
+    pub node_seen: BTreeMap<String, i64>,
+    /// Deletion episodes (deletion times) the lifecycle fold yields, newest last.
+    pub episodes: Vec<i64>,
+    /// Episodes already made final (their deletion alert raised); one no longer derived is reversed.
+    pub finalized: Vec<i64>,
+    /// Base backups by name.
+    pub backups: BTreeMap<String, BackupFacts>,
+    /// `pg_stop_backup` NOTICE times.
+    pub stops: BTreeSet<i64>,
+    /// Distinct WAL segments pushed, as inclusive ranges of (timeline, log << 32 | seg).
+    pub segs: Vec<(u32, u64, u64)>,
+    pub failures: BTreeSet<i64>,
+    pub retries: BTreeSet<i64>,
+    /// WAL fetched during a restore: (time, segment).
+    pub fetched: BTreeSet<(i64, String)>,
+    /// WAL-E's "could no longer locate object" during a restore: the fetch next to it found nothing.
+    pub restore_ends: BTreeSet<i64>,
+    pub downloaded: BTreeSet<String>,
+    /// Earliest and latest time of lines whose year was anchored (payload times, years carried through the
+    /// stream): what a line whose year had to be guessed is placed against.
+    #[serde(with = "serde_opt_ms")]
+    pub anchored_min: Option<i64>,
+    #[serde(with = "serde_opt_ms")]
+    pub anchored_max: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -124,8 +217,7 @@ pub struct InstanceRecord {
     pub restore: RestoreSeen,
     #[serde(with = "serde_opt_ms", default)]
     pub update_started_at: Option<i64>,
-    /// How many events have been applied to this record.
-    pub events_applied: u64,
+    pub facts: Facts,
 }
 
 /// What applying an event caused; the store commits effects in the same batch as the state change.
@@ -137,6 +229,9 @@ pub enum Effect {
     DeletionCancelled { instance_id: String, #[serde(with = "serde_ms")] at: i64 },
     /// Final: the instance was deleted at `at` (its episode key).
     InstanceDeleted { instance_id: String, #[serde(with = "serde_ms")] at: i64, evidence: String, has_complete_base_backup: bool },
+    /// A deletion already made final is no longer what the facts say (a late fact showed a node added
+    /// within the grace): the instance is live again. `at` is the reversed episode.
+    DeletionReversed { instance_id: String, #[serde(with = "serde_ms")] at: i64, evidence: String },
     /// Restore of this instance from backups seen in the stream.
     RestoreSeen { instance_id: String, #[serde(with = "serde_ms")] at: i64 },
 }
@@ -160,39 +255,6 @@ impl InstanceRecord {
         InstanceRecord { instance_id: instance_id.to_string(), first_seen: t, last_seen: t, ..Default::default() }
     }
 
-    pub fn node_mut(&mut self, uuid: &str) -> &mut Node {
-        let i = match self.nodes.iter().position(|n| n.node_uuid == uuid) {
-            Some(i) => i,
-            None => {
-                self.nodes.push(Node::new(uuid));
-                if self.nodes.len() > MAX_NODES {
-                    if let Some(old) = self.nodes.iter().position(|n| !n.active()) {
-                        self.nodes.remove(old);
-                    }
-                }
-                self.nodes.len() - 1
-            }
-        };
-        &mut self.nodes[i]
-    }
-
-    fn backup_mut(&mut self, name: &str, t: i64) -> &mut BaseBackup {
-        let i = match self.base_backups.iter().position(|b| b.name == name) {
-            Some(i) => i,
-            None => {
-                self.base_backups.push(BaseBackup { name: name.to_string(), time: Some(t), ..Default::default() });
-                // Backup names sort by start segment, so the list stays chronological.
-                self.base_backups.sort_by(|a, b| a.name.cmp(&b.name));
-                while self.base_backups.len() > MAX_BASE_BACKUPS {
-                    let drop = self.base_backups.iter().position(|b| b.pruned).unwrap_or(0);
-                    self.base_backups.remove(drop);
-                }
-                return self.base_backups.iter_mut().find(|b| b.name == name).expect("just inserted");
-            }
-        };
-        &mut self.base_backups[i]
-    }
-
     pub fn latest_complete_backup(&self) -> Option<&BaseBackup> {
         self.base_backups.iter().rev().find(|b| b.complete && !b.pruned)
     }
@@ -201,203 +263,530 @@ impl InstanceRecord {
         self.nodes.iter().filter(|n| n.active())
     }
 
-    fn mark_deleted(&mut self, t: i64, evidence: String, effects: &mut Vec<Effect>) {
-        if self.status == Status::Deleted {
-            return;
-        }
-        self.status = Status::Deleted;
-        self.deleted_at = Some(t);
-        self.deleted_by = Some(evidence.clone());
-        self.deletion_pending = true;
-        effects.push(Effect::DeletionPending { instance_id: self.instance_id.clone(), at: t, evidence });
+    fn node_mut(&mut self, uuid: &str) -> &mut Node {
+        let i = match self.nodes.iter().position(|n| n.node_uuid == uuid) {
+            Some(i) => i,
+            None => {
+                self.nodes.push(Node::new(uuid));
+                self.nodes.len() - 1
+            }
+        };
+        &mut self.nodes[i]
     }
 
-    fn revive(&mut self, t: i64, rules: &Rules, effects: &mut Vec<Effect>) {
-        if self.status != Status::Deleted {
-            return;
+    /// Sets a "latest by event time" attribute: the value with the greatest (time, value) wins, so the
+    /// result does not depend on which line came first.
+    fn lww(&mut self, key: &str, t: i64, v: &str, slot: fn(&mut InstanceRecord) -> &mut Option<String>) {
+        let cur_t = self.facts.lww.get(key).copied();
+        let newer = match (cur_t, slot(self).as_deref()) {
+            (Some(ct), Some(cv)) => (t, v) > (ct, cv),
+            _ => true,
+        };
+        if newer {
+            *slot(self) = Some(v.to_string());
+            self.facts.lww.insert(key.to_string(), t);
         }
-        let within_grace = self.deleted_at.is_some_and(|d| t - d <= rules.deletion_grace_ms);
-        if self.deletion_pending && within_grace {
-            effects.push(Effect::DeletionCancelled { instance_id: self.instance_id.clone(), at: t });
+    }
+
+    /// The same for a node's attribute.
+    fn node_lww(&mut self, uuid: &str, attr: &str, t: i64, v: &str) {
+        let key = format!("n/{uuid}/{attr}");
+        let cur_t = self.facts.lww.get(&key).copied();
+        let node = self.node_mut(uuid);
+        let slot = match attr {
+            "host" => &mut node.host,
+            _ => &mut node.public_address,
+        };
+        let newer = match (cur_t, slot.as_deref()) {
+            (Some(ct), Some(cv)) => (t, v) > (ct, cv),
+            _ => true,
+        };
+        if newer {
+            *slot = Some(v.to_string());
+            self.facts.lww.insert(key, t);
         }
-        // A node added after a final deletion means the id is in use again; the deletion alert stands.
-        self.status = Status::Live;
-        self.deleted_at = None;
-        self.deleted_by = None;
-        self.deletion_pending = false;
+    }
+
+    /// Marks a time as anchored evidence for this record (see [`Facts::anchored_min`]).
+    pub fn anchor(&mut self, t: i64) {
+        self.facts.anchored_min = Some(self.facts.anchored_min.map_or(t, |m| m.min(t)));
+        self.facts.anchored_max = Some(self.facts.anchored_max.map_or(t, |m| m.max(t)));
+    }
+
+    /// The deletion episodes made final whose alerts were raised.
+    pub fn finalized(&self) -> &[i64] {
+        &self.facts.finalized
+    }
+
+    /// True when the engine must look at this record again as time passes: an episode not yet final.
+    pub fn needs_tick(&self) -> bool {
+        self.facts.episodes.iter().any(|e| !self.facts.finalized.contains(e))
     }
 }
 
-/// Applies one event (already attributed to `rec`) and returns its effects. Idempotent in the sense the
-/// store relies on: applying the same event twice in a row changes nothing further except counters that
-/// the store guards by source position.
+/// Applies one event (already attributed to `rec`) and returns its effects. Applying the same event
+/// again, or events in any order, gives the same record (see the module doc).
 pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Effect> {
     let mut effects = Vec::new();
+    // An event without any time (a NILVALUE RFC 5424 stamp) still counts, at the record's newest time.
     let t = ev.time.unwrap_or(rec.last_seen);
-    rec.events_applied += 1;
     if rec.first_seen == 0 || t < rec.first_seen {
         rec.first_seen = t;
     }
     rec.last_seen = rec.last_seen.max(t);
-    if let Some(p) = &ev.backup_prefix {
-        if rec.backup_prefix.as_deref() != Some(&**p) {
-            rec.backup_prefix = Some(p.to_string());
-        }
+    if ev.time.is_some() && !ev.weak_year {
+        rec.anchor(t);
     }
+    if let Some(p) = &ev.backup_prefix {
+        rec.lww("backup_prefix", t, p, |r| &mut r.backup_prefix);
+    }
+    let mut life_changed = false;
     // A line printed inside a container tells us the node and its cell.
     if let Some(n) = &ev.node_uuid {
+        life_changed |= see_node(rec, n, t);
         let host_is_cell = !matches!(ev.kind, EventKind::ContainerCreating | EventKind::ContainerDestroying);
-        let node = rec.node_mut(n);
-        if host_is_cell && !ev.host.is_empty() && node.host.as_deref() != Some(&*ev.host) {
-            node.host = Some(ev.host.to_string());
+        if host_is_cell && !ev.host.is_empty() {
+            rec.node_lww(n, "host", t, &ev.host);
         }
     }
 
+    let life = |kind: LifeKind| LifeFact { t, kind };
     match &ev.kind {
         EventKind::Provision { org_guid, space_guid, plan_id, name, .. } => {
-            set_if(&mut rec.org_guid, org_guid);
-            set_if(&mut rec.space_guid, space_guid);
-            set_if(&mut rec.plan_id, plan_id);
-            set_if(&mut rec.name, name);
+            for (key, v, slot) in [
+                ("org_guid", org_guid, (|r| &mut r.org_guid) as fn(&mut InstanceRecord) -> &mut Option<String>),
+                ("space_guid", space_guid, |r| &mut r.space_guid),
+                ("plan_id", plan_id, |r| &mut r.plan_id),
+                ("name", name, |r| &mut r.name),
+            ] {
+                if let Some(v) = v {
+                    rec.lww(key, t, v, slot);
+                }
+            }
         }
-        EventKind::Deprovision { phase } => {
-            let what = if *phase == Phase::Start { "deprovision.start" } else { "deprovision.done" };
-            rec.mark_deleted(t, format!("broker {what}"), &mut effects);
-        }
-        EventKind::EtcdDeleted => rec.mark_deleted(t, "broker etcd-delete.done".into(), &mut effects),
-        EventKind::Update { phase: Phase::Start } => rec.update_started_at = Some(t),
-        EventKind::Update { phase: Phase::Done } => rec.update_started_at = None,
+        EventKind::Deprovision { phase } => life_changed |= add_life(rec, life(LifeKind::Deprovision { done: *phase == Phase::Done })),
+        EventKind::EtcdDeleted => life_changed |= add_life(rec, life(LifeKind::EtcdDelete)),
+        EventKind::Update { phase: Phase::Start } => life_changed |= add_life(rec, life(LifeKind::UpdateStart)),
+        EventKind::Update { phase: Phase::Done } => life_changed |= add_life(rec, life(LifeKind::UpdateDone)),
         EventKind::AddNode { node_uuid, backend } => {
             if let Some(n) = node_uuid {
-                let node = rec.node_mut(n);
-                node.added_at = Some(t);
-                node.removed_at = None;
-                set_if(&mut node.backend, backend);
+                life_changed |= see_node(rec, n, t);
             }
-            rec.revive(t, rules, &mut effects);
+            life_changed |= add_life(rec, life(LifeKind::Add { node: node_uuid.clone(), backend: backend.clone() }));
         }
         EventKind::RemoveNode { node_uuid, backend } => {
-            let evidence = match node_uuid {
-                Some(n) => {
-                    let node = rec.node_mut(n);
-                    node.removed_at = Some(t);
-                    set_if(&mut node.backend, backend);
-                    format!("remove-node.perform of its last node {n}")
-                }
-                None => "remove-node.perform of its last node".to_string(),
-            };
-            let updating = rec.update_started_at.is_some_and(|u| t - u <= rules.update_window_ms);
-            if rec.active_nodes().next().is_none() && !updating {
-                rec.mark_deleted(t, evidence, &mut effects);
+            if let Some(n) = node_uuid {
+                life_changed |= see_node(rec, n, t);
             }
+            life_changed |= add_life(rec, life(LifeKind::Remove { node: node_uuid.clone(), backend: backend.clone() }));
         }
-        EventKind::CopyBackup { from_instance, .. } => rec.cloned_from = Some(from_instance.clone()),
+        EventKind::CopyBackup { from_instance, .. } => rec.lww("cloned_from", t, from_instance, |r| &mut r.cloned_from),
         EventKind::ContainerCreating => {
             if let Some(n) = &ev.node_uuid {
-                rec.node_mut(n).added_at.get_or_insert(t);
+                life_changed |= add_life(rec, life(LifeKind::Creating { node: n.to_string() }));
             }
         }
-        EventKind::ContainerRegistered { .. } | EventKind::PublicAddress { .. } => {
-            if let (Some(n), EventKind::PublicAddress { address }) = (&ev.node_uuid, &ev.kind) {
-                rec.node_mut(n).public_address = Some(address.clone());
+        EventKind::PublicAddress { address } => {
+            if let Some(n) = &ev.node_uuid {
+                rec.node_lww(n, "public_address", t, address);
             }
         }
         EventKind::WalPush { segment, state: PushState::Complete } if is_segment(segment) => {
-            // DETAIL and STRUCTURED lines report the same push: count a segment once.
-            if rec.wal.last_segment.as_deref() != Some(segment) {
+            if insert_segment(&mut rec.facts.segs, segment) {
                 rec.wal.segments_pushed += 1;
             }
-            match &mut rec.wal.last_segment {
-                // Reuses the buffer: this runs for every segment pushed.
-                Some(l) if segment.as_str() > l.as_str() => l.clone_from(segment),
-                Some(_) => {}
-                None => rec.wal.last_segment = Some(segment.clone()),
+            if rec.wal.last_segment.as_deref().is_none_or(|l| segment.as_str() > l) {
+                rec.wal.last_segment = Some(segment.clone());
             }
             rec.wal.last_pushed_at = Some(rec.wal.last_pushed_at.map_or(t, |p| p.max(t)));
         }
         EventKind::WalPushFailed { detail } => {
-            // PostgreSQL's failure line and WAL-E's CRITICAL for one attempt arrive together.
-            if rec.wal.last_failure_at != Some(t) {
+            if insert_time(&mut rec.facts.failures, t) {
                 rec.wal.push_failures += 1;
             }
-            rec.wal.last_failure_at = Some(t);
-            rec.wal.last_failure = Some(detail.clone());
-        }
-        EventKind::WalERetry => rec.wal.retries += 1,
-        EventKind::BaseBackupStarted { backup } => {
-            rec.backup_mut(backup, t);
-        }
-        EventKind::BasePartition { backup, done, .. } => {
-            let b = rec.backup_mut(backup, t);
-            if *done {
-                b.partitions_done += 1;
-            } else {
-                b.partitions_started += 1;
+            let newer = match (rec.wal.last_failure_at, rec.wal.last_failure.as_deref()) {
+                (Some(ft), Some(fd)) => (t, detail.as_str()) > (ft, fd),
+                _ => true,
+            };
+            if newer {
+                rec.wal.last_failure_at = Some(t);
+                rec.wal.last_failure = Some(detail.clone());
             }
+        }
+        EventKind::WalERetry if insert_time(&mut rec.facts.retries, t) => rec.wal.retries += 1,
+        EventKind::BaseBackupStarted { backup } => {
+            backup_facts(rec, backup, t);
+            derive_backups(rec);
+        }
+        EventKind::BasePartition { backup, part, done } => {
+            let b = backup_facts(rec, backup, t);
+            let set = if *done { &mut b.parts_done } else { &mut b.parts_started };
+            if set.len() < MAX_PARTS {
+                set.insert(part.clone());
+            }
+            derive_backups(rec);
         }
         EventKind::BaseBackupStopped => {
-            // Completes the newest backup whose upload was seen and not yet completed.
-            if let Some(b) = rec.base_backups.iter_mut().rev().find(|b| !b.complete && !b.pruned) {
-                b.complete = true;
-                b.time = Some(t);
-            }
+            insert_time(&mut rec.facts.stops, t);
+            derive_backups(rec);
         }
         EventKind::BaseBackupListed { backup, time } => {
-            let b = rec.backup_mut(backup, t);
-            if !b.complete {
-                b.complete = true;
-                b.time = time.or(Some(t));
-            }
+            let at = time.unwrap_or(t);
+            let b = backup_facts(rec, backup, at);
+            b.listed = Some(b.listed.map_or(at, |l| l.min(at)));
+            derive_backups(rec);
         }
         EventKind::BackupPruned { backup } => {
-            if let Some(b) = rec.base_backups.iter_mut().find(|b| &b.name == backup) {
-                b.pruned = true;
-            }
+            // A prune seen before the backup's own lines still marks it: the fact does not depend on order.
+            let b = rec.facts.backups.entry(backup.clone()).or_default();
+            b.pruned = true;
+            derive_backups(rec);
         }
         EventKind::SysidUploaded => rec.sysid_uploaded = true,
         EventKind::Restore { msg } => {
-            rec.restore.last_message = Some(*msg);
+            let newer = match (rec.facts.lww.get("restore_msg"), rec.restore.last_message) {
+                (Some(&mt), Some(m)) => (t, *msg as u8) > (mt, m as u8),
+                _ => true,
+            };
+            if newer {
+                rec.restore.last_message = Some(*msg);
+                rec.facts.lww.insert("restore_msg".into(), t);
+            }
             if *msg == RestoreMsg::PreparingRestore {
-                rec.restore.preparing_at = Some(t);
+                if rec.restore.preparing_at.is_none_or(|p| t > p) {
+                    rec.restore.preparing_at = Some(t);
+                }
                 effects.push(Effect::RestoreSeen { instance_id: rec.instance_id.clone(), at: t });
             }
         }
-        EventKind::PartitionDownload { .. } => rec.restore.partitions_downloaded += 1,
+        EventKind::PartitionDownload { part } => {
+            if rec.facts.downloaded.len() < MAX_PARTS {
+                rec.facts.downloaded.insert(part.clone());
+            }
+            rec.restore.partitions_downloaded = rec.facts.downloaded.len() as u32;
+        }
         // WAL-E logs `state=complete` also for a file it did not find (the `.history` probe at the start
         // of every recovery, the segment after the last one at its end): count real segments only.
-        EventKind::WalRestoreEnd => rec.restore.fetch_missing = true,
-        EventKind::WalFetch { segment, state: PushState::Complete } => {
-            if std::mem::take(&mut rec.restore.fetch_missing) || !is_segment(segment) {
-                return effects;
+        EventKind::WalRestoreEnd => {
+            insert_time(&mut rec.facts.restore_ends, t);
+            derive_restore(rec);
+        }
+        EventKind::WalFetch { segment, state: PushState::Complete } if is_segment(segment) => {
+            rec.facts.fetched.insert((t, segment.clone()));
+            while rec.facts.fetched.len() > MAX_TIMES {
+                rec.facts.fetched.pop_first();
             }
-            rec.restore.wal_fetched += 1;
-            rec.restore.last_wal_fetch_at = Some(t);
+            derive_restore(rec);
         }
         _ => {}
+    }
+    if life_changed {
+        derive_life(rec, rules, &mut effects);
     }
     effects
 }
 
-/// Makes pending deletions final once the grace has passed.
-pub fn tick(rec: &mut InstanceRecord, now: i64, rules: &Rules) -> Vec<Effect> {
-    match (rec.status, rec.deletion_pending, rec.deleted_at) {
-        (Status::Deleted, true, Some(at)) if now - at >= rules.deletion_grace_ms => {
-            rec.deletion_pending = false;
-            vec![Effect::InstanceDeleted {
-                instance_id: rec.instance_id.clone(),
-                at,
-                evidence: rec.deleted_by.clone().unwrap_or_default(),
-                has_complete_base_backup: rec.latest_complete_backup().is_some(),
-            }]
+/// Records that a line named `node` at `t`; true when that changes the node's first sighting.
+fn see_node(rec: &mut InstanceRecord, node: &str, t: i64) -> bool {
+    match rec.facts.node_seen.get_mut(node) {
+        Some(s) if *s <= t => false,
+        Some(s) => {
+            *s = t;
+            true
         }
-        _ => Vec::new(),
+        None => {
+            rec.facts.node_seen.insert(node.to_string(), t);
+            true
+        }
     }
 }
 
-fn set_if(slot: &mut Option<String>, v: &Option<String>) {
-    if let Some(v) = v {
-        *slot = Some(v.clone());
+fn add_life(rec: &mut InstanceRecord, f: LifeFact) -> bool {
+    match rec.facts.life.binary_search(&f) {
+        Ok(_) => false,
+        Err(i) => {
+            rec.facts.life.insert(i, f);
+            if rec.facts.life.len() > MAX_LIFE_FACTS {
+                rec.facts.life.remove(0);
+            }
+            true
+        }
     }
+}
+
+/// Inserts into a bounded set of times; true when it was new. Past the bound the oldest goes, and a
+/// time older than everything kept is not taken (so a replayed old line is not counted again).
+fn insert_time(set: &mut BTreeSet<i64>, t: i64) -> bool {
+    if set.len() >= MAX_TIMES && set.first().is_some_and(|&f| t < f) {
+        return false;
+    }
+    let new = set.insert(t);
+    while set.len() > MAX_TIMES {
+        set.pop_first();
+    }
+    new
+}
+
+/// (timeline, log << 32 | seg) of a 24-hex-digit segment name.
+fn segment_key(s: &str) -> Option<(u32, u64)> {
+    let tli = u32::from_str_radix(s.get(0..8)?, 16).ok()?;
+    let log = u64::from_str_radix(s.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(s.get(16..24)?, 16).ok()?;
+    Some((tli, (log << 32) | seg))
+}
+
+/// Adds a segment to the range set; true when it was not there. Ranges stay sorted and merged.
+fn insert_segment(ranges: &mut Vec<(u32, u64, u64)>, seg: &str) -> bool {
+    let Some((tli, k)) = segment_key(seg) else { return false };
+    // The first range that ends at or after k - 1 (could hold k or touch it).
+    let i = ranges.partition_point(|&(rt, _, e)| (rt, e.saturating_add(1)) < (tli, k));
+    if let Some(&(rt, s, e)) = ranges.get(i) {
+        if rt == tli && s <= k && k <= e {
+            return false;
+        }
+    }
+    let touches_prev = ranges.get(i).is_some_and(|&(rt, _, e)| rt == tli && e.saturating_add(1) == k);
+    let touches_next = |j: usize, ranges: &Vec<(u32, u64, u64)>| ranges.get(j).is_some_and(|&(rt, s, _)| rt == tli && k.saturating_add(1) == s);
+    if touches_prev {
+        ranges[i].2 = k;
+        if touches_next(i + 1, ranges) {
+            ranges[i].2 = ranges[i + 1].2;
+            ranges.remove(i + 1);
+        }
+    } else if touches_next(i, ranges) {
+        ranges[i].1 = k;
+    } else {
+        ranges.insert(i, (tli, k, k));
+        if ranges.len() > MAX_SEGMENT_RANGES {
+            ranges.remove(0);
+        }
+    }
+    true
+}
+
+fn backup_facts<'r>(rec: &'r mut InstanceRecord, name: &str, t: i64) -> &'r mut BackupFacts {
+    if !rec.facts.backups.contains_key(name) && rec.facts.backups.len() >= MAX_BASE_BACKUPS {
+        // Drop a pruned backup first, else the oldest name (names sort by start segment).
+        let drop = rec.facts.backups.iter().find(|(_, b)| b.pruned).map(|(k, _)| k.clone()).or_else(|| rec.facts.backups.keys().next().cloned());
+        if let Some(d) = drop {
+            rec.facts.backups.remove(&d);
+        }
+    }
+    let b = rec.facts.backups.entry(name.to_string()).or_default();
+    b.started = Some(b.started.map_or(t, |s| s.min(t)));
+    b
+}
+
+/// Base backups from their facts: a stop NOTICE completes the backup that was the newest to start at or
+/// before it; a listed backup is complete at its listed time.
+fn derive_backups(rec: &mut InstanceRecord) {
+    let f = &rec.facts;
+    let mut stopped: BTreeMap<&str, i64> = BTreeMap::new();
+    for &s in &f.stops {
+        let owner = f
+            .backups
+            .iter()
+            .filter(|(_, b)| !b.pruned && b.started.is_some_and(|st| st <= s))
+            .max_by_key(|(name, b)| (b.started, name.as_str()))
+            .map(|(name, _)| name.as_str());
+        if let Some(o) = owner {
+            stopped.entry(o).or_insert(s);
+        }
+    }
+    rec.base_backups = f
+        .backups
+        .iter()
+        .map(|(name, b)| {
+            let done = [stopped.get(name.as_str()).copied(), b.listed].into_iter().flatten().min();
+            BaseBackup {
+                name: name.clone(),
+                complete: done.is_some(),
+                time: done.or(b.started),
+                partitions_started: b.parts_started.len() as u32,
+                partitions_done: b.parts_done.len() as u32,
+                pruned: b.pruned,
+            }
+        })
+        .collect();
+}
+
+/// Restore progress from its facts: each "could no longer locate" voids the highest segment fetched
+/// near it (the one past the end of the archive).
+fn derive_restore(rec: &mut InstanceRecord) {
+    let f = &rec.facts;
+    let mut void: BTreeSet<&(i64, String)> = BTreeSet::new();
+    for &r in &f.restore_ends {
+        let near = f.fetched.range((r - RESTORE_END_WINDOW_MS, String::new())..).take_while(|(t, _)| *t <= r + RESTORE_END_WINDOW_MS);
+        if let Some(v) = near.max_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0))) {
+            void.insert(v);
+        }
+    }
+    let real = f.fetched.iter().filter(|x| !void.contains(x));
+    rec.restore.wal_fetched = real.clone().count() as u64;
+    rec.restore.last_wal_fetch_at = real.map(|(t, _)| *t).max();
+}
+
+/// Folds the lifecycle facts in event-time order into status, deletion, node and update fields, and
+/// reports what changed as effects.
+fn derive_life(rec: &mut InstanceRecord, rules: &Rules, effects: &mut Vec<Effect>) {
+    let before = (rec.status, rec.deleted_at);
+    // Node sightings take part in the fold as facts of their own: a node known at T is active from T.
+    let mut seen: Vec<(i64, &str)> = rec.facts.node_seen.iter().map(|(n, &t)| (t, n.as_str())).collect();
+    seen.sort();
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut status = Status::Live;
+    let mut deleted: Option<(i64, String)> = None;
+    let mut update: Option<i64> = None;
+    let mut episodes = Vec::new();
+    let mut si = 0;
+    for f in &rec.facts.life {
+        while si < seen.len() && seen[si].0 <= f.t {
+            nodes.entry(seen[si].1.to_string()).or_insert_with(|| Node::new(seen[si].1));
+            si += 1;
+        }
+        let t = f.t;
+        match &f.kind {
+            LifeKind::Creating { node } => {
+                nodes.entry(node.clone()).or_insert_with(|| Node::new(node)).added_at.get_or_insert(t);
+            }
+            LifeKind::Add { node, backend } => {
+                if let Some(n) = node {
+                    let nd = nodes.entry(n.clone()).or_insert_with(|| Node::new(n));
+                    nd.added_at = Some(t);
+                    nd.removed_at = None;
+                    if backend.is_some() {
+                        nd.backend.clone_from(backend);
+                    }
+                }
+                if let Some((d, _)) = deleted.take() {
+                    // Added again within the grace: a recreate or plan change, not a deletion. Later, the
+                    // deletion stands as history and the id is in use again.
+                    if t - d > rules.deletion_grace_ms {
+                        episodes.push(d);
+                    }
+                    status = Status::Live;
+                }
+            }
+            LifeKind::UpdateStart => update = Some(t),
+            LifeKind::UpdateDone => update = None,
+            LifeKind::Remove { node, backend } => {
+                let evidence = match node {
+                    Some(n) => {
+                        let nd = nodes.entry(n.clone()).or_insert_with(|| Node::new(n));
+                        nd.removed_at = Some(t);
+                        if backend.is_some() {
+                            nd.backend.clone_from(backend);
+                        }
+                        format!("remove-node.perform of its last node {n}")
+                    }
+                    None => "remove-node.perform of its last node".to_string(),
+                };
+                let updating = update.is_some_and(|u| t - u <= rules.update_window_ms);
+                if status == Status::Live && !updating && nodes.values().all(|n| !n.active()) {
+                    status = Status::Deleted;
+                    deleted = Some((t, evidence));
+                }
+            }
+            LifeKind::Deprovision { done } => {
+                if status == Status::Live {
+                    let what = if *done { "deprovision.done" } else { "deprovision.start" };
+                    status = Status::Deleted;
+                    deleted = Some((t, format!("broker {what}")));
+                }
+            }
+            LifeKind::EtcdDelete => {
+                if status == Status::Live {
+                    status = Status::Deleted;
+                    deleted = Some((t, "broker etcd-delete.done".into()));
+                }
+            }
+        }
+    }
+    for &(_, n) in &seen[si..] {
+        nodes.entry(n.to_string()).or_insert_with(|| Node::new(n));
+    }
+    if let Some((d, _)) = &deleted {
+        episodes.push(*d);
+    }
+    // Keep the attributes learned outside the fold (cell, public address).
+    for n in nodes.values_mut() {
+        if let Some(old) = rec.nodes.iter().find(|o| o.node_uuid == n.node_uuid) {
+            n.host.clone_from(&old.host);
+            n.public_address.clone_from(&old.public_address);
+        }
+    }
+    let mut list: Vec<Node> = nodes.into_values().collect();
+    let first = |n: &Node| rec.facts.node_seen.get(&n.node_uuid).copied().unwrap_or(i64::MAX);
+    list.sort_by(|a, b| (first(a), &a.node_uuid).cmp(&(first(b), &b.node_uuid)));
+    while list.len() > MAX_NODES {
+        match list.iter().position(|n| !n.active()) {
+            Some(i) => {
+                let gone = list.remove(i);
+                rec.facts.node_seen.remove(&gone.node_uuid);
+            }
+            None => break,
+        }
+    }
+    rec.nodes = list;
+    rec.status = status;
+    rec.update_started_at = update;
+    match deleted {
+        Some((d, by)) => {
+            rec.deleted_at = Some(d);
+            rec.deleted_by = Some(by);
+        }
+        None => {
+            rec.deleted_at = None;
+            rec.deleted_by = None;
+        }
+    }
+    rec.facts.episodes = episodes;
+    rec.deletion_pending = rec.deleted_at.is_some_and(|d| !rec.facts.finalized.contains(&d));
+
+    let id = rec.instance_id.clone();
+    match (before, (rec.status, rec.deleted_at)) {
+        (b, a) if b == a => {}
+        ((Status::Deleted, Some(old)), (Status::Live, _)) if !rec.facts.finalized.contains(&old) => {
+            effects.push(Effect::DeletionCancelled { instance_id: id.clone(), at: old });
+        }
+        (_, (Status::Deleted, Some(d))) if !rec.facts.finalized.contains(&d) => {
+            effects.push(Effect::DeletionPending { instance_id: id.clone(), at: d, evidence: rec.deleted_by.clone().unwrap_or_default() });
+        }
+        _ => {}
+    }
+    // A deletion already made final that the facts no longer support: the instance was never deleted then.
+    let reversed: Vec<i64> = rec.facts.finalized.iter().copied().filter(|f| !rec.facts.episodes.contains(f)).collect();
+    for at in reversed {
+        rec.facts.finalized.retain(|f| *f != at);
+        let evidence = match rec.status {
+            Status::Live => "a node was added within the deletion grace (a line that arrived late)".to_string(),
+            Status::Deleted => format!("the deletion is now dated {}", rec.deleted_at.map(crate::timeutil::rfc3339).unwrap_or_default()),
+        };
+        effects.push(Effect::DeletionReversed { instance_id: id.clone(), at, evidence });
+    }
+}
+
+/// Makes deletion episodes final once their grace has passed by `now`.
+pub fn tick(rec: &mut InstanceRecord, now: i64, rules: &Rules) -> Vec<Effect> {
+    let mut out = Vec::new();
+    let due: Vec<i64> = rec.facts.episodes.iter().copied().filter(|e| !rec.facts.finalized.contains(e) && now - e >= rules.deletion_grace_ms).collect();
+    for at in due {
+        rec.facts.finalized.push(at);
+        rec.facts.finalized.sort_unstable();
+        let evidence = if rec.deleted_at == Some(at) {
+            rec.deleted_by.clone().unwrap_or_default()
+        } else {
+            "deleted, then the id was in use again after the grace".to_string()
+        };
+        out.push(Effect::InstanceDeleted {
+            instance_id: rec.instance_id.clone(),
+            at,
+            evidence,
+            has_complete_base_backup: rec.latest_complete_backup().is_some(),
+        });
+    }
+    rec.deletion_pending = rec.deleted_at.is_some_and(|d| !rec.facts.finalized.contains(&d));
+    out
 }
 
 #[cfg(test)]
@@ -405,7 +794,7 @@ mod tests {
     use super::*;
 
     fn ev(kind: EventKind, t: i64) -> Event<'static> {
-        Event { time: Some(t), host: "cell".into(), node_uuid: None, short_id: None, instance: Some("i-1".into()), backup_prefix: None, kind }
+        Event { time: Some(t), host: "cell".into(), node_uuid: None, short_id: None, instance: Some("i-1".into()), backup_prefix: None, kind, weak_year: false }
     }
 
     #[test]
@@ -417,9 +806,11 @@ mod tests {
         apply(&mut r, &ev(fetch("000000010000000000000003"), 2), &rules);
         apply(&mut r, &ev(EventKind::WalRestoreEnd, 3), &rules);
         apply(&mut r, &ev(fetch("000000010000000000000004"), 3), &rules);
-        apply(&mut r, &ev(fetch("000000010000000000000005"), 4), &rules);
+        assert_eq!(r.restore.wal_fetched, 1);
+        assert_eq!(r.restore.last_wal_fetch_at, Some(2));
+        apply(&mut r, &ev(fetch("000000010000000000000005"), 60_000), &rules);
         assert_eq!(r.restore.wal_fetched, 2);
-        assert_eq!(r.restore.last_wal_fetch_at, Some(4));
+        assert_eq!(r.restore.last_wal_fetch_at, Some(60_000));
     }
 
     #[test]
@@ -442,5 +833,68 @@ mod tests {
         let e = tick(&mut r, 1_000_000 + rules.deletion_grace_ms, &rules);
         assert!(matches!(e[..], [Effect::InstanceDeleted { at: 1_000_000, .. }]));
         assert!(tick(&mut r, 2_000_000, &rules).is_empty(), "final once");
+    }
+
+    #[test]
+    fn an_old_add_arriving_after_the_removal_does_not_resurrect() {
+        let rules = Rules::default();
+        let add = EventKind::AddNode { node_uuid: Some("a".into()), backend: None };
+        let remove = EventKind::RemoveNode { node_uuid: Some("a".into()), backend: None };
+        let mut r = InstanceRecord::new("i-1", 0);
+        apply(&mut r, &ev(add.clone(), 1_000), &rules);
+        apply(&mut r, &ev(remove.clone(), 86_400_000), &rules);
+        let want = r.clone();
+        // The same add again (a relay), and the removal again: nothing changes.
+        apply(&mut r, &ev(add.clone(), 1_000), &rules);
+        apply(&mut r, &ev(remove, 86_400_000), &rules);
+        assert_eq!(r, want);
+        assert_eq!(r.status, Status::Deleted);
+    }
+
+    #[test]
+    fn a_late_add_within_the_grace_reverses_a_final_deletion() {
+        let rules = Rules::default();
+        let mut r = InstanceRecord::new("i-1", 0);
+        apply(&mut r, &ev(EventKind::AddNode { node_uuid: Some("a".into()), backend: None }, 1), &rules);
+        apply(&mut r, &ev(EventKind::RemoveNode { node_uuid: Some("a".into()), backend: None }, 10_000), &rules);
+        let e = tick(&mut r, 10_000_000, &rules);
+        assert!(matches!(e[..], [Effect::InstanceDeleted { at: 10_000, .. }]));
+        let e = apply(&mut r, &ev(EventKind::AddNode { node_uuid: Some("b".into()), backend: None }, 20_000), &rules);
+        assert!(matches!(e[..], [Effect::DeletionReversed { at: 10_000, .. }]), "{e:?}");
+        assert_eq!(r.status, Status::Live);
+        assert!(r.finalized().is_empty());
+    }
+
+    #[test]
+    fn a_stop_notice_completes_the_backup_that_started_before_it() {
+        let rules = Rules::default();
+        let part = |b: &str, done| EventKind::BasePartition { backup: b.into(), part: "part_00000000.tar.lzo".into(), done };
+        let a = "base_000000010000000000000002_00000040";
+        let b = "base_000000010000000000000004_00000028";
+        let lines = [ev(part(a, false), 100), ev(part(a, true), 104), ev(EventKind::BaseBackupStopped, 105), ev(part(b, false), 3_700)];
+        let mut in_order = InstanceRecord::new("i-1", 0);
+        for l in &lines {
+            apply(&mut in_order, l, &rules);
+        }
+        let mut reversed = InstanceRecord::new("i-1", 0);
+        for l in lines.iter().rev().chain(lines.iter()) {
+            apply(&mut reversed, l, &rules);
+        }
+        assert_eq!(in_order.base_backups, reversed.base_backups);
+        assert!(in_order.base_backups[0].complete && !in_order.base_backups[1].complete, "{:?}", in_order.base_backups);
+        assert_eq!(in_order.base_backups[0].time, Some(105));
+        assert_eq!(in_order.base_backups[0].partitions_done, 1);
+    }
+
+    #[test]
+    fn segments_are_counted_once_whatever_the_order() {
+        let mut ranges = Vec::new();
+        let seg = |n: u64| format!("00000001{:08X}{:08X}", n >> 8, n & 0xff);
+        let mut n = 0;
+        for i in [5u64, 3, 4, 255, 256, 3, 1, 2, 257, 5] {
+            n += u64::from(insert_segment(&mut ranges, &seg(i)));
+        }
+        assert_eq!(n, 8);
+        assert_eq!(ranges, vec![(1, 1, 5), (1, 255, 255), (1, 1 << 32, (1 << 32) + 1)]);
     }
 }

@@ -8,9 +8,10 @@
 //! | `m/counters`                | JSON [`super::Counters`]                |
 //! | `i/<instance-id>`           | JSON [`crate::state::InstanceRecord`]   |
 //! | `n/<node-uuid>`             | instance id (container attribution)     |
-//! | `d/<instance-id>`           | empty: deletion pending its grace       |
+//! | `d/<instance-id>`           | empty: a deletion episode not yet final |
 //! | `p/<source-id>`             | JSON [`super::Position`]                |
 //! | `o/<alert id>`              | JSON [`crate::alerts::Alert`] (outbox)  |
+//! | `q/<seq, 16 hex>`           | JSON [`super::Parked`]: a line waiting for its instance |
 //!
 //! Beside the sled files, `<store>/snapshot` holds a copy of all of these for queries run while no
 //! watcher is (see [`super::snapshot`]).
@@ -22,6 +23,7 @@ pub const NODE: &str = "n/";
 pub const PENDING: &str = "d/";
 pub const POSITION: &str = "p/";
 pub const ALERT: &str = "o/";
+pub const PARKED: &str = "q/";
 
 pub fn instance(id: &str) -> Vec<u8> {
     format!("{INSTANCE}{id}").into_bytes()
@@ -37,4 +39,7 @@ pub fn position(source: &str) -> Vec<u8> {
 }
 pub fn alert(id: &str) -> Vec<u8> {
     format!("{ALERT}{id}").into_bytes()
+}
+pub fn parked(seq: u64) -> Vec<u8> {
+    format!("{PARKED}{seq:016x}").into_bytes()
 }

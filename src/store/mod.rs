@@ -44,6 +44,12 @@ pub struct Counters {
     pub lines_rejected: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
     pub lines_replayed_skipped: u64,
+    /// Lines waiting now for the line that names their instance (a gauge, not a total).
+    #[serde(default)]
+    pub lines_parked: u64,
+    /// Parked lines given up (too old, or too many parked); also counted in `lines_unattributed`.
+    #[serde(default)]
+    pub lines_expired_unattributed: u64,
     pub events_applied: u64,
     pub effects: u64,
     /// The same line counts by source kind (`syslog`, `file`, `stdin`, `kafka:<topic>`).
@@ -79,6 +85,32 @@ pub struct Position {
     pub name: String,
     #[serde(with = "crate::timeutil::serde_ms")]
     pub updated_at: i64,
+    /// The source's year clock at `offset`, so a restart resolves RFC 3164 years as a clean run would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<crate::parse::YearClock>,
+    /// FNV-1a of the (up to) 4 KiB before `offset`: a resumed file must show the same bytes there, or it
+    /// is another stream that happens to share a first line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<Tail>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tail {
+    pub len: u32,
+    pub hash: u64,
+}
+
+/// A line whose instance is not known yet, kept until the line that names it arrives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parked {
+    pub seq: u64,
+    /// Wall-clock time it was parked (its age bound).
+    #[serde(with = "crate::timeutil::serde_ms")]
+    pub parked_at: i64,
+    pub event: crate::parse::Event<'static>,
+    /// Attributed already, but its year was guessed and the instance has no anchored time yet.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 /// Everything one commit writes.
@@ -90,6 +122,8 @@ pub struct WriteSet<'a> {
     pub counters: Option<&'a Counters>,
     /// New outbox entries, committed with the state change that raised them.
     pub alerts: Vec<crate::alerts::Alert>,
+    pub parked: Vec<&'a Parked>,
+    pub unparked: Vec<u64>,
 }
 
 #[derive(Clone)]
@@ -246,6 +280,17 @@ impl Store {
             .collect()
     }
 
+    /// Every parked line, oldest first.
+    pub fn parked(&self) -> Result<Vec<Parked>, StoreError> {
+        self.db
+            .scan_prefix(keys::PARKED)
+            .map(|r| {
+                let (k, v) = r?;
+                Self::decode(&k, &v)
+            })
+            .collect()
+    }
+
     pub fn position(&self, source: &str) -> Result<Option<Position>, StoreError> {
         let k = keys::position(source);
         self.db.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
@@ -306,7 +351,7 @@ impl Store {
             for n in &r.nodes {
                 b.insert(keys::node(&n.node_uuid), r.instance_id.as_bytes());
             }
-            if r.deletion_pending {
+            if r.needs_tick() {
                 b.insert(keys::pending(&r.instance_id), &[][..]);
             } else {
                 b.remove(keys::pending(&r.instance_id));
@@ -317,6 +362,13 @@ impl Store {
         }
         for a in &ws.alerts {
             b.insert(keys::alert(&a.id), serde_json::to_vec(a).unwrap_or_default());
+        }
+        for p in &ws.parked {
+            let v = serde_json::to_vec(p).map_err(|source| StoreError::Corrupt { key: format!("parked line {}", p.seq), source })?;
+            b.insert(keys::parked(p.seq), v);
+        }
+        for seq in &ws.unparked {
+            b.remove(keys::parked(*seq));
         }
         if let Some(c) = ws.counters {
             b.insert(keys::COUNTERS, serde_json::to_vec(c).unwrap_or_default());
