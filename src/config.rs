@@ -144,10 +144,6 @@ pub enum SourceConfig {
         /// A watcher that stops without leaving the group (a crash) holds its partitions this long.
         #[serde(default = "kafka_session_timeout", deserialize_with = "duration")]
         session_timeout: Duration,
-        /// How long a record may wait for an older one from a caught-up partition (lines of different
-        /// hosts produced at nearly the same moment reach the broker in either order).
-        #[serde(default = "kafka_order_hold", deserialize_with = "duration")]
-        order_hold: Duration,
     },
 }
 
@@ -165,10 +161,6 @@ pub enum KafkaStart {
 
 fn kafka_session_timeout() -> Duration {
     Duration::from_secs(10)
-}
-
-fn kafka_order_hold() -> Duration {
-    Duration::from_secs(1)
 }
 
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

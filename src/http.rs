@@ -103,6 +103,8 @@ fn describe() {
     describe_counter!("safeguard_lines_attributed_total", "Relevant lines attributed to an instance.");
     describe_counter!("safeguard_lines_unattributed_total", "Relevant lines that named no known instance.");
     describe_counter!("safeguard_lines_rejected_total", "Candidate lines rejected (all reasons).");
+    describe_gauge!("safeguard_lines_parked", "Relevant lines waiting now for the line that names their instance (or its year).");
+    describe_counter!("safeguard_lines_expired_unattributed_total", "Parked lines given up (older than parked_ttl, or past parked_max); also in lines_unattributed.");
     describe_counter!("safeguard_source_lines_read_total", "Lines read, by source kind (syslog, file, stdin, kafka:<topic>).");
     describe_counter!("safeguard_source_lines_relevant_total", "Relevant lines, by source kind.");
     describe_counter!("safeguard_source_lines_rejected_total", "Rejected lines, by source kind.");
@@ -425,6 +427,8 @@ fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
     counter!("safeguard_lines_attributed_total").absolute(c.lines_attributed);
     counter!("safeguard_lines_unattributed_total").absolute(c.lines_unattributed);
     counter!("safeguard_lines_rejected_total").absolute(c.lines_rejected);
+    gauge!("safeguard_lines_parked").set(c.lines_parked as f64);
+    counter!("safeguard_lines_expired_unattributed_total").absolute(c.lines_expired_unattributed);
     for (source, s) in &c.by_source {
         counter!("safeguard_source_lines_read_total", "source" => source.clone()).absolute(s.lines_read);
         counter!("safeguard_source_lines_relevant_total", "source" => source.clone()).absolute(s.lines_relevant);

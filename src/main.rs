@@ -290,6 +290,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("instances    {} ({} deleted)", st.instances, st.deleted);
                 println!("lines        {}", report::counters_text(&st.counters));
                 println!("events       {} applied, {} effects", st.counters.events_applied, st.counters.effects);
+                println!(
+                    "waiting      {} line(s) wait for the line that names their instance; {} given up so far ([watch] parked_max, parked_ttl)",
+                    st.counters.lines_parked, st.counters.lines_expired_unattributed
+                );
                 for (id, p) in &st.positions {
                     println!("source       {id} {} at byte/offset {} ({})", p.name, p.offset, safeguard::timeutil::rfc3339(p.updated_at));
                 }

@@ -274,8 +274,8 @@ fn keyed_multi_partition_stream_equals_file_ingest() {
 
 /// Live, two hosts' lines produced a moment apart can reach the broker in the other order. The
 /// container-create line (attributed only through the container's own startup line) arrives first here,
-/// its older dependency 300 ms later on another partition that looked caught up: the source's
-/// `order_hold` still applies them in time order, so the create line is attributed and dates the node.
+/// its older dependency 300 ms later on another partition: the create line waits (parked) until the
+/// startup line names its instance, then is applied, so it is attributed and dates the node.
 #[test]
 fn a_line_reaching_the_broker_late_is_still_applied_in_time_order() {
     let broker = broker();
@@ -309,6 +309,60 @@ fn a_line_reaching_the_broker_late_is_still_applied_in_time_order() {
     assert_eq!(nodes.len(), 1, "{rec:#}");
     assert_eq!(nodes[0]["node_uuid"], node, "{rec:#}");
     assert_eq!(nodes[0]["added_at"], "2026-03-01T00:00:03.000Z", "the create line was applied before the startup line it depends on: {rec:#}");
+}
+
+/// Partitions skewed as far as they go: every cell's and router's line reaches the watcher first, and the
+/// broker's lines (the only ones that name most instances) only after the rest was applied, some of them
+/// twice. The records equal a file ingest of the same lines in their own order: state is a function of
+/// the facts, and lines whose instance is unknown wait until it is.
+#[test]
+fn skewed_partitions_and_repeated_records_give_the_file_ingest_records() {
+    let broker = broker();
+    let tmp = tempfile::tempdir().unwrap();
+    let topic = new_topic(&broker, "skew", 2);
+    let lines = stream(44, 12_000);
+    let truth = file_truth(tmp.path(), &lines);
+    let p = producer(&broker);
+    let send = |partition: i32, i: usize, line: &str| {
+        let mut rec = BaseRecord::<(), str>::to(&topic).partition(partition).payload(line).timestamp(T0 + i as i64);
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    p.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    };
+    let is_broker = |l: &str| l.contains("broker.stdout.log");
+    let (store, mut w) = watch_topic(tmp.path(), &broker, &topic);
+    let mut first = 0u64;
+    for (i, (_, l)) in lines.iter().enumerate().filter(|(_, (_, l))| !is_broker(l)) {
+        send(1, i, l);
+        first += 1;
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    wait_for_lines(&mut w, &store, first, Duration::from_secs(120));
+    let mut total = first;
+    for (i, (_, l)) in lines.iter().enumerate().filter(|(_, (_, l))| is_broker(l)) {
+        send(0, i, l);
+        total += 1;
+        if i % 7 == 0 {
+            // A relay's duplicate.
+            send(0, i, l);
+            total += 1;
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    wait_for_lines(&mut w, &store, total, Duration::from_secs(120));
+    w.sigterm();
+    let got = snapshot(&Store::open(&store, 16 << 20).unwrap());
+    let (want, _) = &truth;
+    assert_eq!(got.len(), want.len(), "instances");
+    for (id, w) in want {
+        assert_eq!(&got[id], w, "record {id} differs between skewed Kafka partitions and a file ingest");
+    }
 }
 
 #[test]

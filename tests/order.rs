@@ -77,8 +77,11 @@ fn old_lines_arriving_again_do_not_resurrect_a_deleted_instance() {
     let lines = seed_lines();
     ingest(&store, &write(tmp.path(), "seed.log", &lines));
     assert_eq!(show(&store, A)["status"], "deleted");
-    // The first two lines (provision and add-node, a day before the deletion) re-sent in another file.
-    ingest(&store, &write(tmp.path(), "resent.log", &lines[..2]));
+    // The first two lines (provision and add-node, a day before the deletion) re-sent by a relay, in a
+    // file of its own.
+    let mut resent = vec!["Mar 17 07:00:00 relay-b rsyslogd: [origin software=\"rsyslogd\"] start".to_string()];
+    resent.extend(lines[..2].iter().cloned());
+    ingest(&store, &write(tmp.path(), "resent.log", &resent));
     assert_same(&want, &show_all(&store, &SEED_IDS), "with its first lines re-sent after it");
     let (_, out, _) = run(&["instances", "--deleted", "--json", "--store", store.to_str().unwrap()]);
     assert!(out.contains(A), "still listed as deleted: {out}");
@@ -329,10 +332,11 @@ proptest! {
         let dir = tmp.path().join("split");
         for (k, p) in pieces.iter().enumerate() {
             let f = write(tmp.path(), &format!("piece-{k}.log"), p);
-            let store = Store::open(&dir, 16 << 20).unwrap();
+            // A separate run each: sled lets go of its lock a moment after the last handle drops.
+            let store = Store::open_waiting(&dir, 16 << 20, Duration::from_secs(10)).unwrap();
             safeguard::ingest::ingest(&store, EngineConfig::default(), &[f]).unwrap();
         }
-        let store = Store::open(&dir, 16 << 20).unwrap();
+        let store = Store::open_waiting(&dir, 16 << 20, Duration::from_secs(10)).unwrap();
         let got = records(&store);
         prop_assert_eq!(got.len(), want.len());
         for (id, w) in &want {
@@ -413,4 +417,54 @@ fn a_late_add_within_the_grace_sends_an_all_clear_for_the_announced_deletion() {
     send(&[lager(t + 35_000, "add-node.perform", &format!(r#""instance-id":"{id}","node-uuid":"{node2}""#))]);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(mails(&maildir, &id).len(), got.len(), "no more mail for a replayed line");
+}
+
+// ---------------------------------------------------------------- parked lines: durable and bounded
+
+fn creating(node: &str) -> String {
+    format!("<134>1 {} 0.cell-z1-0 cf-containers-broker.stdout.log - - - Creating Docker container `cf-{node}'...", rfc3339(now_ms()))
+}
+
+#[test]
+fn parked_lines_survive_a_restart_and_are_bounded_by_count_and_age() {
+    use safeguard::pipeline::Engine;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(99);
+    let nodes: Vec<String> = (0..5).map(|_| rng.uuid()).collect();
+    let id = rng.uuid();
+    {
+        let store = Store::open(tmp.path(), 16 << 20).unwrap();
+        let mut e = Engine::new(store, EngineConfig { parked_max: 3, ..EngineConfig::default() }).unwrap();
+        let h = e.add_source("syslog", "syslog", false).unwrap();
+        for (i, n) in nodes.iter().enumerate() {
+            e.feed_line(h, i as u64 + 1, creating(n).as_bytes());
+        }
+        e.commit(None).unwrap();
+        let c = e.counters();
+        assert_eq!((c.lines_parked, c.lines_expired_unattributed, c.lines_unattributed), (3, 2, 2), "the two oldest given up past parked_max");
+    }
+    {
+        // A restart keeps them; the add-node that names the newest one's instance applies it.
+        let store = Store::open_waiting(tmp.path(), 16 << 20, Duration::from_secs(10)).unwrap();
+        let mut e = Engine::new(store.clone(), EngineConfig::default()).unwrap();
+        assert_eq!(e.counters().lines_parked, 3);
+        let h = e.add_source("syslog", "syslog", false).unwrap();
+        let add = lager(now_ms(), "add-node.perform", &format!(r#""instance-id":"{id}","node-uuid":"{}""#, nodes[4]));
+        e.feed_line(h, 1, add.as_bytes());
+        e.commit(None).unwrap();
+        assert_eq!(e.counters().lines_parked, 2);
+        let r = store.record(&id).unwrap().unwrap();
+        assert!(r.nodes[0].added_at.is_some() && r.nodes[0].node_uuid == nodes[4], "{r:?}");
+        assert_eq!(store.parked().unwrap().len(), 2, "the applied line left the store");
+    }
+    {
+        // Past parked_ttl, the rest is given up, and counted.
+        let store = Store::open_waiting(tmp.path(), 16 << 20, Duration::from_secs(10)).unwrap();
+        let mut e = Engine::new(store.clone(), EngineConfig { parked_ttl_ms: 1, ..EngineConfig::default() }).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        e.commit(None).unwrap();
+        let c = e.counters();
+        assert_eq!((c.lines_parked, c.lines_expired_unattributed), (0, 4));
+        assert!(store.parked().unwrap().is_empty());
+    }
 }

@@ -3,10 +3,14 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use super::{is_instance_id, Event, EventKind, Phase, Reject};
 
 #[derive(Deserialize)]
-struct Lager {
+struct LagerLine {
     #[serde(default)]
     timestamp: Option<Value>,
     message: String,
@@ -16,14 +20,69 @@ struct Lager {
 
 const SOURCES: [&str; 2] = ["patroni-broker.", "dingo-postgresql-broker."];
 
-/// `Ok(None)`: not a broker line, or a broker line with no bearing on instance state.
-pub fn parse(body: &str, host: &str) -> Result<Option<Event<'static>>, Reject> {
-    if !body.starts_with('{') || !SOURCES.iter().any(|s| body.contains(s)) {
-        return Ok(None);
+/// Every message name (after the source and an optional `cluster.`) that bears on instance state: the
+/// arms of the match in [`parse`].
+const NAMES: [&str; 20] = [
+    "provision.start",
+    "provision.done",
+    "provision.running.success",
+    "deprovision.start",
+    "deprovision.done",
+    "etcd-delete.done",
+    "update.start",
+    "update.done",
+    "recreate.start",
+    "recreate.done",
+    "bind.start",
+    "bind.done",
+    "unbind.start",
+    "unbind.done",
+    "add-node.perform",
+    "add-node.perform.success",
+    "remove-node.perform",
+    "assign-port-to-cluster",
+    "remove-cluster-assignment",
+    "callbacks.copy-database-backup.start",
+];
+
+/// The lager `message` value read straight off the line (`"message":"<name>"`), without decoding the
+/// JSON; `None` when it is not written that way (then the line is decoded).
+fn message_name(body: &str) -> Option<&str> {
+    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"message\":\""));
+    let at = KEY.find(body.as_bytes())? + "\"message\":\"".len();
+    let rest = &body[at..];
+    Some(&rest[..memchr::memchr2(b'"', b'\\', rest.as_bytes())?])
+}
+
+/// What a line is to the broker parser.
+#[derive(Debug, PartialEq)]
+pub enum Lager {
+    /// Not the broker's: other parsers may read it.
+    NotBroker,
+    /// The broker's, about no instance (catalog requests, state dumps): nothing else reads it either.
+    Ignored,
+    /// Boxed: most lines this parser sees are the other two.
+    Event(Box<Event<'static>>),
+}
+
+/// Reads a broker lager line. The broker logs far more lines about no instance (every catalog request)
+/// than instance events, so the message name is checked before the JSON is decoded.
+pub fn parse(body: &str, host: &str) -> Result<Lager, Reject> {
+    if !body.starts_with('{') {
+        return Ok(Lager::NotBroker);
     }
-    let lager: Lager = serde_json::from_str(body).map_err(|_| Reject::Json)?;
+    match message_name(body) {
+        Some(msg) => match SOURCES.iter().find_map(|s| msg.strip_prefix(s)) {
+            None => return Ok(Lager::NotBroker),
+            Some(name) if !NAMES.contains(&name.strip_prefix("cluster.").unwrap_or(name)) => return Ok(Lager::Ignored),
+            Some(_) => {}
+        },
+        None if !SOURCES.iter().any(|s| body.contains(s)) => return Ok(Lager::NotBroker),
+        None => {}
+    }
+    let lager: LagerLine = serde_json::from_str(body).map_err(|_| Reject::Json)?;
     let Some(name) = SOURCES.iter().find_map(|s| lager.message.strip_prefix(s)) else {
-        return Ok(None);
+        return Ok(Lager::Ignored);
     };
     let name = name.strip_prefix("cluster.").unwrap_or(name);
     let empty = Map::new();
@@ -67,7 +126,7 @@ pub fn parse(body: &str, host: &str) -> Result<Option<Event<'static>>, Reject> {
             let to_uri = s(&["to-uri", "to_uri", "toURI"]).ok_or(Reject::Broker)?;
             let from_instance = last_component(&from_uri).ok_or(Reject::Broker)?;
             let to_instance = last_component(&to_uri).ok_or(Reject::Broker)?;
-            return Ok(Some(Event {
+            return Ok(Lager::Event(Box::new(Event {
                 time: lager_time(lager.timestamp.as_ref()),
                 host: host.to_string().into(),
                 node_uuid: None,
@@ -76,16 +135,16 @@ pub fn parse(body: &str, host: &str) -> Result<Option<Event<'static>>, Reject> {
                 backup_prefix: None,
                 kind: EventKind::CopyBackup { from_instance, from_uri, to_uri },
                 weak_year: false,
-            }));
+            })));
         }
         // Everything else, including state.save-cluster (which carries credentials), is not kept.
-        _ => return Ok(None),
+        _ => return Ok(Lager::Ignored),
     };
     let instance = s(&["instance-id", "instanceID", "instance_id", "clusterID", "cluster-id", "cluster_id"])
         .filter(|i| is_instance_id(i))
         .map(|i| i.to_ascii_lowercase())
         .ok_or(Reject::Broker)?;
-    Ok(Some(Event {
+    Ok(Lager::Event(Box::new(Event {
         time: lager_time(lager.timestamp.as_ref()),
         host: host.to_string().into(),
         node_uuid: None,
@@ -94,7 +153,7 @@ pub fn parse(body: &str, host: &str) -> Result<Option<Event<'static>>, Reject> {
         backup_prefix: None,
         kind,
         weak_year: false,
-    }))
+    })))
 }
 
 /// Looks a key up at the top of `data` and one level down (`details`, `request`, ...).
@@ -140,9 +199,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn message_names_are_read_without_decoding_and_match_the_parser() {
+        let line = |m: &str| format!(r#"{{"timestamp":"1458195017.896692991","source":"dingo-postgresql-broker","message":"{m}","log_level":1,"data":{{"instance-id":"6e101b27-ee1b-4f4d-a032-4401a3709ec3","node-uuid":"c8ce128e-7b4c-4fe7-a533-e9379356f906","from-uri":"s3://b/backups/a1b2c3d4","to-uri":"s3://b/backups/6e101b27-ee1b-4f4d-a032-4401a3709ec3"}}}}"#);
+        assert!(matches!(parse(&line("dingo-postgresql-broker.catalog"), "h"), Ok(Lager::Ignored)));
+        assert!(matches!(parse(&line("patroni-broker.cluster.remove-node.perform"), "h"), Ok(Lager::Event(_))));
+        assert!(matches!(parse(r#"{"message":"Started GET /v2/apps","source":"cc.api"}"#, "h"), Ok(Lager::NotBroker)));
+        assert_eq!(message_name(r#"{"message" : "x"}"#), None);
+        // Every listed name parses into an event, so the shortcut never drops one the parser keeps.
+        for n in NAMES {
+            assert!(matches!(parse(&line(&format!("dingo-postgresql-broker.{n}")), "h"), Ok(Lager::Event(_))), "{n}");
+        }
+    }
+
+    #[test]
     fn remove_node_era1() {
         let l = r#"{"timestamp":"1458195017.896692991","source":"patroni-broker","message":"patroni-broker.cluster.remove-node.perform","log_level":1,"data":{"backend":"10.58.111.150","instance-id":"6e101b27-ee1b-4f4d-a032-4401a3709ec3","node-uuid":"c8ce128e-7b4c-4fe7-a533-e9379356f906","session":"76"}}"#;
-        let ev = parse(l, "router").unwrap().unwrap();
+        let Ok(Lager::Event(ev)) = parse(l, "router") else { panic!("not an event") };
         assert_eq!(ev.instance.as_deref(), Some("6e101b27-ee1b-4f4d-a032-4401a3709ec3"));
         assert_eq!(ev.time, Some(1_458_195_017_896));
         assert_eq!(
@@ -154,7 +226,7 @@ mod tests {
     #[test]
     fn save_cluster_is_never_kept() {
         let l = r#"{"timestamp":"1","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.state.save-cluster","log_level":1,"data":{"instance-id":"abcd","password":"s3cret"}}"#;
-        assert_eq!(parse(l, "h").unwrap(), None);
+        assert_eq!(parse(l, "h").unwrap(), Lager::Ignored);
     }
 
     #[test]

@@ -354,8 +354,10 @@ fn event_from<'a>(host: Cow<'a, str>, program: &'a str, msg: &'a str) -> Result<
     let body = trim(body);
 
     if node_uuid.is_none() && script.is_none() {
-        if let Some(ev) = broker::parse(body, &host)? {
-            return Ok(Some(ev));
+        match broker::parse(body, &host)? {
+            broker::Lager::Event(ev) => return Ok(Some(*ev)),
+            broker::Lager::Ignored => return Ok(None),
+            broker::Lager::NotBroker => {}
         }
     }
     let base = |kind: EventKind| Event {

@@ -6,12 +6,11 @@
 //!   engine skips anything at or before it anyway); the group's committed offset is only the fallback
 //!   for a store that has none, and `start` applies when neither exists.
 //! - Offsets are committed to Kafka only from the positions the engine reports durable, never ahead.
-//! - Partitions are merged by record timestamp before they reach the engine. The platform's lines
-//!   depend on each other across hosts (a container's lines are attributed through the broker's
-//!   add-node line), and a topic keyed by host spreads those hosts over partitions; reading one
-//!   partition far ahead of another during a backfill would attribute lines differently than the
-//!   shipper's order did. A partition with nothing buffered holds the merge back until it is caught up
-//!   with its high watermark, for at most [`ORDER_WAIT`].
+//! - What is buffered is fed oldest record first across partitions, and never held back: records are a
+//!   function of the set of facts (see [`crate::state`]) and a line whose instance is not known yet waits
+//!   in the engine, so a partition read ahead of another changes nothing. (Until records were
+//!   order-independent, the merge waited for lagging partitions and held fresh records `order_hold`
+//!   long; dropping that took about a second off every live line.)
 //! - A partition whose log restarts below the applied position (topic deleted and recreated, a broker
 //!   that lost its data) starts a new epoch: the engine position is `epoch << 48 | next offset`, so the
 //!   new log's low offsets are not mistaken for replays.
@@ -33,10 +32,6 @@ use super::{Durable, Msg, Sink};
 use crate::config::{KafkaClientSettings, KafkaStart, SourceConfig};
 use crate::pipeline::SourceHandle;
 
-/// Longest the merge waits for a partition that has nothing buffered and is not caught up.
-pub const ORDER_WAIT: Duration = Duration::from_secs(2);
-/// Buffered bytes past which the merge stops waiting (memory bound during a backfill).
-const MAX_BUFFERED_BYTES: usize = 64 << 20;
 /// How often durable positions are committed to Kafka.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
 /// Repeated warnings of one kind are logged at most this often.
@@ -81,8 +76,6 @@ pub struct KafkaSettings {
     pub start: KafkaStart,
     pub client: KafkaClientSettings,
     pub session_timeout: Duration,
-    /// See the config's `order_hold`.
-    pub order_hold: Duration,
     /// How often consumer lag and messages/s are logged.
     pub stats_interval: Duration,
 }
@@ -92,8 +85,8 @@ impl KafkaSettings {
     /// fields become the consumer's, for the watcher and for the probes alike.
     pub fn from_source(s: &SourceConfig, stats_interval: Duration) -> Option<KafkaSettings> {
         match s.clone() {
-            SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout, order_hold } => {
-                Some(KafkaSettings { brokers, topics, group_id, start, client, session_timeout, order_hold, stats_interval })
+            SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout } => {
+                Some(KafkaSettings { brokers, topics, group_id, start, client, session_timeout, stats_interval })
             }
             _ => None,
         }
@@ -159,7 +152,6 @@ pub fn start(settings: KafkaSettings, sink: Sink, durable: watch::Receiver<Durab
 
 struct Buffered {
     ts: i64,
-    arrived: Instant,
     offset: i64,
     end: u64,
     bytes: Vec<u8>,
@@ -183,8 +175,6 @@ struct Part {
     fed_end: Option<u64>,
     assigned: bool,
     buf: VecDeque<Buffered>,
-    /// Since when the merge has waited for this (empty, not caught up) partition.
-    waiting_since: Option<Instant>,
     fed: u64,
 }
 
@@ -224,7 +214,6 @@ struct Ctx {
     group: String,
     start: KafkaStart,
     client: KafkaClientSettings,
-    order_hold: Duration,
     stopping: AtomicBool,
 }
 
@@ -253,7 +242,6 @@ impl Ctx {
             group: s.group_id.clone(),
             start: s.start,
             client: s.client.clone(),
-            order_hold: s.order_hold,
             stopping: AtomicBool::new(false),
         }
     }
@@ -361,7 +349,6 @@ impl Ctx {
                 fed_end: None,
                 assigned: false,
                 buf: VecDeque::new(),
-                waiting_since: None,
                 fed: 0,
             };
             st.parts.push(p);
@@ -386,7 +373,6 @@ impl Ctx {
                 st.buffered_msgs = st.buffered_msgs.saturating_sub(p.buf.len());
                 p.buf.clear();
                 p.assigned = true;
-                p.waiting_since = None;
                 p.received = p.next;
                 match p.next {
                     Some(n) => resume.push((i, topic, partition, n)),
@@ -546,12 +532,11 @@ impl Ctx {
             }
         }
         p.received = Some(offset + 1);
-        p.waiting_since = None;
         let mut bytes = payload;
         while let [rest @ .., b'\n' | b'\r'] = bytes {
             bytes = rest;
         }
-        let b = Buffered { ts: ts.unwrap_or(i64::MIN), arrived: Instant::now(), offset, end: encode_position(p.epoch, offset + 1), bytes: bytes.to_vec() };
+        let b = Buffered { ts: ts.unwrap_or(i64::MIN), offset, end: encode_position(p.epoch, offset + 1), bytes: bytes.to_vec() };
         st.buffered_bytes += b.bytes.len();
         st.buffered_msgs += 1;
         p.buf.push_back(b);
@@ -563,41 +548,19 @@ impl Ctx {
         }
     }
 
-    /// Feeds buffered messages to the engine in timestamp order across partitions, as far as the merge
-    /// allows. Returns false when the engine is gone.
-    fn emit(&self, c: &BaseConsumer<Ctx>) -> bool {
-        let rk = c.client().native_ptr();
+    /// Feeds every buffered message to the engine, oldest record first across partitions. Returns false
+    /// when the engine is gone.
+    fn emit(&self) -> bool {
         let mut st = lock(&self.state);
         loop {
-            let now = Instant::now();
-            let over = st.buffered_bytes > MAX_BUFFERED_BYTES;
-            let mut best: Option<(i64, usize)> = None;
-            let mut blocked = false;
-            let mut idle = false;
-            for (i, p) in st.parts.iter_mut().enumerate() {
-                if !p.assigned {
-                    continue;
-                }
-                match p.buf.front() {
-                    Some(head) if best.is_none_or(|(ts, _)| head.ts < ts) => best = Some((head.ts, i)),
-                    Some(_) => {}
-                    // A partition already waited for in vain holds nothing back until it receives again.
-                    None if !over && p.waiting_since.is_none_or(|s| now.duration_since(s) < ORDER_WAIT) && !caught_up(rk, p) => {
-                        p.waiting_since.get_or_insert(now);
-                        blocked = true;
-                    }
-                    None => idle = true,
-                }
-            }
+            let best = st
+                .parts
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.assigned)
+                .filter_map(|(i, p)| Some((p.buf.front()?.ts, i)))
+                .min();
             let Some((_, i)) = best else { return true };
-            if blocked {
-                return true;
-            }
-            // An idle partition may still have an older line in flight: a record produced just before
-            // this one to another partition can reach the broker just after it.
-            if idle && !over && st.parts[i].buf.front().is_some_and(|b| now.duration_since(b.arrived) < self.order_hold) {
-                return true;
-            }
             let p = &mut st.parts[i];
             let Some(b) = p.buf.pop_front() else { return true };
             p.next = Some(b.offset + 1);
@@ -693,16 +656,6 @@ fn watermarks(rk: *mut rdkafka::bindings::rd_kafka_t, p: &Part) -> Option<(i64, 
     (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some((lo, hi))
 }
 
-/// Whether everything the broker has for this partition has been taken from librdkafka.
-fn caught_up(rk: *mut rdkafka::bindings::rd_kafka_t, p: &Part) -> bool {
-    match (watermarks(rk, p), p.received) {
-        // Above the high watermark is a restarted log not yet re-read, not the end of one.
-        (Some((_, hi)), Some(r)) => r == hi,
-        (Some((lo, hi)), None) => lo >= hi,
-        (None, _) => false,
-    }
-}
-
 impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
         match level {
@@ -782,7 +735,7 @@ fn run(c: &BaseConsumer<Ctx>, stop: &AtomicBool, stats_every: Duration) {
             }
             timeout = Duration::ZERO;
         }
-        if !ctx.emit(c) {
+        if !ctx.emit() {
             break;
         }
         if last_commit.elapsed() >= COMMIT_EVERY {
@@ -836,7 +789,6 @@ mod tests {
             start: KafkaStart::Earliest,
             client,
             session_timeout: Duration::from_secs(10),
-            order_hold: Duration::from_secs(1),
             stats_interval: Duration::from_secs(60),
         };
         let e = s.client_config().unwrap_err().to_string();

@@ -159,6 +159,8 @@ pub struct BackupFacts {
 pub struct Facts {
     /// Event time of each "latest by time" attribute's current value, by attribute name.
     pub lww: BTreeMap<String, i64>,
+    /// The same for each node's cell and public address, by node.
+    pub node_times: BTreeMap<String, [i64; 2]>,
     /// Lifecycle facts, sorted and deduplicated.
     pub life: Vec<LifeFact>,
     /// Earliest time each node was named by any line.
@@ -250,6 +252,20 @@ impl Default for Rules {
     }
 }
 
+#[derive(Clone, Copy)]
+enum NodeAttr {
+    Host = 0,
+    PublicAddress = 1,
+}
+
+/// Whether (t, v) beats the current (time, value) of a "latest by event time" attribute.
+fn newer(cur_t: Option<i64>, cur_v: Option<&str>, t: i64, v: &str) -> bool {
+    match (cur_t, cur_v) {
+        (Some(ct), Some(cv)) => (t, v) > (ct, cv),
+        _ => true,
+    }
+}
+
 impl InstanceRecord {
     pub fn new(instance_id: &str, t: i64) -> Self {
         InstanceRecord { instance_id: instance_id.to_string(), first_seen: t, last_seen: t, ..Default::default() }
@@ -278,32 +294,40 @@ impl InstanceRecord {
     /// result does not depend on which line came first.
     fn lww(&mut self, key: &str, t: i64, v: &str, slot: fn(&mut InstanceRecord) -> &mut Option<String>) {
         let cur_t = self.facts.lww.get(key).copied();
-        let newer = match (cur_t, slot(self).as_deref()) {
-            (Some(ct), Some(cv)) => (t, v) > (ct, cv),
-            _ => true,
-        };
-        if newer {
-            *slot(self) = Some(v.to_string());
-            self.facts.lww.insert(key.to_string(), t);
+        if newer(cur_t, slot(self).as_deref(), t, v) {
+            if slot(self).as_deref() != Some(v) {
+                *slot(self) = Some(v.to_string());
+            }
+            // Runs for nearly every line (the backup prefix): no new key once it exists.
+            match self.facts.lww.get_mut(key) {
+                Some(x) => *x = t,
+                None => {
+                    self.facts.lww.insert(key.to_string(), t);
+                }
+            }
         }
     }
 
-    /// The same for a node's attribute.
-    fn node_lww(&mut self, uuid: &str, attr: &str, t: i64, v: &str) {
-        let key = format!("n/{uuid}/{attr}");
-        let cur_t = self.facts.lww.get(&key).copied();
+    /// The same for a node's cell or public address.
+    fn node_lww(&mut self, uuid: &str, attr: NodeAttr, t: i64, v: &str) {
+        let cur_t = self.facts.node_times.get(uuid).map(|x| x[attr as usize]);
         let node = self.node_mut(uuid);
         let slot = match attr {
-            "host" => &mut node.host,
-            _ => &mut node.public_address,
+            NodeAttr::Host => &mut node.host,
+            NodeAttr::PublicAddress => &mut node.public_address,
         };
-        let newer = match (cur_t, slot.as_deref()) {
-            (Some(ct), Some(cv)) => (t, v) > (ct, cv),
-            _ => true,
-        };
-        if newer {
-            *slot = Some(v.to_string());
-            self.facts.lww.insert(key, t);
+        if newer(cur_t, slot.as_deref(), t, v) {
+            if slot.as_deref() != Some(v) {
+                *slot = Some(v.to_string());
+            }
+            match self.facts.node_times.get_mut(uuid) {
+                Some(x) => x[attr as usize] = t,
+                None => {
+                    let mut x = [i64::MIN; 2];
+                    x[attr as usize] = t;
+                    self.facts.node_times.insert(uuid.to_string(), x);
+                }
+            }
         }
     }
 
@@ -346,7 +370,7 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Eff
         life_changed |= see_node(rec, n, t);
         let host_is_cell = !matches!(ev.kind, EventKind::ContainerCreating | EventKind::ContainerDestroying);
         if host_is_cell && !ev.host.is_empty() {
-            rec.node_lww(n, "host", t, &ev.host);
+            rec.node_lww(n, NodeAttr::Host, t, &ev.host);
         }
     }
 
@@ -388,7 +412,7 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Eff
         }
         EventKind::PublicAddress { address } => {
             if let Some(n) = &ev.node_uuid {
-                rec.node_lww(n, "public_address", t, address);
+                rec.node_lww(n, NodeAttr::PublicAddress, t, address);
             }
         }
         EventKind::WalPush { segment, state: PushState::Complete } if is_segment(segment) => {
