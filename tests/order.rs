@@ -468,3 +468,44 @@ fn parked_lines_survive_a_restart_and_are_bounded_by_count_and_age() {
         assert!(store.parked().unwrap().is_empty());
     }
 }
+
+// ---------------------------------------------------------------- a store from the previous release
+
+#[test]
+fn a_schema_1_store_is_migrated_and_keeps_its_verdicts_under_replays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let want = reference(tmp.path());
+    let store = tmp.path().join("store");
+    {
+        // What the previous release (schema 1) wrote for the seed log: its records, as it showed them, and
+        // its node index; no facts.
+        let db = sled::open(&store).unwrap();
+        db.insert("m/schema", "1").unwrap();
+        for id in SEED_IDS {
+            let text = std::fs::read_to_string(fixture(&format!("schema1/{id}.json"))).unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap();
+            for n in v["nodes"].as_array().unwrap() {
+                db.insert(format!("n/{}", n["node_uuid"].as_str().unwrap()), id).unwrap();
+            }
+            db.insert(format!("i/{id}"), text.as_bytes()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let lines = seed_lines();
+    // A relay re-sends the first lines, and the whole archive is ingested again under another first line.
+    let mut resent = vec!["Mar 17 07:00:00 relay-b rsyslogd: [origin software=\"rsyslogd\"] start".to_string()];
+    resent.extend(lines[..2].iter().cloned());
+    ingest(&store, &write(tmp.path(), "resent.log", &resent));
+    let mut again = vec!["Mar 17 07:00:01 relay-c rsyslogd: [origin software=\"rsyslogd\"] start".to_string()];
+    again.extend(lines.iter().cloned());
+    ingest(&store, &write(tmp.path(), "again.log", &again));
+    let (_, st, _) = run(&["status", "--json", "--store", store.to_str().unwrap()]);
+    let st: Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st["schema_version"], "2", "{st:#}");
+    let got = show_all(&store, &SEED_IDS);
+    for id in SEED_IDS {
+        for f in ["status", "deleted_at", "deleted_by", "deletion_pending", "base_backups", "wal", "nodes", "backup_prefix", "sysid_uploaded"] {
+            assert_eq!(got[id][f], want[id][f], "{id}: `{f}` after migrating a schema 1 store and replaying its archive");
+        }
+    }
+}

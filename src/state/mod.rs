@@ -561,7 +561,10 @@ fn segment_key(s: &str) -> Option<(u32, u64)> {
 
 /// Adds a segment to the range set; true when it was not there. Ranges stay sorted and merged.
 fn insert_segment(ranges: &mut Vec<(u32, u64, u64)>, seg: &str) -> bool {
-    let Some((tli, k)) = segment_key(seg) else { return false };
+    segment_key(seg).is_some_and(|(tli, k)| insert_segment_key(ranges, tli, k))
+}
+
+fn insert_segment_key(ranges: &mut Vec<(u32, u64, u64)>, tli: u32, k: u64) -> bool {
     // The first range that ends at or after k - 1 (could hold k or touch it).
     let i = ranges.partition_point(|&(rt, _, e)| (rt, e.saturating_add(1)) < (tli, k));
     if let Some(&(rt, s, e)) = ranges.get(i) {
@@ -790,6 +793,96 @@ fn derive_life(rec: &mut InstanceRecord, rules: &Rules, effects: &mut Vec<Effect
     }
 }
 
+/// Gives a record written by store schema 1 (which kept no facts) the facts its fields imply, so later
+/// facts fold onto its history instead of replacing it. Counts it cannot itemise (distinct segments,
+/// failures) are kept as they are; a segment replayed after the upgrade may be counted once more.
+pub fn migrate_v1(rec: &mut InstanceRecord, rules: &Rules) {
+    if rec.facts != Facts::default() {
+        return;
+    }
+    let (first, last) = (rec.first_seen, rec.last_seen);
+    let f = &mut rec.facts;
+    let mut life = Vec::new();
+    for n in &rec.nodes {
+        let id = n.node_uuid.clone();
+        f.node_seen.insert(id.clone(), n.added_at.unwrap_or(first).min(n.removed_at.unwrap_or(i64::MAX)));
+        f.node_times.insert(id.clone(), [first; 2]);
+        if let Some(a) = n.added_at {
+            life.push(LifeFact { t: a, kind: LifeKind::Add { node: Some(id.clone()), backend: n.backend.clone() } });
+        }
+        if let Some(r) = n.removed_at {
+            life.push(LifeFact { t: r, kind: LifeKind::Remove { node: Some(id), backend: n.backend.clone() } });
+        }
+    }
+    if let Some(u) = rec.update_started_at {
+        life.push(LifeFact { t: u, kind: LifeKind::UpdateStart });
+    }
+    if let (Status::Deleted, Some(d)) = (rec.status, rec.deleted_at) {
+        let by = rec.deleted_by.as_deref().unwrap_or("");
+        let kind = if by.starts_with("broker deprovision") {
+            Some(LifeKind::Deprovision { done: by.contains("done") })
+        } else if by.starts_with("broker etcd") {
+            Some(LifeKind::EtcdDelete)
+        } else if !life.iter().any(|l| l.t == d && matches!(l.kind, LifeKind::Remove { .. })) {
+            Some(LifeKind::Remove { node: None, backend: None })
+        } else {
+            None
+        };
+        life.extend(kind.map(|kind| LifeFact { t: d, kind }));
+        if !rec.deletion_pending {
+            f.finalized.push(d);
+        }
+    }
+    life.sort();
+    life.dedup();
+    f.life = life;
+    for (key, v) in [("backup_prefix", &rec.backup_prefix), ("org_guid", &rec.org_guid), ("space_guid", &rec.space_guid), ("plan_id", &rec.plan_id), ("name", &rec.name), ("cloned_from", &rec.cloned_from)] {
+        if v.is_some() {
+            f.lww.insert(key.to_string(), first);
+        }
+    }
+    let part = |i: u32| format!("part_{i:08}");
+    for b in &rec.base_backups {
+        let done = b.complete.then_some(b.time).flatten();
+        f.backups.insert(
+            b.name.clone(),
+            BackupFacts {
+                started: if b.complete { None } else { b.time },
+                parts_started: (0..b.partitions_started.min(MAX_PARTS as u32)).map(part).collect(),
+                parts_done: (0..b.partitions_done.min(MAX_PARTS as u32)).map(part).collect(),
+                listed: done.or(if b.complete { Some(first) } else { None }),
+                pruned: b.pruned,
+            },
+        );
+    }
+    // Schema 1 kept a count and the last segment: the run of segments ending there (exact when the
+    // archive had no gaps), so an archive replayed after the upgrade does not count them again.
+    if let Some((tli, mut k)) = rec.wal.last_segment.as_deref().and_then(segment_key) {
+        for _ in 0..rec.wal.segments_pushed.min(1_000_000) {
+            insert_segment_key(&mut f.segs, tli, k);
+            let (log, seg) = (k >> 32, k & 0xFFFF_FFFF);
+            k = match (log, seg) {
+                (0, 0) => break,
+                (_, 0) => ((log - 1) << 32) | 0xFF,
+                _ => k - 1,
+            };
+        }
+    }
+    f.failures.extend(rec.wal.last_failure_at);
+    if rec.restore.last_message.is_some() {
+        f.lww.insert("restore_msg".into(), first);
+    }
+    let fetched_at = rec.restore.last_wal_fetch_at.unwrap_or(first);
+    f.fetched = (0..rec.restore.wal_fetched.min(MAX_TIMES as u64)).map(|i| (fetched_at, format!("v1-{i:06}"))).collect();
+    f.downloaded = (0..rec.restore.partitions_downloaded.min(MAX_PARTS as u32)).map(part).collect();
+    f.anchored_min = Some(first);
+    f.anchored_max = Some(last);
+    derive_life(rec, rules, &mut Vec::new());
+    if !rec.base_backups.is_empty() {
+        derive_backups(rec);
+    }
+}
+
 /// Makes deletion episodes final once their grace has passed by `now`.
 pub fn tick(rec: &mut InstanceRecord, now: i64, rules: &Rules) -> Vec<Effect> {
     let mut out = Vec::new();
@@ -908,6 +1001,33 @@ mod tests {
         assert!(in_order.base_backups[0].complete && !in_order.base_backups[1].complete, "{:?}", in_order.base_backups);
         assert_eq!(in_order.base_backups[0].time, Some(105));
         assert_eq!(in_order.base_backups[0].partitions_done, 1);
+    }
+
+    #[test]
+    fn a_schema_1_record_keeps_its_history_when_new_facts_arrive() {
+        let rules = Rules::default();
+        let add = |n: &str| EventKind::AddNode { node_uuid: Some(n.into()), backend: Some("10.0.0.1".into()) };
+        let remove = |n: &str| EventKind::RemoveNode { node_uuid: Some(n.into()), backend: Some("10.0.0.1".into()) };
+        let part = |done| EventKind::BasePartition { backup: "base_000000010000000000000002_00000040".into(), part: "part_00000000".into(), done };
+        let mut now = InstanceRecord::new("i-1", 1);
+        for (k, t) in [(add("a"), 1), (part(false), 5), (part(true), 6), (EventKind::BaseBackupStopped, 7), (remove("a"), 10_000)] {
+            apply(&mut now, &ev(k, t), &rules);
+        }
+        tick(&mut now, 1_000_000, &rules);
+        // What schema 1 stored: the same fields, no facts.
+        let mut old = now.clone();
+        old.facts = Facts::default();
+        migrate_v1(&mut old, &rules);
+        for r in [&mut now, &mut old] {
+            // An old add (a relay) and a duplicate partition line: neither resurrects nor recounts.
+            apply(r, &ev(add("a"), 1), &rules);
+            apply(r, &ev(part(true), 6), &rules);
+        }
+        assert_eq!(old.status, Status::Deleted);
+        assert_eq!((old.deleted_at, old.deletion_pending), (Some(10_000), false));
+        assert_eq!(old.base_backups, now.base_backups);
+        assert_eq!(old.nodes, now.nodes);
+        assert!(tick(&mut old, 2_000_000, &rules).is_empty(), "the migrated deletion stays final, announced once");
     }
 
     #[test]

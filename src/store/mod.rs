@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::InstanceRecord;
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: records carry the facts behind their fields (`state::Facts`); schema 1 stores are migrated on open.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -190,6 +191,11 @@ impl Store {
                 db.flush()?;
             }
             Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
+            Some(v) if v.as_ref() == b"1" => {
+                snap.before_write()?;
+                let n = migrate_v1(&db)?;
+                tracing::info!(store = %path.display(), records = n, "migrated the store from schema 1 to 2 (records now keep the facts behind them)");
+            }
             Some(v) => {
                 return Err(StoreError::Schema {
                     path: path.to_path_buf(),
@@ -377,6 +383,31 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+}
+
+/// Schema 1 -> 2 in one atomic batch: every record gets the facts its fields imply, the pending index is
+/// rebuilt for the new meaning (an episode not yet final), and the schema key moves to 2.
+fn migrate_v1(db: &sled::Db) -> Result<usize, StoreError> {
+    let rules = crate::state::Rules::default();
+    let mut b = sled::Batch::default();
+    let mut n = 0;
+    for r in db.scan_prefix(keys::INSTANCE) {
+        let (k, v) = r?;
+        let mut rec: InstanceRecord = Store::decode(&k, &v)?;
+        crate::state::migrate_v1(&mut rec, &rules);
+        let v = compact_json(&rec).map_err(|source| StoreError::Corrupt { key: rec.instance_id.clone(), source })?;
+        b.insert(k, v);
+        if rec.needs_tick() {
+            b.insert(keys::pending(&rec.instance_id), &[][..]);
+        } else {
+            b.remove(keys::pending(&rec.instance_id));
+        }
+        n += 1;
+    }
+    b.insert(keys::SCHEMA, SCHEMA_VERSION.to_string().as_bytes());
+    db.apply_batch(b)?;
+    db.flush()?;
+    Ok(n)
 }
 
 /// JSON without the fields that hold their default (null, false, 0, empty): records decode with
