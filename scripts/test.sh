@@ -23,4 +23,4 @@ if [ "${free_kb:-0}" -lt $((3 * 1024 * 1024)) ]; then
     echo "         Free space (e.g. cargo clean in other checkouts) if the build fails." >&2
 fi
 
-cargo test --locked --all-targets "$@"
+cargo test --locked --workspace --all-targets "$@"

@@ -26,6 +26,40 @@ pub enum QueryError {
     Remote(String),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error("{0}")]
+    Ambiguous(String),
+}
+
+/// Shortest id prefix `show` and friends resolve (the script prefix is 6).
+pub const MIN_PREFIX: usize = 4;
+
+/// An instance by its full id, or by a prefix that names exactly one (`show 6e101b27`).
+fn by_prefix<E>(
+    id: &str,
+    exact: impl Fn(&str) -> Result<Option<InstanceRecord>, E>,
+    prefixed: impl Fn(&str) -> Result<Vec<String>, E>,
+) -> Result<Option<InstanceRecord>, QueryError>
+where
+    QueryError: From<E>,
+{
+    let id = id.to_ascii_lowercase();
+    if let Some(r) = exact(&id)? {
+        return Ok(Some(r));
+    }
+    if id.len() < MIN_PREFIX {
+        return Ok(None);
+    }
+    let ids = prefixed(&id)?;
+    match ids.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(exact(one)?),
+        many => Err(QueryError::Ambiguous(format!(
+            "{id} is the start of {} instance ids ({}{}); give more of the id",
+            if many.len() > 10 { "more than 10".to_string() } else { many.len().to_string() },
+            many.iter().take(10).cloned().collect::<Vec<_>>().join(", "),
+            if many.len() > 10 { ", ..." } else { "" }
+        ))),
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -119,10 +153,15 @@ impl Access {
         }
     }
 
+    /// An instance by its id, or by a prefix of it that names exactly one.
     pub fn record(&self, id: &str) -> Result<Option<InstanceRecord>, QueryError> {
         match self {
-            Access::Direct(s) => Ok(s.record(&id.to_ascii_lowercase())?),
-            Access::Snapshot { snap, .. } => Ok(get(snap, &keys::instance(&id.to_ascii_lowercase()))?),
+            Access::Direct(s) => by_prefix(id, |i| s.record(i), |p| s.instances_with_short(p, 11)),
+            Access::Snapshot { snap, .. } => by_prefix(
+                id,
+                |i| get(snap, &keys::instance(i)),
+                |p| Ok::<_, QueryError>(snap.scan_prefix(&keys::instance(p))?.into_iter().take(11).map(|kv| String::from_utf8_lossy(&kv.0[keys::INSTANCE.len()..]).into_owned()).collect()),
+            ),
             Access::Watcher { .. } => match self.ask(&Request::Show { id: id.to_string() })? {
                 Response::Record(r) => Ok(r.map(|b| *b)),
                 _ => Err(QueryError::Remote("unexpected answer".into())),
@@ -266,7 +305,12 @@ fn answer(store: &Store, line: &str) -> Response {
         Err(e) => return Response::Error(format!("bad request: {e}")),
     };
     let res = match req {
-        Request::Show { id } => store.record(&id.to_ascii_lowercase()).map(|r| Response::Record(r.map(Box::new))),
+        Request::Show { id } => {
+            return match by_prefix(&id, |i| store.record(i), |p| store.instances_with_short(p, 11)) {
+                Ok(r) => Response::Record(r.map(Box::new)),
+                Err(e) => Response::Error(e.to_string()),
+            }
+        }
         Request::Instances { filter, now, rules } => {
             let rules = RiskRules { max_base_backup_age_ms: rules.0, wal_silence_ms: rules.1 };
             select(store.records(), &filter, now, &rules).map(Response::Records)

@@ -282,3 +282,28 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn show_takes_a_unique_id_prefix_and_names_the_candidates_of_an_ambiguous_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let store_s = store.to_str().unwrap();
+    let (code, _, err) = run(&["ingest", fixture("scenarios/seed.log").to_str().unwrap(), "--store", store_s]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["show", "6e101b27", "--json", "--store", store_s]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["instance_id"], "6e101b27-ee1b-4f4d-a032-4401a3709ec3");
+    // A second instance that shares the first 8 characters.
+    let other = tmp.path().join("other.log");
+    std::fs::write(&other, "Mar 18 10:00:00 0.router broker.stdout.log:  {\"timestamp\":\"1458295200.0\",\"source\":\"patroni-broker\",\"message\":\"patroni-broker.cluster.provision.start\",\"log_level\":1,\"data\":{\"instance-id\":\"6e101b27-0000-4000-8000-000000000001\"}}\n").unwrap();
+    let (code, _, err) = run(&["ingest", other.to_str().unwrap(), "--store", store_s]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["show", "6e101b27", "--store", store_s]);
+    assert_ne!(code, 0);
+    assert!(err.contains("6e101b27-ee1b-4f4d-a032-4401a3709ec3") && err.contains("6e101b27-0000-4000-8000-000000000001") && err.contains("give more of the id"), "{err}");
+    let (code, out, _) = run(&["show", "6e101b27-e", "--store", store_s]);
+    assert_eq!(code, 0);
+    assert!(out.contains("DELETED"), "{out}");
+    let (code, _, _) = run(&["show", "6e1", "--store", store_s]);
+    assert_eq!(code, 1, "a prefix shorter than 4 characters is not resolved");
+}
