@@ -22,14 +22,29 @@ fn main() -> anyhow::Result<()> {
         }
         let t = 1_772_323_200 + i as i64;
         let b = "s3://our-dingo-postgresql-backups/backups";
-        writeln!(w, r#"Mar  1 00:00:00 0.router broker.stdout.log:  {{"timestamp":"{t}.0","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.cluster.add-node.perform","log_level":1,"data":{{"instance-id":"{id}","node-uuid":"{node}"}}}}"#)?;
+        writeln!(
+            w,
+            r#"Mar  1 00:00:00 0.router broker.stdout.log:  {{"timestamp":"{t}.0","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.cluster.add-node.perform","log_level":1,"data":{{"instance-id":"{id}","node-uuid":"{node}"}}}}"#
+        )?;
         for s in 1..=3 {
-            writeln!(w, r#"Mar  1 00:00:01 cell-1 cf-{node}:  {}-patroni>         DETAIL: Archiving to "{b}/{id}/wal/wal_005/0000000100000000000000{s:02X}.lzo" complete at 1KiB/s."#, &id[..6])?;
+            writeln!(
+                w,
+                r#"Mar  1 00:00:01 cell-1 cf-{node}:  {}-patroni>         DETAIL: Archiving to "{b}/{id}/wal/wal_005/0000000100000000000000{s:02X}.lzo" complete at 1KiB/s."#,
+                &id[..6]
+            )?;
         }
-        writeln!(w, r#"Mar  1 00:00:02 cell-1 cf-{node}:  {}-backup>         DETAIL: Uploading to "{b}/{id}/wal/basebackups_005/base_000000010000000000000002_00000028/tar_partitions/part_00000000.tar.lzo" complete at 1KiB/s."#, &id[..6])?;
+        writeln!(
+            w,
+            r#"Mar  1 00:00:02 cell-1 cf-{node}:  {}-backup>         DETAIL: Uploading to "{b}/{id}/wal/basebackups_005/base_000000010000000000000002_00000028/tar_partitions/part_00000000.tar.lzo" complete at 1KiB/s."#,
+            &id[..6]
+        )?;
         writeln!(w, "Mar  1 00:00:03 cell-1 cf-{node}:  {}-backup> NOTICE:  pg_stop_backup complete, all required WAL segments have been archived", &id[..6])?;
         if i % 10 == 0 {
-            writeln!(w, r#"Mar  1 00:00:04 0.router broker.stdout.log:  {{"timestamp":"{}.0","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.cluster.remove-node.perform","log_level":1,"data":{{"instance-id":"{id}","node-uuid":"{node}"}}}}"#, t + 4)?;
+            writeln!(
+                w,
+                r#"Mar  1 00:00:04 0.router broker.stdout.log:  {{"timestamp":"{}.0","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.cluster.remove-node.perform","log_level":1,"data":{{"instance-id":"{id}","node-uuid":"{node}"}}}}"#,
+                t + 4
+            )?;
         }
     }
     w.flush()?;

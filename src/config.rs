@@ -118,9 +118,16 @@ pub const DEFAULT_SYSLOG: &str = "127.0.0.1:5514";
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Local syslog listener; either address may be left out to disable that protocol.
-    Syslog { udp: Option<SocketAddr>, tcp: Option<SocketAddr> },
+    Syslog {
+        udp: Option<SocketAddr>,
+        tcp: Option<SocketAddr>,
+    },
     /// A log file, followed across rotation when `follow` (the default).
-    File { path: PathBuf, #[serde(default = "yes")] follow: bool },
+    File {
+        path: PathBuf,
+        #[serde(default = "yes")]
+        follow: bool,
+    },
     Stdin,
     /// Kafka topics carrying the platform's syslog, one syslog message per record (see docs/kafka.md).
     /// Offsets are committed to Kafka only after the store has flushed what they cover; the store's
@@ -238,10 +245,7 @@ impl Config {
     }
 
     pub fn risk_rules(&self) -> RiskRules {
-        RiskRules {
-            max_base_backup_age_ms: self.risk.max_base_backup_age.as_millis() as i64,
-            wal_silence_ms: self.risk.wal_silence.as_millis() as i64,
-        }
+        RiskRules { max_base_backup_age_ms: self.risk.max_base_backup_age.as_millis() as i64, wal_silence_ms: self.risk.wal_silence.as_millis() as i64 }
     }
 }
 
@@ -261,7 +265,8 @@ mod tests {
     fn the_commented_alerts_example_parses_when_uncommented() {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/safeguard.toml")).unwrap();
         let start = text.find("# [alerts]\n").unwrap();
-        let block: String = text[start..].lines().take_while(|l| l.starts_with('#')).map(|l| l.trim_start_matches('#').trim_start_matches(' ').to_string() + "\n").collect();
+        let block: String =
+            text[start..].lines().take_while(|l| l.starts_with('#')).map(|l| l.trim_start_matches('#').trim_start_matches(' ').to_string() + "\n").collect();
         let c = Config::parse(&block).unwrap_or_else(|e| panic!("{e}\n{block}"));
         let a = c.alerts.unwrap();
         assert_eq!(a.backfill_window, Duration::from_secs(7 * 86_400));

@@ -433,11 +433,7 @@ fn check_kafka(s: &KafkaSettings, timeout: Duration) -> Outcome {
         Ok(committed) => {
             let with = committed.elements().iter().filter(|e| matches!(e.offset(), Offset::Offset(_))).count();
             let topics: Vec<String> = parts.iter().map(|(t, ps)| format!("{t} ({} partition(s))", ps.len())).collect();
-            pass(format!(
-                "metadata for {}; group {} coordinator answered: offsets committed for {with} of {n} partition(s)",
-                topics.join(", "),
-                s.group_id
-            ))
+            pass(format!("metadata for {}; group {} coordinator answered: offsets committed for {with} of {n} partition(s)", topics.join(", "), s.group_id))
         }
         Err(e) => fail(
             s.client.redact(&kafka_reason(&c, &format!("fetching group {}'s committed offsets", s.group_id), &e)),
@@ -501,7 +497,10 @@ async fn check_s3(s3: &crate::s3::S3Config, prefix: Option<&str>) -> Outcome {
                     format!("{endpoint} refused to list {url}: {code} (HTTP {status}) {msg}"),
                     "check the credentials ([s3] keys or the AWS_* environment / instance role), this host's clock, and that the policy allows s3:ListBucket",
                 ),
-                _ => fail(format!("{endpoint} answered the listing of {url} with {code} (HTTP {status}) {msg}"), "check [s3] endpoint is an S3 API and the service's logs"),
+                _ => fail(
+                    format!("{endpoint} answered the listing of {url} with {code} (HTTP {status}) {msg}"),
+                    "check [s3] endpoint is an S3 API and the service's logs",
+                ),
             }
         }
         Err(e) => {
@@ -608,13 +607,23 @@ async fn check_cloud_controller(cfg: &crate::platform::cloud_controller::CloudCo
             let url = format!("{api}/v2/info");
             let r = match http.get(&url).send().await {
                 Ok(r) => r,
-                Err(e) => return fail(format!("the Cloud Controller at {url} could not be reached: {}", scrub(&crate::error_chain(&e))), "check cloud_controller.api_url and that this host can reach it"),
+                Err(e) => {
+                    return fail(
+                        format!("the Cloud Controller at {url} could not be reached: {}", scrub(&crate::error_chain(&e))),
+                        "check cloud_controller.api_url and that this host can reach it",
+                    )
+                }
             };
             let status = r.status().as_u16();
             let v: Value = r.json().await.unwrap_or(Value::Null);
             match v["token_endpoint"].as_str() {
                 Some(t) if status == 200 => t.trim_end_matches('/').to_string(),
-                _ => return fail(format!("GET {url} answered HTTP {status} without a token_endpoint"), "cloud_controller.api_url must be the API (https://api.<system domain>), or set cloud_controller.uaa_url"),
+                _ => {
+                    return fail(
+                        format!("GET {url} answered HTTP {status} without a token_endpoint"),
+                        "cloud_controller.api_url must be the API (https://api.<system domain>), or set cloud_controller.uaa_url",
+                    )
+                }
             }
         }
     };
@@ -632,7 +641,12 @@ async fn check_cloud_controller(cfg: &crate::platform::cloud_controller::CloudCo
     };
     let r = match rb.header("Accept", "application/json").send().await {
         Ok(r) => r,
-        Err(e) => return fail(format!("UAA at {url} could not be reached: {}", scrub(&crate::error_chain(&e))), "check the token endpoint (or cloud_controller.uaa_url) is reachable from this host"),
+        Err(e) => {
+            return fail(
+                format!("UAA at {url} could not be reached: {}", scrub(&crate::error_chain(&e))),
+                "check the token endpoint (or cloud_controller.uaa_url) is reachable from this host",
+            )
+        }
     };
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap_or(Value::Null);
@@ -655,7 +669,10 @@ async fn check_http(addr: std::net::SocketAddr, watcher_running: bool) -> Outcom
     if !watcher_running {
         return match tokio::net::TcpListener::bind(addr).await {
             Ok(_) => pass(format!("no watcher running; {addr} is free for `safeguard watch` to listen on")),
-            Err(e) => fail(format!("no watcher runs on this store, but {addr} cannot be bound: {e}"), "another process uses the port, or the address is not local: change [http] listen"),
+            Err(e) => fail(
+                format!("no watcher runs on this store, but {addr} cannot be bound: {e}"),
+                "another process uses the port, or the address is not local: change [http] listen",
+            ),
         };
     }
     let mut target = addr;
@@ -674,7 +691,10 @@ async fn check_http(addr: std::net::SocketAddr, watcher_running: bool) -> Outcom
             let body: String = r.text().await.unwrap_or_default().chars().take(300).collect();
             fail(format!("the running watcher answered {url} with HTTP {status}: {}", body.trim()), "the body says what is not ready; check the watcher's log")
         }
-        Err(e) => fail(format!("a watcher holds the store but {url} did not answer: {}", crate::error_chain(&e)), "check the watcher was started with this config's [http] section"),
+        Err(e) => fail(
+            format!("a watcher holds the store but {url} did not answer: {}", crate::error_chain(&e)),
+            "check the watcher was started with this config's [http] section",
+        ),
     }
 }
 

@@ -169,11 +169,7 @@ impl Etcd {
     pub async fn delete(&self, key: &str) -> Result<KeyResult, EtcdError> {
         let (status, json) = self.call(reqwest::Method::DELETE, "delete", key, None).await?;
         match status {
-            200 => Ok(KeyResult {
-                key: key.to_string(),
-                outcome: DeleteOutcome::Deleted,
-                previous: json["prevNode"]["value"].as_str().map(str::to_string),
-            }),
+            200 => Ok(KeyResult { key: key.to_string(), outcome: DeleteOutcome::Deleted, previous: json["prevNode"]["value"].as_str().map(str::to_string) }),
             404 if json["errorCode"].as_u64() == Some(100) => Ok(KeyResult { key: key.to_string(), outcome: DeleteOutcome::Absent, previous: None }),
             _ => Err(self.unexpected("delete", key, status, &json)),
         }
@@ -192,7 +188,6 @@ fn short(s: &str) -> &str {
         None => s,
     }
 }
-
 
 #[cfg(test)]
 mod tests {

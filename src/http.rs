@@ -104,7 +104,10 @@ fn describe() {
     describe_counter!("safeguard_lines_unattributed_total", "Relevant lines that named no known instance.");
     describe_counter!("safeguard_lines_rejected_total", "Candidate lines rejected (all reasons).");
     describe_gauge!("safeguard_lines_parked", "Relevant lines waiting now for the line that names their instance (or its year).");
-    describe_counter!("safeguard_lines_expired_unattributed_total", "Parked lines given up (older than parked_ttl, or past parked_max); also in lines_unattributed.");
+    describe_counter!(
+        "safeguard_lines_expired_unattributed_total",
+        "Parked lines given up (older than parked_ttl, or past parked_max); also in lines_unattributed."
+    );
     describe_counter!("safeguard_source_lines_read_total", "Lines read, by source kind (syslog, file, stdin, kafka:<topic>).");
     describe_counter!("safeguard_source_lines_relevant_total", "Relevant lines, by source kind.");
     describe_counter!("safeguard_source_lines_rejected_total", "Rejected lines, by source kind.");
@@ -123,9 +126,16 @@ fn describe() {
     );
     describe_gauge!("safeguard_store_size_bytes", Unit::Bytes, "Bytes of all files under the store directory (sled, blobs, read snapshot).");
     describe_gauge!("safeguard_recoveries", "Recoveries in the journal, by outcome (running, failed, succeeded, abandoned).");
-    describe_gauge!("safeguard_kafka_consumer_lag", "Kafka messages not yet durably applied to the store, by topic and partition (high watermark minus the store's position).");
+    describe_gauge!(
+        "safeguard_kafka_consumer_lag",
+        "Kafka messages not yet durably applied to the store, by topic and partition (high watermark minus the store's position)."
+    );
     describe_gauge!("safeguard_kafka_brokers_up", "1 when the Kafka source's brokers answered the last watermark request, by source (its topics).");
-    describe_gauge!("safeguard_engine_last_commit_timestamp_seconds", Unit::Seconds, "When the engine last committed (it commits at least every watch.commit_interval).");
+    describe_gauge!(
+        "safeguard_engine_last_commit_timestamp_seconds",
+        Unit::Seconds,
+        "When the engine last committed (it commits at least every watch.commit_interval)."
+    );
     describe_gauge!("safeguard_build_info", "1, labelled with the running version.");
 }
 
@@ -260,11 +270,8 @@ impl Server {
                 tokio::time::sleep(RECOVERIES_EVERY).await;
             }
         }));
-        let app = Router::new()
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_endpoint))
-            .with_state(shared.clone());
+        let app =
+            Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics_endpoint)).with_state(shared.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the HTTP endpoint stopped");
@@ -414,7 +421,10 @@ async fn metrics_endpoint(State(sh): State<Arc<Shared>>) -> Response {
         }
         Ok(Ok(Err(e))) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the store for metrics: {e}\n")).into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("collecting metrics failed: {e}\n")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("reading the store for metrics took over {}s; is the disk overloaded?\n", SCRAPE_TIMEOUT.as_secs())).into_response(),
+        Err(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("reading the store for metrics took over {}s; is the disk overloaded?\n", SCRAPE_TIMEOUT.as_secs()))
+                .into_response()
+        }
     }
 }
 
@@ -488,7 +498,12 @@ fn instance_stats(sh: &Shared, generation: (u64, u64)) -> Result<InstanceStats, 
     let rules = sh.cfg.risk_rules();
     let now = now_ms();
     let mut s = InstanceStats::default();
-    for r in [crate::state::risk::Risk::NoBaseBackup, crate::state::risk::Risk::StaleBaseBackup, crate::state::risk::Risk::WalPushFailing, crate::state::risk::Risk::WalSilent] {
+    for r in [
+        crate::state::risk::Risk::NoBaseBackup,
+        crate::state::risk::Risk::StaleBaseBackup,
+        crate::state::risk::Risk::WalPushFailing,
+        crate::state::risk::Risk::WalSilent,
+    ] {
         s.by_reason.insert(r.as_str(), 0);
     }
     for r in sh.store.records() {

@@ -84,11 +84,5 @@ pub fn ingest_with(store: &Store, cfg: EngineConfig, paths: &[PathBuf], opts: St
     effects.extend(engine.commit(Some(now_ms()))?.effects);
     let counters = crate::report::delta(&before, engine.counters());
     let seconds = started.elapsed().as_secs_f64();
-    Ok(IngestSummary {
-        inputs: paths.len(),
-        lines_per_second: counters.lines_read as f64 / seconds.max(1e-9),
-        counters,
-        seconds,
-        effects,
-    })
+    Ok(IngestSummary { inputs: paths.len(), lines_per_second: counters.lines_read as f64 / seconds.max(1e-9), counters, seconds, effects })
 }

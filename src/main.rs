@@ -134,10 +134,7 @@ enum AlertsAction {
 
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -231,7 +228,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(p) => p,
                 None => {
                     let access = Access::open(&store_path, cache)?;
-                    let rec = access.record(&instance_id)?.with_context(|| format!("no instance {instance_id} in the store; pass --prefix s3://bucket/backups/{instance_id}/wal/"))?;
+                    let rec = access
+                        .record(&instance_id)?
+                        .with_context(|| format!("no instance {instance_id} in the store; pass --prefix s3://bucket/backups/{instance_id}/wal/"))?;
                     rec.backup_prefix.with_context(|| format!("no backup prefix recorded for {instance_id} (no WAL-E line seen); pass --prefix"))?
                 }
             };

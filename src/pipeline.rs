@@ -552,7 +552,8 @@ impl Engine {
             }
         }
         let parked_changed = !self.parked.added.is_empty() || !self.parked.removed.is_empty();
-        if self.dirty.is_empty() && positions.is_empty() && self.effects.is_empty() && self.alerts.is_empty() && self.uncommitted_lines == 0 && !parked_changed {
+        if self.dirty.is_empty() && positions.is_empty() && self.effects.is_empty() && self.alerts.is_empty() && self.uncommitted_lines == 0 && !parked_changed
+        {
             return Ok(Committed::default());
         }
         let effects = std::mem::take(&mut self.effects);
@@ -570,7 +571,10 @@ impl Engine {
                     Effect::InstanceDeleted { instance_id, at, .. } => self.dirty.get(instance_id).and_then(|r| alerts::on_deletion(r, *at, now, cfg)),
                     // Only a deletion that was announced needs its all-clear.
                     Effect::DeletionReversed { instance_id, at, evidence } => match self.dirty.get(instance_id) {
-                        Some(r) if self.store.alert_exists(&alerts::deletion_id(instance_id, *at))? || new_alerts.iter().any(|a| a.id == alerts::deletion_id(instance_id, *at)) => {
+                        Some(r)
+                            if self.store.alert_exists(&alerts::deletion_id(instance_id, *at))?
+                                || new_alerts.iter().any(|a| a.id == alerts::deletion_id(instance_id, *at)) =>
+                        {
                             alerts::on_reversal(r, *at, evidence, now, cfg)
                         }
                         _ => None,

@@ -160,7 +160,15 @@ impl Access {
             Access::Snapshot { snap, .. } => by_prefix(
                 id,
                 |i| get(snap, &keys::instance(i)),
-                |p| Ok::<_, QueryError>(snap.scan_prefix(&keys::instance(p))?.into_iter().take(11).map(|kv| String::from_utf8_lossy(&kv.0[keys::INSTANCE.len()..]).into_owned()).collect()),
+                |p| {
+                    Ok::<_, QueryError>(
+                        snap.scan_prefix(&keys::instance(p))?
+                            .into_iter()
+                            .take(11)
+                            .map(|kv| String::from_utf8_lossy(&kv.0[keys::INSTANCE.len()..]).into_owned())
+                            .collect(),
+                    )
+                },
             ),
             Access::Watcher { .. } => match self.ask(&Request::Show { id: id.to_string() })? {
                 Response::Record(r) => Ok(r.map(|b| *b)),
@@ -243,11 +251,8 @@ fn scan<T: for<'de> Deserialize<'de>>(snap: &Snapshot, prefix: &str) -> Result<i
 fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryError> {
     let (instances, deleted) = count(scan(snap, keys::INSTANCE)?)?;
     let counters = get(snap, keys::COUNTERS)?.unwrap_or_default();
-    let positions = snap
-        .scan_prefix(keys::POSITION.as_bytes())?
-        .into_iter()
-        .map(|(k, v)| Store::position_entry(&k, &v))
-        .collect::<Result<Vec<_>, StoreError>>()?;
+    let positions =
+        snap.scan_prefix(keys::POSITION.as_bytes())?.into_iter().map(|(k, v)| Store::position_entry(&k, &v)).collect::<Result<Vec<_>, StoreError>>()?;
     Ok(StoreStatus {
         path: path.to_path_buf(),
         schema_version: snap.get(keys::SCHEMA)?.map(|v| String::from_utf8_lossy(&v).into_owned()),
@@ -260,7 +265,12 @@ fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryErr
     })
 }
 
-fn select(records: impl Iterator<Item = Result<InstanceRecord, StoreError>>, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, StoreError> {
+fn select(
+    records: impl Iterator<Item = Result<InstanceRecord, StoreError>>,
+    filter: &Filter,
+    now: i64,
+    rules: &RiskRules,
+) -> Result<Vec<InstanceRecord>, StoreError> {
     let mut out = Vec::new();
     for r in records {
         let r = r?;
@@ -337,9 +347,7 @@ pub async fn serve(store: Store) -> std::io::Result<()> {
             let mut lines = tokio::io::BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let s = store.clone();
-                let resp = tokio::task::spawn_blocking(move || answer(&s, &line))
-                    .await
-                    .unwrap_or_else(|e| Response::Error(format!("query failed: {e}")));
+                let resp = tokio::task::spawn_blocking(move || answer(&s, &line)).await.unwrap_or_else(|e| Response::Error(format!("query failed: {e}")));
                 let mut out = serde_json::to_vec(&resp).unwrap_or_default();
                 out.push(b'\n');
                 if w.write_all(&out).await.is_err() {

@@ -116,7 +116,10 @@ fn kubernetes_manifests_parse_with_the_expected_kinds_and_agree_with_each_other(
     let http = cfg.http.clone().expect("the ConfigMap enables [http] for the probes");
     assert!(http.listen.ip().is_unspecified(), "in a pod [http] must listen on 0.0.0.0");
     let store_path = cfg.store.path.clone().expect("the ConfigMap sets store.path").display().to_string();
-    assert!(cfg.sources().iter().all(|s| !matches!(s, safeguard::config::SourceConfig::Syslog { udp: Some(a), .. } if a.ip().is_loopback())), "syslog must not listen on loopback in a pod");
+    assert!(
+        cfg.sources().iter().all(|s| !matches!(s, safeguard::config::SourceConfig::Syslog { udp: Some(a), .. } if a.ip().is_loopback())),
+        "syslog must not listen on loopback in a pod"
+    );
     let in_config = cm["data"]["safeguard.toml"].as_str().unwrap();
     assert!(!in_config.lines().any(|l| !l.trim_start().starts_with('#') && (l.contains("password") || l.contains("secret"))), "no secret in the ConfigMap");
     for key in secret["stringData"].as_object().unwrap().keys() {
@@ -145,7 +148,10 @@ fn kubernetes_manifests_parse_with_the_expected_kinds_and_agree_with_each_other(
     assert_eq!(config_vol["configMap"]["name"], cm["metadata"]["name"]);
     let config_mount = mounts.iter().find(|m| m["name"] == config_vol["name"]).unwrap();
     assert_eq!(format!("{}/safeguard.toml", config_mount["mountPath"].as_str().unwrap()), env["SAFEGUARD_CONFIG"]);
-    assert_eq!(sts["spec"]["serviceName"], by_kind["Service"].iter().find(|s| s["spec"]["clusterIP"] == "None").expect("a headless Service")["metadata"]["name"]);
+    assert_eq!(
+        sts["spec"]["serviceName"],
+        by_kind["Service"].iter().find(|s| s["spec"]["clusterIP"] == "None").expect("a headless Service")["metadata"]["name"]
+    );
     for s in &by_kind["Service"] {
         assert_eq!(s["spec"]["selector"], sts["spec"]["selector"]["matchLabels"]);
     }
@@ -168,14 +174,29 @@ fn container_definition_is_multi_stage_and_runs_as_a_non_root_user() {
 #[test]
 fn deploy_readme_explains_every_piece() {
     let text = std::fs::read_to_string(deploy("README.md")).unwrap();
-    for needle in ["systemd/safeguard.service", "container/Dockerfile", "kubernetes/", "rsyslog/", "vector/", "/healthz", "/readyz", "/metrics", "--log-format json", "safeguard doctor", "completions", "SAFEGUARD_SMTP_PASSWORD"] {
+    for needle in [
+        "systemd/safeguard.service",
+        "container/Dockerfile",
+        "kubernetes/",
+        "rsyslog/",
+        "vector/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "--log-format json",
+        "safeguard doctor",
+        "completions",
+        "SAFEGUARD_SMTP_PASSWORD",
+    ] {
         assert!(text.contains(needle), "deploy/README.md does not mention {needle}");
     }
 }
 
 #[test]
 fn completions_and_man_page_come_from_the_cli_definition() {
-    for (shell, marker) in [("bash", "_safeguard()"), ("zsh", "#compdef safeguard"), ("fish", "complete -c safeguard"), ("elvish", "safeguard"), ("powershell", "safeguard")] {
+    for (shell, marker) in
+        [("bash", "_safeguard()"), ("zsh", "#compdef safeguard"), ("fish", "complete -c safeguard"), ("elvish", "safeguard"), ("powershell", "safeguard")]
+    {
         let (code, out, err) = run(&["completions", shell]);
         assert_eq!(code, 0, "{shell}: {err}");
         assert!(out.contains(marker), "{shell} completion lacks {marker:?}");

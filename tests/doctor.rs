@@ -87,11 +87,7 @@ fn http_server(handler: fn(&str, &str, Option<&str>, u16) -> (u16, String)) -> u
                 let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 let (status, body) = handler(method, path, auth.as_deref(), port);
                 let mut w = conn;
-                let _ = write!(
-                    w,
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let _ = write!(w, "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             });
         }
     });
@@ -148,7 +144,10 @@ impl Setup {
             format!("[alerts.email]\nhost = \"{host}\"\nport = {port}\nsecurity = \"none\"\nfrom = \"safeguard@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"5s\"\n"),
         );
         s.insert("webhook", format!("[alerts.webhook]\nurl = \"http://127.0.0.1:{webhook}/hooks/T000/B000/secretpath\"\ntimeout = \"5s\"\n"));
-        s.insert("cc", format!("[cloud_controller]\napi_url = \"http://127.0.0.1:{cc}\"\nclient_id = \"safeguard\"\nclient_secret = \"{CC_SECRET}\"\ntimeout = \"5s\"\n"));
+        s.insert(
+            "cc",
+            format!("[cloud_controller]\napi_url = \"http://127.0.0.1:{cc}\"\nclient_id = \"safeguard\"\nclient_secret = \"{CC_SECRET}\"\ntimeout = \"5s\"\n"),
+        );
         s.insert("http", format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"));
         Setup { sections: s }
     }
@@ -180,7 +179,12 @@ fn statuses(v: &Value) -> BTreeMap<String, (String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["check"].as_str().unwrap().to_string(), (c["status"].as_str().unwrap().to_string(), format!("{} | hint: {}", c["detail"].as_str().unwrap_or(""), c["hint"].as_str().unwrap_or("")))))
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                (c["status"].as_str().unwrap().to_string(), format!("{} | hint: {}", c["detail"].as_str().unwrap_or(""), c["hint"].as_str().unwrap_or(""))),
+            )
+        })
         .collect()
 }
 
@@ -273,19 +277,38 @@ fn each_misconfigured_connection_fails_alone_with_its_reason() {
         ),
         ("smtp", e.setup.with("email", email(&closed.to_string(), "none")), e.store.clone(), format!("127.0.0.1:{closed} failed")),
         ("smtp", e.setup.with("email", email(port, "starttls")), e.store.clone(), "STARTTLS".into()),
-        ("etcd", e.setup.with("etcd", format!("[etcd]\nurl = \"http://127.0.0.1:{closed}\"\ntimeout = \"5s\"\n")), e.store.clone(), "could not reach etcd".into()),
+        (
+            "etcd",
+            e.setup.with("etcd", format!("[etcd]\nurl = \"http://127.0.0.1:{closed}\"\ntimeout = \"5s\"\n")),
+            e.store.clone(),
+            "could not reach etcd".into(),
+        ),
         // Something that is not etcd's v2 API (the S3 server) at the etcd URL.
         ("etcd", e.setup.with("etcd", format!("[etcd]\nurl = \"{}\"\ntimeout = \"5s\"\n", env("SAFEGUARD_TEST_S3"))), e.store.clone(), "v2 client URL".into()),
-        ("webhook", e.setup.with("webhook", format!("[alerts.webhook]\nurl = \"http://127.0.0.1:{closed}/hooks/secretpath\"\n")), e.store.clone(), "failed".into()),
+        (
+            "webhook",
+            e.setup.with("webhook", format!("[alerts.webhook]\nurl = \"http://127.0.0.1:{closed}/hooks/secretpath\"\n")),
+            e.store.clone(),
+            "failed".into(),
+        ),
         (
             "cloud_controller",
-            e.setup.with("cc", format!("[cloud_controller]\napi_url = \"http://127.0.0.1:{}\"\nclient_id = \"safeguard\"\nclient_secret = \"wrong-{CC_SECRET}\"\n", cloud_controller())),
+            e.setup.with(
+                "cc",
+                format!(
+                    "[cloud_controller]\napi_url = \"http://127.0.0.1:{}\"\nclient_id = \"safeguard\"\nclient_secret = \"wrong-{CC_SECRET}\"\n",
+                    cloud_controller()
+                ),
+            ),
             e.store.clone(),
             "HTTP 401 unauthorized Bad credentials".into(),
         ),
         (
             "cloud_controller",
-            e.setup.with("cc", format!("[cloud_controller]\napi_url = \"http://127.0.0.1:{closed}\"\nclient_id = \"safeguard\"\nclient_secret = \"{CC_SECRET}\"\n")),
+            e.setup.with(
+                "cc",
+                format!("[cloud_controller]\napi_url = \"http://127.0.0.1:{closed}\"\nclient_id = \"safeguard\"\nclient_secret = \"{CC_SECRET}\"\n"),
+            ),
             e.store.clone(),
             "could not be reached".into(),
         ),

@@ -148,7 +148,8 @@ fn a_deleted_database_is_announced_by_email_and_recovered_with_every_row() {
     let sa_json = show(&cfg, &store, &a.id).expect("show A");
     assert_eq!(sa_json["status"], "deleted", "{sa_json:#}");
     assert_eq!(sa_json["backup_prefix"], a_prefix.as_str(), "{sa_json:#}");
-    let complete_in_store: Vec<&str> = sa_json["base_backups"].as_array().unwrap().iter().filter(|b| b["complete"] == true).filter_map(|b| b["name"].as_str()).collect();
+    let complete_in_store: Vec<&str> =
+        sa_json["base_backups"].as_array().unwrap().iter().filter(|b| b["complete"] == true).filter_map(|b| b["name"].as_str()).collect();
     assert_eq!(complete_in_store, vec![a_backup.as_str()], "show's complete base backups = S3's sentinels: {sa_json:#}");
     assert_eq!(sa_json["wal"]["last_segment"], a_newest.as_str(), "show's last WAL segment = S3's newest: {sa_json:#}");
     assert!(sa_json["nodes"].as_array().unwrap().iter().any(|n| n["host"] == cell1.as_str() && n["container"] == a_node.name.as_str()), "{sa_json:#}");
@@ -196,7 +197,12 @@ fn a_deleted_database_is_announced_by_email_and_recovered_with_every_row() {
     let list = json(&out);
     let rec = list["recoveries"].as_array().unwrap().iter().find(|r| r["source_id"] == a.id.as_str()).expect("A's recovery in the journal").clone();
     assert_eq!(rec["status"], "succeeded", "{rec:#}");
-    let steps: Vec<(String, String)> = rec["steps"].as_array().unwrap().iter().map(|s| (s["step"].as_str().unwrap_or("").to_string(), s["status"].as_str().unwrap_or("").to_string())).collect();
+    let steps: Vec<(String, String)> = rec["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap_or("").to_string(), s["status"].as_str().unwrap_or("").to_string()))
+        .collect();
     for want in ["source", "target", "stop", "clear_target", "copy", "verify_copy", "etcd", "flush", "start", "confirm"] {
         assert!(steps.iter().any(|(s, st)| s == want && st == "done"), "step {want} not done: {steps:?}");
     }
@@ -215,7 +221,9 @@ fn a_deleted_database_is_announced_by_email_and_recovered_with_every_row() {
         assert!(a_after[k] == *before, "A's object {k} changed (size/etag/last-modified/bytes)");
     }
     // C archives into its own prefix from now on (the restored cluster's new timeline).
-    wait_until("C's new timeline history in C's prefix", Duration::from_secs(60), || p.s3_keys(&c_prefix).iter().any(|k| k.starts_with("wal_005/00000002.history")));
+    wait_until("C's new timeline history in C's prefix", Duration::from_secs(60), || {
+        p.s3_keys(&c_prefix).iter().any(|k| k.starts_with("wal_005/00000002.history"))
+    });
     tl.mark(format!("A's prefix byte-for-byte unchanged ({} objects); C archives its new timeline into its own prefix", a_after.len()));
 
     // ---- B cannot be recovered: the command says why and changes nothing.
@@ -338,7 +346,9 @@ fn a_node_removed_from_a_cluster_is_not_a_deletion_and_a_restarted_watcher_misse
     for id in [&d.id, &e.id] {
         let from_kafka = show(&cfg, &store, id).unwrap();
         let from_file = show(&icfg, &istore, id).unwrap();
-        for f in ["status", "deleted_at", "deleted_by", "backup_prefix", "first_seen", "nodes", "base_backups", "wal", "sysid_uploaded", "restore", "events_applied"] {
+        for f in
+            ["status", "deleted_at", "deleted_by", "backup_prefix", "first_seen", "nodes", "base_backups", "wal", "sysid_uploaded", "restore", "events_applied"]
+        {
             assert_eq!(from_kafka[f], from_file[f], "{id}: `{f}` differs between the restarted watcher's store and a file ingest of the same lines");
         }
     }
@@ -346,7 +356,11 @@ fn a_node_removed_from_a_cluster_is_not_a_deletion_and_a_restarted_watcher_misse
 
     let text = tl.render(
         "End-to-end: a node removed from a cluster; the watcher restarted mid-scenario",
-        &[("watcher restart -> email for E deleted while it was down".into(), dur_between(restarted, me[0].received)), ("E deleted -> email".into(), dur_between(del_e, me[0].received)), ("whole scenario".into(), started.elapsed())],
+        &[
+            ("watcher restart -> email for E deleted while it was down".into(), dur_between(restarted, me[0].received)),
+            ("E deleted -> email".into(), dur_between(del_e, me[0].received)),
+            ("whole scenario".into(), started.elapsed()),
+        ],
     );
     println!("\n{text}");
     save_timeline("cluster", &text);

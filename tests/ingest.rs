@@ -144,7 +144,9 @@ fn cli_ingest_show_and_instances() {
     let (code, out, _) = run(&["show", "6e101b27-ee1b-4f4d-a032-4401a3709ec3", "--json", "--store", store]);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
-    for field in ["instance_id", "status", "backup_prefix", "first_seen", "last_seen", "deleted_at", "nodes", "base_backups", "wal", "sysid_uploaded", "at_risk"] {
+    for field in
+        ["instance_id", "status", "backup_prefix", "first_seen", "last_seen", "deleted_at", "nodes", "base_backups", "wal", "sysid_uploaded", "at_risk"]
+    {
         assert!(v.get(field).is_some(), "show --json lacks {field}");
     }
     assert_eq!(v["status"], "deleted");
@@ -300,7 +302,10 @@ fn show_takes_a_unique_id_prefix_and_names_the_candidates_of_an_ambiguous_one() 
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&["show", "6e101b27", "--store", store_s]);
     assert_ne!(code, 0);
-    assert!(err.contains("6e101b27-ee1b-4f4d-a032-4401a3709ec3") && err.contains("6e101b27-0000-4000-8000-000000000001") && err.contains("give more of the id"), "{err}");
+    assert!(
+        err.contains("6e101b27-ee1b-4f4d-a032-4401a3709ec3") && err.contains("6e101b27-0000-4000-8000-000000000001") && err.contains("give more of the id"),
+        "{err}"
+    );
     let (code, out, _) = run(&["show", "6e101b27-e", "--store", store_s]);
     assert_eq!(code, 0);
     assert!(out.contains("DELETED"), "{out}");

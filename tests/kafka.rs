@@ -652,8 +652,15 @@ fn bench_kafka_end_to_end() {
     println!("BENCH produce_one_record_batches_per_s={:.0} ({PARTITIONS} partitions, 4 producers)", total as f64 / produce_secs);
     println!("BENCH raw_rdkafka_consumer_lines_per_s={raw_rate:.0} (bare consumer, same backlog: the broker's ceiling)");
     println!("BENCH kafka_backlog_drain_s={drained:.2} (watcher start to last line durable, group join included)");
-    println!("BENCH kafka_backlog_lines_per_s={:.0} (start to flushed store) steady={steady:.0} (first durable line to last, 0.5 s polling)", total as f64 / drained);
+    println!(
+        "BENCH kafka_backlog_lines_per_s={:.0} (start to flushed store) steady={steady:.0} (first durable line to last, 0.5 s polling)",
+        total as f64 / drained
+    );
     println!("BENCH watcher_log_lines_per_s peak={peak_sec:.0} median={median_sec:.0} (1 s intervals with lines)");
-    println!("BENCH kafka_live_lines_per_s={:.0} (first produce to flushed store; producer alone {:.0}/s)", total as f64 / live_total, total as f64 / live_produce);
+    println!(
+        "BENCH kafka_live_lines_per_s={:.0} (first produce to flushed store; producer alone {:.0}/s)",
+        total as f64 / live_total,
+        total as f64 / live_produce
+    );
     println!("BENCH watcher_rss_max_kib={max_rss} watcher_vmhwm_kib={hwm}");
 }

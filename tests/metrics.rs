@@ -41,10 +41,7 @@ fn get(port: u16, path: &str) -> (u16, String, String) {
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let ctype = head
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
-        .unwrap_or_default();
+    let ctype = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string())).unwrap_or_default();
     (status, ctype, body.to_string())
 }
 
@@ -52,9 +49,8 @@ fn get(port: u16, path: &str) -> (u16, String, String) {
 /// `name{label="value",...} value` with valid names, quoted label values and a float value; every
 /// sample's family has a TYPE.
 fn check_exposition(body: &str) {
-    let name_ok = |n: &str| {
-        !n.is_empty() && n.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
-    };
+    let name_ok =
+        |n: &str| !n.is_empty() && n.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()));
     let mut typed = std::collections::HashSet::new();
     for line in body.lines() {
         if line.is_empty() {
@@ -121,14 +117,10 @@ impl Scrape {
     }
 
     fn value(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.0
-            .samples
-            .iter()
-            .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            })
+        self.0.samples.iter().find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
     }
 
     fn counter(&self, metric: &str) -> f64 {
@@ -196,9 +188,7 @@ secret_access_key = "metrics-secret-never-shown"
     assert_eq!(first.value("safeguard_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
 
     let mut stream = Vec::new();
-    safeguard::gen::Generator::new(safeguard::gen::GenConfig { seed: 7, lines: 30_000, noise: 0.9, ..Default::default() })
-        .write_all(&mut stream)
-        .unwrap();
+    safeguard::gen::Generator::new(safeguard::gen::GenConfig { seed: 7, lines: 30_000, noise: 0.9, ..Default::default() }).write_all(&mut stream).unwrap();
     let lines: Vec<&[u8]> = stream.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
     let mut tcp = TcpStream::connect(("127.0.0.1", syslog)).unwrap();
     let mut sent = 0usize;
@@ -240,15 +230,8 @@ secret_access_key = "metrics-secret-never-shown"
     }
     // By source: everything here came through the syslog listener.
     let by_source = Scrape::get(http);
-    assert_eq!(
-        by_source.value("safeguard_source_lines_read_total", &[("source", "syslog")]),
-        Some(c["lines_read"].as_f64().unwrap()),
-        "per-source lines read"
-    );
-    assert_eq!(
-        by_source.value("safeguard_source_lines_relevant_total", &[("source", "syslog")]),
-        Some(c["lines_relevant"].as_f64().unwrap())
-    );
+    assert_eq!(by_source.value("safeguard_source_lines_read_total", &[("source", "syslog")]), Some(c["lines_read"].as_f64().unwrap()), "per-source lines read");
+    assert_eq!(by_source.value("safeguard_source_lines_relevant_total", &[("source", "syslog")]), Some(c["lines_relevant"].as_f64().unwrap()));
     let live = last.value("safeguard_instances", &[("status", "live")]).unwrap();
     let deleted = last.value("safeguard_instances", &[("status", "deleted")]).unwrap();
     assert!(live + deleted > 0.0, "instances gauges: live {live} deleted {deleted}");
@@ -423,7 +406,8 @@ listen = "127.0.0.1:{http}"
     let v: Value = serde_json::from_str(&body).unwrap();
     let reasons = v["reasons"].to_string();
     assert!(reasons.contains("kafka unreachable-topic") && !reasons.contains(&format!("kafka {topic}")), "{v:#}");
-    let by: HashMap<String, bool> = v["sources"].as_array().unwrap().iter().map(|s| (s["source"].as_str().unwrap().to_string(), s["connected"].as_bool().unwrap())).collect();
+    let by: HashMap<String, bool> =
+        v["sources"].as_array().unwrap().iter().map(|s| (s["source"].as_str().unwrap().to_string(), s["connected"].as_bool().unwrap())).collect();
     assert_eq!(by.get(&format!("kafka {topic}")), Some(&true), "{v:#}");
     assert_eq!(by.get("kafka unreachable-topic"), Some(&false), "{v:#}");
 }
@@ -438,14 +422,8 @@ fn log_format_json_writes_one_json_object_per_line_and_text_is_the_default() {
             args.extend(["--log-format", f]);
         }
         args.extend(["watch", "--stdin", "--store", store]);
-        let mut child = Command::new(bin())
-            .args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child =
+            Command::new(bin()).args(&args).env("RUST_LOG", "info").stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         child.stdin.take().unwrap().write_all(&seed).unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -239,7 +239,15 @@ fn a_watcher_killed_mid_file_keeps_the_years_of_a_clean_run() {
         (code == 0).then(|| serde_json::from_str::<Value>(&out).ok()?["counters"]["lines_read"].as_u64()).flatten()
     };
     let spawn = || {
-        let child = Command::new(bin()).args(["watch", "--config"]).arg(&config).arg("--store").arg(&store).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new(bin())
+            .args(["watch", "--config"])
+            .arg(&config)
+            .arg("--store")
+            .arg(&store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         KillOnDrop(child)
     };
     let mut w = spawn();

@@ -31,14 +31,16 @@ fn every_documented_shape_parses_as_expected() {
         let outcome = match (expect, &got) {
             ("irrelevant", Ok(None)) => Ok(()),
             (e, Err(r)) if e.strip_prefix("reject:") == Some(r.as_str()) => {
-                if relevant { Ok(()) } else { Err("rejected, but the prefilter would never have shown it to the parser".into()) }
+                if relevant {
+                    Ok(())
+                } else {
+                    Err("rejected, but the prefilter would never have shown it to the parser".into())
+                }
             }
             (e, Ok(Some(ev))) if e.starts_with('{') => {
                 let expected: Value = serde_json::from_str(e).unwrap_or_else(|err| panic!("line {}: bad expectation: {err}", no + 1));
                 let actual = serde_json::to_value(ev).unwrap();
-                subset(&expected, &actual, "event").and_then(|_| {
-                    if relevant { Ok(()) } else { Err("parsed, but the prefilter drops this line".into()) }
-                })
+                subset(&expected, &actual, "event").and_then(|_| if relevant { Ok(()) } else { Err("parsed, but the prefilter drops this line".into()) })
             }
             (e, g) => Err(format!("expected {e}, got {g:?}")),
         };

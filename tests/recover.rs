@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::DisplayErrorContext;
-use common::env;
 use aws_sdk_s3::primitives::ByteStream;
+use common::env;
 use safeguard::etcd::{Etcd, EtcdConfig};
 use safeguard::s3::{ObjectInfo, ObjectStore, S3Config, S3Url};
 use safeguard::timeutil::{now_ms, rfc3339};
@@ -57,7 +57,8 @@ fn backup(start: u32, partitions: u32) -> Vec<(String, Vec<u8>)> {
 fn sentinel(start: u32) -> (String, Vec<u8>) {
     (
         format!("basebackups_005/base_{}_00000028_backup_stop_sentinel.json", seg(start)),
-        format!(r#"{{"wal_segment_backup_stop": "{}", "wal_segment_offset_backup_stop": "00000138", "expanded_size_bytes": 23456789}}"#, seg(start)).into_bytes(),
+        format!(r#"{{"wal_segment_backup_stop": "{}", "wal_segment_offset_backup_stop": "00000138", "expanded_size_bytes": 23456789}}"#, seg(start))
+            .into_bytes(),
     )
 }
 
@@ -126,7 +127,14 @@ impl World {
                     let client = client.clone();
                     let url = prefix.join(&rel);
                     set.spawn(async move {
-                        client.put_object().bucket(&url.bucket).key(&url.key).body(ByteStream::from(body)).send().await.map_err(|e| format!("put {url}: {}", DisplayErrorContext(&e)))
+                        client
+                            .put_object()
+                            .bucket(&url.bucket)
+                            .key(&url.key)
+                            .body(ByteStream::from(body))
+                            .send()
+                            .await
+                            .map_err(|e| format!("put {url}: {}", DisplayErrorContext(&e)))
                     });
                 }
                 while let Some(r) = set.join_next().await {
@@ -176,7 +184,11 @@ impl World {
     }
 
     fn broker(&self, t: i64, message: &str, data: &str) -> String {
-        let msg = format!(r#"{{"timestamp":"{}.{:09}","source":"patroni-broker","message":"patroni-broker.cluster.{message}","log_level":1,"data":{data}}}"#, t / 1000, (t % 1000) * 1_000_000);
+        let msg = format!(
+            r#"{{"timestamp":"{}.{:09}","source":"patroni-broker","message":"patroni-broker.cluster.{message}","log_level":1,"data":{data}}}"#,
+            t / 1000,
+            (t % 1000) * 1_000_000
+        );
         self.line(t, "0.router-partition-test", "broker.stdout.log", &msg)
     }
 
@@ -184,18 +196,31 @@ impl World {
     fn instance_lines(&self, t: i64, id: &str, node: &str, cell: &str, name: &str, deleted: bool) -> Vec<String> {
         let key = self.prefix(id).join(&format!("wal_005/{}.lzo", seg(1)));
         let mut v = vec![
-            self.broker(t, "provision.start", &format!(r#"{{"instance-id":"{id}","organization_guid":"org-1111","space_guid":"space-2222","name":"{name}","session":"1"}}"#)),
+            self.broker(
+                t,
+                "provision.start",
+                &format!(r#"{{"instance-id":"{id}","organization_guid":"org-1111","space_guid":"space-2222","name":"{name}","session":"1"}}"#),
+            ),
             self.broker(t + 1000, "add-node.perform", &format!(r#"{{"instance-id":"{id}","node-uuid":"{node}","session":"1"}}"#)),
             self.line(t + 2000, cell, &format!("cf-{node}"), "public address 10.58.111.150:32785"),
             self.line(
                 t + 3000,
                 cell,
                 &format!("cf-{node}"),
-                &format!("patroni>         STRUCTURED: time={} pid=221 action=push-wal key={key} prefix={} seg={} state=complete", rfc3339(t + 3000).replace('Z', "-00"), self.prefix(id).key, seg(1)),
+                &format!(
+                    "patroni>         STRUCTURED: time={} pid=221 action=push-wal key={key} prefix={} seg={} state=complete",
+                    rfc3339(t + 3000).replace('Z', "-00"),
+                    self.prefix(id).key,
+                    seg(1)
+                ),
             ),
         ];
         if deleted {
-            v.push(self.broker(t + 4000, "remove-node.perform", &format!(r#"{{"instance-id":"{id}","node-uuid":"{node}","backend":"10.58.111.150","session":"2"}}"#)));
+            v.push(self.broker(
+                t + 4000,
+                "remove-node.perform",
+                &format!(r#"{{"instance-id":"{id}","node-uuid":"{node}","backend":"10.58.111.150","session":"2"}}"#),
+            ));
         }
         v
     }
@@ -230,7 +255,12 @@ impl World {
                 t + n as i64 * 100,
                 &cell,
                 &c,
-                &format!("patroni>         STRUCTURED: time={} pid=77 action=wal-fetch key={key} prefix={} seg={} state=complete", rfc3339(t + n as i64 * 100).replace('Z', "-00"), self.prefix(id).key, seg(n)),
+                &format!(
+                    "patroni>         STRUCTURED: time={} pid=77 action=wal-fetch key={key} prefix={} seg={} state=complete",
+                    rfc3339(t + n as i64 * 100).replace('Z', "-00"),
+                    self.prefix(id).key,
+                    seg(n)
+                ),
             ));
             s.push('\n');
         }
@@ -480,7 +510,8 @@ fn full_recovery_crashes_between_steps_and_resume_finishes_without_repeating() {
     let source_before = w.list(&src);
 
     // Crash right after the copy (test-only injection): steps 1..4b done, 4c not started.
-    let (code, _out, err) = w.run_env(&cfg, &["recover", &w.source, "--into", &w.target, "--execute", "--yes"], &[("SAFEGUARD_RECOVER_CRASH", "after:copy")], None);
+    let (code, _out, err) =
+        w.run_env(&cfg, &["recover", &w.source, "--into", &w.target, "--execute", "--yes"], &[("SAFEGUARD_RECOVER_CRASH", "after:copy")], None);
     assert_eq!(code, 86, "{err}");
     let id = recovery_id(&err);
     let rec = &w.recovery(&cfg, &id)["recovery"];
@@ -556,7 +587,12 @@ fn copy_crash_midway_resumes_copying_only_the_rest() {
     let to = format!("s3://{}/clones/{}/wal/", w.bucket, w.source);
     let dst = S3Url::parse(&to).unwrap();
 
-    let (code, _, err) = w.run_env(&cfg, &["recover", &w.source, "--to-prefix", &to, "--execute", "--yes", "--concurrency", "4"], &[("SAFEGUARD_RECOVER_CRASH", "copy:60")], None);
+    let (code, _, err) = w.run_env(
+        &cfg,
+        &["recover", &w.source, "--to-prefix", &to, "--execute", "--yes", "--concurrency", "4"],
+        &[("SAFEGUARD_RECOVER_CRASH", "copy:60")],
+        None,
+    );
     assert_eq!(code, 86, "{err}");
     let id = recovery_id(&err);
     let partial = w.list(&dst).len();
@@ -635,7 +671,9 @@ fn guards_refuse_and_say_why() {
     let src = w.prefix(&w.source).to_string();
 
     // The target equals, contains or lies inside the source.
-    for (to, why) in [(src.clone(), "is the source"), (format!("s3://{}/backups/", w.bucket), "contains the source"), (format!("{src}x/"), "is inside the source")] {
+    for (to, why) in
+        [(src.clone(), "is the source"), (format!("s3://{}/backups/", w.bucket), "contains the source"), (format!("{src}x/"), "is inside the source")]
+    {
         let (code, out, _) = w.run(&cfg, &["recover", &w.source, "--to-prefix", &to, "--execute", "--yes"]);
         assert_eq!(code, 1, "{to}: {out}");
         assert!(out.contains("REFUSED") && out.contains(why), "{to}: {out}");
@@ -723,7 +761,8 @@ fn a_second_recovery_of_the_same_instance_is_locked_out_until_abandoned() {
     w.fresh_target(&w.target);
     w.ingest(&w.log_lines());
     let cfg = w.config(None, "");
-    let (code, _, err) = w.run_env(&cfg, &["recover", &w.source, "--into", &w.target, "--execute", "--yes"], &[("SAFEGUARD_RECOVER_CRASH", "after:source")], None);
+    let (code, _, err) =
+        w.run_env(&cfg, &["recover", &w.source, "--into", &w.target, "--execute", "--yes"], &[("SAFEGUARD_RECOVER_CRASH", "after:source")], None);
     assert_eq!(code, 86, "{err}");
     let first = recovery_id(&err);
 
@@ -761,7 +800,8 @@ fn clones_into_nested_prefixes_or_into_a_source_being_read_are_locked_out() {
     w.ingest(&lines);
     let cfg = w.config(None, "");
     let outer = format!("s3://{}/clones/orders/", w.bucket);
-    let (code, _, err) = w.run_env(&cfg, &["recover", &w.source, "--to-prefix", &outer, "--execute", "--yes"], &[("SAFEGUARD_RECOVER_CRASH", "after:source")], None);
+    let (code, _, err) =
+        w.run_env(&cfg, &["recover", &w.source, "--to-prefix", &outer, "--execute", "--yes"], &[("SAFEGUARD_RECOVER_CRASH", "after:source")], None);
     assert_eq!(code, 86, "{err}");
     let first = recovery_id(&err);
 
@@ -858,7 +898,11 @@ fn a_failing_command_template_stops_the_recovery_and_resume_continues_after_the_
     let text = std::fs::read_to_string(&good).unwrap();
     let bad = w.dir().join("bad.toml");
     let marker = w.dir().join("bad-ran");
-    std::fs::write(&bad, text.replacen("stop = \"echo stop", &format!("stop = \"touch '{}' && echo cannot reach the director >&2 && exit 3 && echo stop", marker.display()), 1)).unwrap();
+    std::fs::write(
+        &bad,
+        text.replacen("stop = \"echo stop", &format!("stop = \"touch '{}' && echo cannot reach the director >&2 && exit 3 && echo stop", marker.display()), 1),
+    )
+    .unwrap();
 
     let (code, out, err) = w.run(&bad, &["recover", &w.source, "--into", &w.target, "--execute", "--yes"]);
     assert_eq!(code, 2, "{out}\n{err}");
@@ -939,8 +983,13 @@ fn create_through_the_cloud_controller_and_docker_api_then_bind() {
     }
     let docker = fake_http::Server::tcp(fake_http::docker_handler(d_state.clone()));
 
-    let cfg = w.config(None, &format!("poll_interval = \"50ms\"\n\n[platform.docker]\nurl = \"{}\"\ntimeout = \"5s\"\n", docker.url.replace("http://", "tcp://")));
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("type = \"commands\"", "type = \"api\"").replace("http://127.0.0.1:9", &cc.url).replace("target_wait = \"3s\"", "target_wait = \"20s\"");
+    let cfg =
+        w.config(None, &format!("poll_interval = \"50ms\"\n\n[platform.docker]\nurl = \"{}\"\ntimeout = \"5s\"\n", docker.url.replace("http://", "tcp://")));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("type = \"commands\"", "type = \"api\"")
+        .replace("http://127.0.0.1:9", &cc.url)
+        .replace("target_wait = \"3s\"", "target_wait = \"20s\"");
     std::fs::write(&cfg, text).unwrap();
 
     let (code, out, err) = w.run(&cfg, &["recover", &w.source, "--create"]);
@@ -965,7 +1014,11 @@ fn create_through_the_cloud_controller_and_docker_api_then_bind() {
     assert_eq!(create.json()["space_guid"], "space-2222");
     assert_eq!(cc_state.lock().unwrap().bindings, vec![(new_id.clone(), "app-guid-orders".to_string())]);
     let dpaths = docker.paths();
-    for want in [format!("POST /containers/{container}/stop?t=30"), format!("POST /containers/create?name=safeguard-flush-{container}"), format!("POST /containers/{container}/start")] {
+    for want in [
+        format!("POST /containers/{container}/stop?t=30"),
+        format!("POST /containers/create?name=safeguard-flush-{container}"),
+        format!("POST /containers/{container}/start"),
+    ] {
         assert!(dpaths.contains(&want), "{want} not in {dpaths:?}");
     }
     assert_eq!(d_state.lock().unwrap().flushed, vec![container.clone()]);
@@ -990,13 +1043,26 @@ fn create_by_command_template_then_the_execution_guard_refuses_a_target_with_a_c
     let appear = w.dir().join("appear.lines");
     std::fs::write(&appear, w.instance_lines(now_ms() - 60_000, &new_id, &new_node, &new_cell, "orders-db", false).join("\n") + "\n").unwrap();
     let cfg = w.config(None, "");
-    let create = format!("create = \"cat '{}' >> '{}' && echo created {{name}} in {{space_guid}} && echo {}\"\n", appear.display(), log.display(), new_id.to_uppercase());
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("timeout = \"20s\"\n\n[cloud_controller]", &format!("timeout = \"20s\"\n{create}\n[cloud_controller]")).replace("target_wait = \"3s\"", "target_wait = \"20s\"");
+    let create = format!(
+        "create = \"cat '{}' >> '{}' && echo created {{name}} in {{space_guid}} && echo {}\"\n",
+        appear.display(),
+        log.display(),
+        new_id.to_uppercase()
+    );
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("timeout = \"20s\"\n\n[cloud_controller]", &format!("timeout = \"20s\"\n{create}\n[cloud_controller]"))
+        .replace("target_wait = \"3s\"", "target_wait = \"20s\"");
     std::fs::write(&cfg, text).unwrap();
 
     let (code, out, err) = w.run(&cfg, &["recover", &w.source, "--create", "--name", "orders-db-2", "--execute", "--yes"]);
     assert_eq!(code, 2, "{out}\n{err}");
-    assert!(err.contains("step 4a (clear_target)") && err.contains("refused: the target") && err.contains("holds complete base backup(s) base_000000010000000000000003_00000028"), "{err}");
+    assert!(
+        err.contains("step 4a (clear_target)")
+            && err.contains("refused: the target")
+            && err.contains("holds complete base backup(s) base_000000010000000000000003_00000028"),
+        "{err}"
+    );
     assert_eq!(w.list(&p).len(), 3, "objects were deleted");
     let id = recovery_id(&err);
     let rec = &w.recovery(&cfg, &id)["recovery"];

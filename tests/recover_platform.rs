@@ -181,7 +181,9 @@ fn docker_engine_api_over_a_unix_socket_with_a_cell_url_template() {
     let docker = Docker::new(&DockerConfig { url: "tcp://{host}:1".into(), ..DockerConfig::default() }).unwrap();
     let e = rt().block_on(docker.stop(&ContainerRef { instance_id: "i".into(), container: "c".into(), host: None })).unwrap_err();
     assert!(e.to_string().contains("needs {host}"), "{e}");
-    assert!(docker.describe(Op::Stop, &OpContext { container: Some("cf-x"), host: Some("cell-9"), ..OpContext::default() }).contains("tcp://cell-9:1: POST /containers/cf-x/stop"));
+    assert!(docker
+        .describe(Op::Stop, &OpContext { container: Some("cf-x"), host: Some("cell-9"), ..OpContext::default() })
+        .contains("tcp://cell-9:1: POST /containers/cf-x/stop"));
 }
 
 #[test]

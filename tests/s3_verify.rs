@@ -21,18 +21,9 @@ fn config(endpoint: String) -> S3Config {
 async fn fresh(tag: &str) -> (ObjectStore, String) {
     static N: AtomicU32 = AtomicU32::new(0);
     let store = ObjectStore::connect(&config(common::env("SAFEGUARD_TEST_S3"))).expect("valid test config");
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let bucket = format!("sg-{tag}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
-    store
-        .client()
-        .await
-        .create_bucket()
-        .bucket(&bucket)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("create bucket {bucket}: {}", DisplayErrorContext(&e)));
+    store.client().await.create_bucket().bucket(&bucket).send().await.unwrap_or_else(|e| panic!("create bucket {bucket}: {}", DisplayErrorContext(&e)));
     (store, bucket)
 }
 
@@ -202,9 +193,7 @@ async fn listing_paginates_past_1000_objects() {
     let prefix = instance_prefix(&bucket, ID);
     let start = Segment { tli: 1, log: 0, seg: 0x10 };
     let n: u64 = 1_150;
-    let names: Vec<String> = (0..n)
-        .map(|i| Segment::from_index(1, start.index() + i).expect("in range").name())
-        .collect();
+    let names: Vec<String> = (0..n).map(|i| Segment::from_index(1, start.index() + i).expect("in range").name()).collect();
     let mut objs = vec![sysid()];
     objs.extend(base_backup(&start.name(), "00000028", 1, true));
     objs.extend(wal(&names));
@@ -261,10 +250,7 @@ fn assert_unreachable_within(r: &VerifyReport, elapsed: Duration, bound: Duratio
 #[tokio::test]
 async fn closed_port_is_unreachable_quickly() {
     // A port that was just free: nothing listens, connections are refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("ephemeral port")
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("ephemeral port").port();
     let ep = format!("http://127.0.0.1:{port}");
     let cfg = S3Config { timeout: "2s".into(), max_attempts: 2, ..config(ep.clone()) };
     let store = ObjectStore::connect(&cfg).expect("valid config");

@@ -109,7 +109,11 @@ impl Mailer {
 
     fn recipients(&self, sev: Severity) -> Vec<&String> {
         fn pick<'a>(to: &'a [String], specific: &'a [String]) -> Vec<&'a String> {
-            if specific.is_empty() { to.iter().collect() } else { specific.iter().collect() }
+            if specific.is_empty() {
+                to.iter().collect()
+            } else {
+                specific.iter().collect()
+            }
         }
         let c = &self.cfg;
         match sev {

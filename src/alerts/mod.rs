@@ -289,12 +289,8 @@ pub fn on_deletion(r: &InstanceRecord, at: i64, now: i64, cfg: &AlertsConfig) ->
     if !(cfg.rules.instance_deleted || cfg.rules.deleted_without_base_backup) || now - at > ms(cfg.backfill_window) {
         return None;
     }
-    let summary = format!(
-        "Instance {} was deleted at {} ({}).",
-        r.instance_id,
-        rfc3339(at),
-        r.deleted_by.as_deref().unwrap_or("deletion seen in the broker log")
-    );
+    let summary =
+        format!("Instance {} was deleted at {} ({}).", r.instance_id, rfc3339(at), r.deleted_by.as_deref().unwrap_or("deletion seen in the broker log"));
     Some(Alert::new(r, Kind::Deletion, None, rfc3339(at), summary, now, cfg))
 }
 
@@ -329,13 +325,7 @@ pub fn absence(r: &InstanceRecord, now: i64, cfg: &AlertsConfig) -> Vec<Alert> {
         match r.latest_complete_backup() {
             Some(b) if b.time.is_some_and(|t| now - t > ms(rc.max_base_backup_age)) => {
                 let t = b.time.unwrap_or(0);
-                let summary = format!(
-                    "Instance {} has had no complete base backup since {} ({} at {}).",
-                    r.instance_id,
-                    rfc3339(t),
-                    b.name,
-                    rfc3339(t)
-                );
+                let summary = format!("Instance {} has had no complete base backup since {} ({} at {}).", r.instance_id, rfc3339(t), b.name, rfc3339(t));
                 out.push(Alert::new(r, Kind::NoRecentBaseBackup, Some(Rule::NoRecentBaseBackup), format!("after:{}", b.name), summary, now, cfg));
             }
             None if now - r.first_seen > ms(rc.first_base_backup_within) => {
@@ -408,7 +398,10 @@ pub fn compose(a: &Alert) -> Message {
     }
     facts.insert("5 nodes", if s.nodes.is_empty() { "none seen".into() } else { s.nodes.join("; ") });
     facts.insert("6 backups at", s.backup_prefix.clone().unwrap_or_else(|| "unknown (no WAL-E line seen)".into()));
-    facts.insert("7 logs show", s.latest_complete_backup.clone().map(|b| format!("complete base backup {b}")).unwrap_or_else(|| "no complete base backup".into()));
+    facts.insert(
+        "7 logs show",
+        s.latest_complete_backup.clone().map(|b| format!("complete base backup {b}")).unwrap_or_else(|| "no complete base backup".into()),
+    );
     for (k, v) in facts {
         b.push_str(&format!("  {:<13} {v}\n", &k[2..]));
     }

@@ -104,7 +104,8 @@ impl CloudController {
         let has_user = cfg.username.is_some() && cfg.password.is_some();
         if !has_client && !has_user {
             return Err(PlatformError::Config(
-                "cloud_controller needs client_id + client_secret, or username + password (secrets may come from the config file only; they are never printed)".into(),
+                "cloud_controller needs client_id + client_secret, or username + password (secrets may come from the config file only; they are never printed)"
+                    .into(),
             ));
         }
         let timeout = super::parse_duration("cloud_controller.timeout", &cfg.timeout)?;
@@ -192,11 +193,11 @@ impl CloudController {
         let url = format!("{uaa}/oauth/token");
         let rb = match (&self.cfg.client_id, &self.cfg.client_secret) {
             (Some(id), Some(secret)) => self.http.post(&url).basic_auth(id, Some(secret)).form(&[("grant_type", "client_credentials")]),
-            _ => self
-                .http
-                .post(&url)
-                .basic_auth(self.cfg.client_id.as_deref().unwrap_or("cf"), Some(""))
-                .form(&[("grant_type", "password"), ("username", self.cfg.username.as_deref().unwrap_or("")), ("password", self.cfg.password.as_deref().unwrap_or(""))]),
+            _ => self.http.post(&url).basic_auth(self.cfg.client_id.as_deref().unwrap_or("cf"), Some("")).form(&[
+                ("grant_type", "password"),
+                ("username", self.cfg.username.as_deref().unwrap_or("")),
+                ("password", self.cfg.password.as_deref().unwrap_or("")),
+            ]),
         };
         let r = rb.header("Accept", "application/json").send().await.map_err(|e| self.unreachable(op, what, UAA, &url, e))?;
         let status = r.status().as_u16();
@@ -254,7 +255,10 @@ impl CloudController {
         v["resources"][0]["metadata"]["guid"].as_str().map(str::to_string).ok_or_else(|| PlatformError::Failed {
             op: "create",
             what: what.to_string(),
-            detail: format!("the Cloud Controller knows no service plan with unique id {}; check cloud_controller.plan_unique_id and that the broker is registered", self.cfg.plan_unique_id),
+            detail: format!(
+                "the Cloud Controller knows no service plan with unique id {}; check cloud_controller.plan_unique_id and that the broker is registered",
+                self.cfg.plan_unique_id
+            ),
         })
     }
 
@@ -270,7 +274,11 @@ impl CloudController {
             }
             return Err(self.api_err("create", &what, "POST", path, s, &v));
         }
-        let guid = v["metadata"]["guid"].as_str().map(str::to_string).ok_or_else(|| PlatformError::Failed { op: "create", what: what.clone(), detail: "the answer has no metadata.guid".into() })?;
+        let guid = v["metadata"]["guid"].as_str().map(str::to_string).ok_or_else(|| PlatformError::Failed {
+            op: "create",
+            what: what.clone(),
+            detail: "the answer has no metadata.guid".into(),
+        })?;
         let state = self.wait_created(&guid, &what, &v).await?;
         Ok(Created { instance_id: guid.clone(), detail: format!("created {guid} on plan {plan}: last operation {state}") })
     }

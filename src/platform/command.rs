@@ -75,7 +75,12 @@ pub fn render(template: &str, vars: &[(&str, Option<&str>)]) -> Result<String, S
                 Some((_, Some(v))) if safe_value(v) => out.push_str(&shell_quote(v)),
                 Some((_, Some(v))) => return Err(format!("the value {v:?} for {{{word}}} has characters that are not allowed in a command")),
                 Some((_, None)) => return Err(format!("{{{word}}} is not known for this operation (is the instance's cell known?)")),
-                None => return Err(format!("unknown placeholder {{{word}}}; known: {}", vars.iter().map(|(k, _)| format!("{{{k}}}")).collect::<Vec<_>>().join(" "))),
+                None => {
+                    return Err(format!(
+                        "unknown placeholder {{{word}}}; known: {}",
+                        vars.iter().map(|(k, _)| format!("{{{k}}}")).collect::<Vec<_>>().join(" ")
+                    ))
+                }
             }
             rest = &after[word_len + 1..];
         } else {
@@ -183,7 +188,10 @@ impl CommandPlatform {
     }
 
     fn command(&self, op: Op, ctx: &OpContext<'_>) -> Result<String, PlatformError> {
-        let t = self.template(op).ok_or_else(|| PlatformError::NotConfigured { op: op.as_str(), hint: format!("set platform.commands.{} or configure [cloud_controller]", op.as_str()) })?;
+        let t = self.template(op).ok_or_else(|| PlatformError::NotConfigured {
+            op: op.as_str(),
+            hint: format!("set platform.commands.{} or configure [cloud_controller]", op.as_str()),
+        })?;
         render(t, &self.vars(ctx)).map_err(|e| PlatformError::Config(format!("platform.commands.{}: {e}", op.as_str())))
     }
 
@@ -197,7 +205,13 @@ impl CommandPlatform {
             .map_err(|e| PlatformError::Failed { op: op.as_str(), what: what.clone(), detail: format!("cannot run `sh -c {cmd}`: {e}") })?;
         let both = format!("{}\n{}", out.stdout, out.stderr);
         if out.timed_out {
-            return Err(PlatformError::Command { op: op.as_str(), what, command: cmd, outcome: format!("did not finish within {} and was killed", self.cfg.timeout), tail: tail(&both, 400) });
+            return Err(PlatformError::Command {
+                op: op.as_str(),
+                what,
+                command: cmd,
+                outcome: format!("did not finish within {} and was killed", self.cfg.timeout),
+                tail: tail(&both, 400),
+            });
         }
         if out.status != Some(0) {
             let outcome = out.status.map_or_else(|| "was killed by a signal".to_string(), |c| format!("exited with status {c}"));

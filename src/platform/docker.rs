@@ -111,7 +111,15 @@ impl Docker {
         }
     }
 
-    async fn call(&self, conn: &Conn, op: &'static str, c: &ContainerRef, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), PlatformError> {
+    async fn call(
+        &self,
+        conn: &Conn,
+        op: &'static str,
+        c: &ContainerRef,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), PlatformError> {
         let url = format!("{}{path}", conn.base);
         let m: &'static str = match method.as_str() {
             "GET" => "GET",
@@ -240,7 +248,10 @@ impl Docker {
             code => Err(PlatformError::Failed {
                 op,
                 what: format!("container {}", c.container),
-                detail: format!("the helper container {helper} exited with status {code:?} while emptying {}; check `docker logs` on the cell", self.cfg.data_dir),
+                detail: format!(
+                    "the helper container {helper} exited with status {code:?} while emptying {}; check `docker logs` on the cell",
+                    self.cfg.data_dir
+                ),
             }),
         }
     }

@@ -136,7 +136,8 @@ fn recovery_line(r: &Recovery) -> String {
 pub fn run_recover(cfg: &Config, store_path: &Path, cache_bytes: u64, args: RecoverArgs) -> Result<ExitCode> {
     let journal = Journal::for_store(store_path);
     if let Some(id) = &args.abandon {
-        let (mut rec, _) = journal.load(id)?.with_context(|| format!("no recovery {id} in {}; list them with `safeguard recoveries`", journal.path().display()))?;
+        let (mut rec, _) =
+            journal.load(id)?.with_context(|| format!("no recovery {id} in {}; list them with `safeguard recoveries`", journal.path().display()))?;
         if rec.status.finished() {
             bail!("recovery {id} already {}; nothing to abandon", rec.status.as_str());
         }
@@ -144,7 +145,10 @@ pub fn run_recover(cfg: &Config, store_path: &Path, cache_bytes: u64, args: Reco
             bail!("recovery {id} is running right now (pid {}); stop that process first", rec.owner_pid);
         }
         rec.status = RecoveryStatus::Abandoned;
-        journal.save(&mut rec, Some(Event { at: now_ms(), step: None, what: "abandoned".into(), detail: "by the operator; locks released; nothing undone".into() }))?;
+        journal.save(
+            &mut rec,
+            Some(Event { at: now_ms(), step: None, what: "abandoned".into(), detail: "by the operator; locks released; nothing undone".into() }),
+        )?;
         if args.json {
             print_json(&rec)?;
         } else {
@@ -171,7 +175,8 @@ pub fn run_recover(cfg: &Config, store_path: &Path, cache_bytes: u64, args: Reco
     };
 
     let (mut rec, plan) = if let Some(id) = &args.resume {
-        let (rec, plan) = journal.load(id)?.with_context(|| format!("no recovery {id} in {}; list them with `safeguard recoveries`", journal.path().display()))?;
+        let (rec, plan) =
+            journal.load(id)?.with_context(|| format!("no recovery {id} in {}; list them with `safeguard recoveries`", journal.path().display()))?;
         if rec.status.finished() {
             bail!("recovery {id} already {}; nothing to resume", rec.status.as_str());
         }

@@ -91,7 +91,16 @@ pub fn new_recovery(plan: &Plan) -> Recovery {
         steps: plan
             .steps
             .iter()
-            .map(|s| StepRecord { step: s.step, status: StepStatus::Pending, attempts: 0, started_at: None, finished_at: None, summary: None, output: Value::Null, error: None })
+            .map(|s| StepRecord {
+                step: s.step,
+                status: StepStatus::Pending,
+                attempts: 0,
+                started_at: None,
+                finished_at: None,
+                summary: None,
+                output: Value::Null,
+                error: None,
+            })
             .collect(),
         last_error: None,
     }
@@ -324,7 +333,8 @@ impl Runner<'_> {
         let (_, target) = self.prefixes(rec)?;
         let listing = self.s3.list_target(&target).await?;
         let current: Vec<String> = listing.iter().filter_map(|o| target.url().relative(&o.key).map(str::to_string)).collect();
-        let saved: Option<Vec<String>> = rec.step(StepId::ClearTarget).and_then(|s| s.output.get("to_delete")).and_then(|v| serde_json::from_value(v.clone()).ok());
+        let saved: Option<Vec<String>> =
+            rec.step(StepId::ClearTarget).and_then(|s| s.output.get("to_delete")).and_then(|v| serde_json::from_value(v.clone()).ok());
         let to_delete = match saved {
             Some(list) => {
                 let extra: Vec<&String> = current.iter().filter(|k| !list.contains(k)).collect();
@@ -342,7 +352,11 @@ impl Runner<'_> {
                 let rep = analyze(target.url(), &listing, now_ms());
                 let complete: Vec<&str> = rep.base_backups.iter().filter(|b| b.complete).map(|b| b.name.as_str()).collect();
                 if !complete.is_empty() {
-                    bail!("refused: the target {} holds complete base backup(s) {}; it is not a fresh instance. Nothing was deleted; check the target id", target.url(), complete.join(", "));
+                    bail!(
+                        "refused: the target {} holds complete base backup(s) {}; it is not a fresh instance. Nothing was deleted; check the target id",
+                        target.url(),
+                        complete.join(", ")
+                    );
                 }
                 if listing.len() as u64 > plan.options.max_target_objects {
                     bail!(
@@ -366,7 +380,8 @@ impl Runner<'_> {
         let opts = self.cfg.copy_options(Some(plan.options.concurrency));
         let started = Instant::now();
         let listing = self.s3.list_target(&target).await?;
-        let have: BTreeMap<String, (u64, i64)> = listing.iter().filter_map(|o| target.url().relative(&o.key).map(|r| (r.to_string(), (o.size, o.last_modified_ms)))).collect();
+        let have: BTreeMap<String, (u64, i64)> =
+            listing.iter().filter_map(|o| target.url().relative(&o.key).map(|r| (r.to_string(), (o.size, o.last_modified_ms)))).collect();
         let planned: BTreeMap<&str, u64> = sel.items.iter().map(|i| (i.rel.as_str(), i.size)).collect();
         let foreign: Vec<&String> = have.keys().filter(|k| !planned.contains_key(k.as_str())).collect();
         if !foreign.is_empty() {
@@ -385,7 +400,15 @@ impl Runner<'_> {
             Some(Crash::CopyObjects(n)) => Some(n),
             _ => None,
         };
-        let display = ProgressDisplay::start("copy", progress.clone(), todo.len() as u64, todo.iter().map(|i| i.size).sum(), dur(&self.cfg.progress_interval), self.quiet, crash);
+        let display = ProgressDisplay::start(
+            "copy",
+            progress.clone(),
+            todo.len() as u64,
+            todo.iter().map(|i| i.size).sum(),
+            dur(&self.cfg.progress_interval),
+            self.quiet,
+            crash,
+        );
         let res = self.s3.copy_objects(&source, &todo, &target, &opts, &progress).await;
         display.finish().await;
         res?;
@@ -422,7 +445,11 @@ impl Runner<'_> {
         let bytes = progress.bytes.load(std::sync::atomic::Ordering::Relaxed);
         let retries = progress.retries.load(std::sync::atomic::Ordering::Relaxed);
         Ok((
-            format!("copied {copied} object(s) ({}) in {secs:.1}s{}", human_bytes(bytes), if skipped > 0 { format!(", {skipped} already there") } else { String::new() }),
+            format!(
+                "copied {copied} object(s) ({}) in {secs:.1}s{}",
+                human_bytes(bytes),
+                if skipped > 0 { format!(", {skipped} already there") } else { String::new() }
+            ),
             json!({"copied": copied, "skipped_present": skipped, "bytes": bytes, "seconds": secs, "retries": retries, "sentinels_copied": sentinels_copied, "objects_per_second": copied as f64 / secs.max(0.001)}),
         ))
     }
@@ -466,7 +493,11 @@ impl Runner<'_> {
         for k in recovery_keys(&tid) {
             results.push(etcd.delete(&k).await?);
         }
-        let summary = results.iter().map(|r| format!("{} {}", r.key, if r.outcome == crate::etcd::DeleteOutcome::Deleted { "deleted" } else { "was absent" })).collect::<Vec<_>>().join(", ");
+        let summary = results
+            .iter()
+            .map(|r| format!("{} {}", r.key, if r.outcome == crate::etcd::DeleteOutcome::Deleted { "deleted" } else { "was absent" }))
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok((summary, json!({"etcd": etcd.url(), "keys": results})))
     }
 

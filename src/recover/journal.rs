@@ -216,7 +216,17 @@ impl Journal {
             }
             b.insert(keys::recovery(&rec.id), serde_json::to_vec(rec).unwrap_or_default());
             b.insert(keys::plan(&rec.id), serde_json::to_vec(plan).unwrap_or_default());
-            let ev = Event { at: now_ms(), step: None, what: "created".into(), detail: format!("{} {} -> {}", rec.mode, rec.source_id, rec.target_id.as_deref().or(rec.target_prefix.as_deref()).unwrap_or("(target to be created)")) };
+            let ev = Event {
+                at: now_ms(),
+                step: None,
+                what: "created".into(),
+                detail: format!(
+                    "{} {} -> {}",
+                    rec.mode,
+                    rec.source_id,
+                    rec.target_id.as_deref().or(rec.target_prefix.as_deref()).unwrap_or("(target to be created)")
+                ),
+            };
             b.insert(keys::event(&rec.id, 0), serde_json::to_vec(&ev).unwrap_or_default());
             db.apply_batch(b).map_err(|e| self.io(e))
         })
@@ -239,7 +249,13 @@ impl Journal {
             for (mine, theirs, verb) in pairs {
                 if let (Some(m), Some(t)) = (mine, theirs) {
                     if crate::s3::prefixes_overlap(m, t) {
-                        return Err(JournalError::PrefixBusy { mine: m.to_string(), theirs: t.to_string(), verb, holder: other.id.clone(), status: other.status.as_str().to_string() });
+                        return Err(JournalError::PrefixBusy {
+                            mine: m.to_string(),
+                            theirs: t.to_string(),
+                            verb,
+                            holder: other.id.clone(),
+                            status: other.status.as_str().to_string(),
+                        });
                     }
                 }
             }
@@ -280,7 +296,14 @@ impl Journal {
             let mut b = sled::Batch::default();
             b.insert(keys::recovery(&id), v);
             if let Some(ev) = ev {
-                let seq = db.scan_prefix(keys::event_prefix(&id)).keys().next_back().and_then(|k| k.ok()).and_then(|k| k[k.len() - 8..].try_into().ok()).map(u64::from_be_bytes).map_or(0, |s| s + 1);
+                let seq = db
+                    .scan_prefix(keys::event_prefix(&id))
+                    .keys()
+                    .next_back()
+                    .and_then(|k| k.ok())
+                    .and_then(|k| k[k.len() - 8..].try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .map_or(0, |s| s + 1);
                 b.insert(keys::event(&id, seq), serde_json::to_vec(&ev).unwrap_or_default());
             }
             if release {
@@ -299,7 +322,10 @@ impl Journal {
             let rk = keys::recovery(id);
             let Some(r) = db.get(&rk).map_err(|e| self.io(e))? else { return Ok(None) };
             let pk = keys::plan(id);
-            let p = db.get(&pk).map_err(|e| self.io(e))?.ok_or_else(|| JournalError::Corrupt { key: String::from_utf8_lossy(&pk).into_owned(), detail: "missing".into() })?;
+            let p = db
+                .get(&pk)
+                .map_err(|e| self.io(e))?
+                .ok_or_else(|| JournalError::Corrupt { key: String::from_utf8_lossy(&pk).into_owned(), detail: "missing".into() })?;
             Ok(Some((Self::decode(&rk, &r)?, Self::decode(&pk, &p)?)))
         })
     }

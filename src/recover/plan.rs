@@ -269,7 +269,13 @@ fn store_backups(rec: &InstanceRecord) -> Vec<String> {
             format!(
                 "{} {} {} ({} of {} partitions uploaded)",
                 b.name,
-                if b.pruned { "pruned" } else if b.complete { "complete" } else { "INCOMPLETE" },
+                if b.pruned {
+                    "pruned"
+                } else if b.complete {
+                    "complete"
+                } else {
+                    "INCOMPLETE"
+                },
                 b.time.map(rfc3339).unwrap_or_default(),
                 b.partitions_done,
                 b.partitions_started
@@ -307,10 +313,9 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
     let mut warnings = Vec::new();
     let mut refusals = Vec::new();
     let source_id = req.source_id.to_ascii_lowercase();
-    let rec = env
-        .access
-        .record(&source_id)?
-        .with_context(|| format!("no instance {source_id} in the store; list known ids with `safeguard instances --deleted`, or ingest older logs with `safeguard ingest`"))?;
+    let rec = env.access.record(&source_id)?.with_context(|| {
+        format!("no instance {source_id} in the store; list known ids with `safeguard instances --deleted`, or ingest older logs with `safeguard ingest`")
+    })?;
     let prefix_s = rec.backup_prefix.clone().with_context(|| {
         format!("no backup prefix is recorded for {source_id} (no WAL-E line of it was seen), so its backups cannot be located; check `safeguard verify {source_id} --prefix s3://<bucket>/backups/{source_id}/wal/` and recover with --to-prefix from a known prefix")
     })?;
@@ -320,8 +325,18 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
     let report = analyze(&source_url, &listing, env.now);
     let selection = select(&source_url, &listing, req.before, &report);
 
-    let complete: Vec<String> = report.base_backups.iter().filter(|b| b.complete && b.partitions > 0).map(|b| format!("{} completed {}", b.name, b.completed_at.map(rfc3339).unwrap_or_default())).collect();
-    let incomplete: Vec<String> = report.base_backups.iter().filter(|b| !(b.complete && b.partitions > 0)).map(|b| format!("{} ({} partitions, no sentinel)", b.name, b.partitions)).collect();
+    let complete: Vec<String> = report
+        .base_backups
+        .iter()
+        .filter(|b| b.complete && b.partitions > 0)
+        .map(|b| format!("{} completed {}", b.name, b.completed_at.map(rfc3339).unwrap_or_default()))
+        .collect();
+    let incomplete: Vec<String> = report
+        .base_backups
+        .iter()
+        .filter(|b| !(b.complete && b.partitions > 0))
+        .map(|b| format!("{} ({} partitions, no sentinel)", b.name, b.partitions))
+        .collect();
     let source_side = SourceSide {
         instance_id: source_id.clone(),
         prefix: source_url.to_string(),
@@ -358,7 +373,8 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
                 if incomplete.is_empty() { String::new() } else { format!(" ({})", incomplete.join("; ")) },
                 report.wal.segments
             );
-            let what_store = if source_side.store_backups.is_empty() { "no base backup seen in the stream".to_string() } else { source_side.store_backups.join("; ") };
+            let what_store =
+                if source_side.store_backups.is_empty() { "no base backup seen in the stream".to_string() } else { source_side.store_backups.join("; ") };
             let when = match before {
                 Some(t) => format!(" completed before {}", rfc3339(t)),
                 None => String::new(),
@@ -374,12 +390,26 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
         _ => {}
     }
     if let Some(c) = report.continuity.as_ref().filter(|c| !c.gaps.is_empty()) {
-        warnings.push(format!("the source WAL has {} missing segment(s); replay stops at {}", c.missing_segments, c.replayable_until_segment.as_deref().unwrap_or("?")));
+        warnings.push(format!(
+            "the source WAL has {} missing segment(s); replay stops at {}",
+            c.missing_segments,
+            c.replayable_until_segment.as_deref().unwrap_or("?")
+        ));
     }
 
     // The target.
     let mode = if matches!(req.target, TargetSpec::Prefix { .. }) { "clone" } else { "recover" };
-    let mut target = TargetSide { kind: String::new(), instance_id: None, prefix: None, container: None, host: None, name: None, space_guid: None, objects: None, complete_backups: Vec::new() };
+    let mut target = TargetSide {
+        kind: String::new(),
+        instance_id: None,
+        prefix: None,
+        container: None,
+        host: None,
+        name: None,
+        space_guid: None,
+        objects: None,
+        complete_backups: Vec::new(),
+    };
     let mut target_url: Option<S3Url> = None;
     match &req.target {
         TargetSpec::Into { instance_id } => {
@@ -392,7 +422,10 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
             match env.access.record(&tid)? {
                 Some(t) => {
                     if t.status == Status::Deleted {
-                        refusals.push(format!("the target {tid} is recorded as deleted ({}); create a new instance and pass its id", t.deleted_by.as_deref().unwrap_or("")));
+                        refusals.push(format!(
+                            "the target {tid} is recorded as deleted ({}); create a new instance and pass its id",
+                            t.deleted_by.as_deref().unwrap_or("")
+                        ));
                     }
                     let (c, h) = container_of(&t);
                     target.container = c;
@@ -404,11 +437,17 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
                         None => sibling_prefix(&source_url, &source_id, &tid),
                     });
                     if target.container.is_none() || target.host.is_none() {
-                        warnings.push(format!("the container or cell of {tid} is not known yet; step 2 waits up to {} for the watcher to see them", env.cfg.target_wait));
+                        warnings.push(format!(
+                            "the container or cell of {tid} is not known yet; step 2 waits up to {} for the watcher to see them",
+                            env.cfg.target_wait
+                        ));
                     }
                 }
                 None => {
-                    warnings.push(format!("{tid} is not in the store yet; step 2 waits up to {} for the watcher to see its container and cell", env.cfg.target_wait));
+                    warnings.push(format!(
+                        "{tid} is not in the store yet; step 2 waits up to {} for the watcher to see its container and cell",
+                        env.cfg.target_wait
+                    ));
                     target.space_guid = rec.space_guid.clone();
                     target_url = Some(sibling_prefix(&source_url, &source_id, &tid));
                 }
@@ -461,7 +500,10 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
         }
     }
     if mode == "recover" && env.etcd.is_none() {
-        refusals.push("no [etcd] section in the config: step 5 must delete the target's /initialize and /optime/leader keys; add [etcd] url = \"http://<etcd>:4001\"".into());
+        refusals.push(
+            "no [etcd] section in the config: step 5 must delete the target's /initialize and /optime/leader keys; add [etcd] url = \"http://<etcd>:4001\""
+                .into(),
+        );
     }
     if mode == "recover" && !matches!(env.access, Access::Watcher { .. }) {
         warnings.push("no watcher is running on this store, so step 8 cannot see the restore in the stream; start `safeguard watch` (with the platform's syslog) before executing".into());
@@ -469,7 +511,14 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
 
     // Steps.
     let tid_s = target.instance_id.clone().unwrap_or_else(|| "<new-instance-id>".into());
-    let ctx = OpContext { instance_id: Some(&tid_s), container: target.container.as_deref(), host: target.host.as_deref(), name: target.name.as_deref(), space_guid: target.space_guid.as_deref(), app: None };
+    let ctx = OpContext {
+        instance_id: Some(&tid_s),
+        container: target.container.as_deref(),
+        host: target.host.as_deref(),
+        name: target.name.as_deref(),
+        space_guid: target.space_guid.as_deref(),
+        app: None,
+    };
     let tprefix = target.prefix.clone().unwrap_or_else(|| "?".into());
     let mut steps = Vec::new();
     let mut add = |step: StepId, title: String, details: Vec<String>| {
@@ -500,13 +549,21 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
         StepId::ClearTarget,
         format!("delete the target's own objects under {tprefix}"),
         vec![
-            format!("{} object(s) there now; refused if it holds a complete base backup or more than {} objects, or overlaps the source", target.objects.map_or("?".into(), |n| n.to_string()), req.max_target_objects),
+            format!(
+                "{} object(s) there now; refused if it holds a complete base backup or more than {} objects, or overlaps the source",
+                target.objects.map_or("?".into(), |n| n.to_string()),
+                req.max_target_objects
+            ),
             "DeleteObjects in batches of 1000; the source is never touched".into(),
         ],
     );
     let mut copy_details = vec![
         format!("{} objects, {} from {source_url}", selection.objects, human_bytes(selection.bytes)),
-        format!("to {tprefix}, server-side CopyObject ({} at a time, multipart above {} MiB), retries with backoff", req.concurrency, env.cfg.multipart_threshold_mb.min(5120)),
+        format!(
+            "to {tprefix}, server-side CopyObject ({} at a time, multipart above {} MiB), retries with backoff",
+            req.concurrency,
+            env.cfg.multipart_threshold_mb.min(5120)
+        ),
     ];
     if let Some(b) = &selection.base_backup {
         copy_details.push(format!(
@@ -526,13 +583,25 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
         ));
     }
     if selection.sentinels.len() > 1 {
-        copy_details.push(format!("{} backup sentinels copied last, {} last of all so it is the target's newest", selection.sentinels.len(), selection.sentinels.last().map(String::as_str).unwrap_or("")));
+        copy_details.push(format!(
+            "{} backup sentinels copied last, {} last of all so it is the target's newest",
+            selection.sentinels.len(),
+            selection.sentinels.last().map(String::as_str).unwrap_or("")
+        ));
     }
     add(StepId::Copy, "copy the backups".into(), copy_details);
-    add(StepId::VerifyCopy, format!("verify {tprefix} equals the copied set"), vec!["same keys relative to the prefixes and same sizes, and the chosen base backup is the target's latest".into()]);
+    add(
+        StepId::VerifyCopy,
+        format!("verify {tprefix} equals the copied set"),
+        vec!["same keys relative to the prefixes and same sizes, and the chosen base backup is the target's latest".into()],
+    );
     if mode == "recover" {
         let e = env.etcd.map_or_else(|| "<no [etcd] configured>".to_string(), |e| e.url().to_string());
-        add(StepId::Etcd, format!("delete the target's Patroni keys in etcd {e}"), recovery_keys(&tid_s).iter().map(|k| format!("DELETE {e}/v2/keys{k} (absent is fine)")).collect());
+        add(
+            StepId::Etcd,
+            format!("delete the target's Patroni keys in etcd {e}"),
+            recovery_keys(&tid_s).iter().map(|k| format!("DELETE {e}/v2/keys{k} (absent is fine)")).collect(),
+        );
         add(StepId::Flush, format!("empty the data directory of {}", q(&target.container)), vec![env.platform.describe(Op::Flush, &ctx)]);
         add(StepId::Start, format!("start container {}", q(&target.container)), vec![env.platform.describe(Op::Start, &ctx)]);
         add(
@@ -541,11 +610,7 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
             vec![format!("`restore_leader_if_missing> preparing patroni to restore this container from wal-e backups` and a completed wal-fetch from {tid_s}")],
         );
         if !req.bind_apps.is_empty() {
-            let details = req
-                .bind_apps
-                .iter()
-                .map(|a| env.platform.describe(Op::Bind, &OpContext { app: Some(a), ..ctx.clone() }))
-                .collect();
+            let details = req.bind_apps.iter().map(|a| env.platform.describe(Op::Bind, &OpContext { app: Some(a), ..ctx.clone() })).collect();
             add(StepId::Bind, format!("bind {} again", req.bind_apps.join(", ")), details);
         }
     }
@@ -572,12 +637,25 @@ impl Plan {
         let mut s = String::new();
         let _ = writeln!(s, "{header}");
         let src = &self.source;
-        let _ = writeln!(s, "Source  {}  {}{}", src.instance_id, src.status.to_uppercase(), src.deleted_at.map(|d| format!(" at {}", rfc3339(d))).unwrap_or_default());
+        let _ = writeln!(
+            s,
+            "Source  {}  {}{}",
+            src.instance_id,
+            src.status.to_uppercase(),
+            src.deleted_at.map(|d| format!(" at {}", rfc3339(d))).unwrap_or_default()
+        );
         if let Some(n) = &src.name {
             let _ = writeln!(s, "        name {n:?}  org {}  space {}", q(&src.org_guid), q(&src.space_guid));
         }
         let _ = writeln!(s, "        {}", src.headline);
-        let _ = writeln!(s, "        {} objects, {}, {} WAL segment(s), complete base backups: {}", src.objects, human_bytes(src.bytes), src.wal_segments, if src.complete_backups.is_empty() { "none".into() } else { src.complete_backups.join("; ") });
+        let _ = writeln!(
+            s,
+            "        {} objects, {}, {} WAL segment(s), complete base backups: {}",
+            src.objects,
+            human_bytes(src.bytes),
+            src.wal_segments,
+            if src.complete_backups.is_empty() { "none".into() } else { src.complete_backups.join("; ") }
+        );
         let t = &self.target;
         match t.kind.as_str() {
             "prefix" => {
@@ -593,7 +671,11 @@ impl Plan {
             }
         }
         if let Some(n) = t.objects {
-            let _ = writeln!(s, "        {n} object(s) there now{}", if t.complete_backups.is_empty() { String::new() } else { format!(", complete base backups: {}", t.complete_backups.join(", ")) });
+            let _ = writeln!(
+                s,
+                "        {n} object(s) there now{}",
+                if t.complete_backups.is_empty() { String::new() } else { format!(", complete base backups: {}", t.complete_backups.join(", ")) }
+            );
         }
         let _ = writeln!(s, "Steps");
         for st in &self.steps {

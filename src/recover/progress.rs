@@ -28,7 +28,7 @@ fn line(label: &str, p: &TransferProgress, objects: u64, bytes: u64, started: In
     } else {
         s.push_str(&format!("{label}: "));
     }
-    s.push_str(&format!("{o}/{objects} objects", ));
+    s.push_str(&format!("{o}/{objects} objects",));
     if bytes > 0 {
         s.push_str(&format!(", {}/{}", human_bytes(b), human_bytes(bytes)));
     }
@@ -42,7 +42,15 @@ fn line(label: &str, p: &TransferProgress, objects: u64, bytes: u64, started: In
 impl ProgressDisplay {
     /// Starts showing `p` against the totals. `crash_after`: test-only crash injection (exit 86 once
     /// that many objects are done).
-    pub fn start(label: &'static str, p: Arc<TransferProgress>, objects: u64, bytes: u64, interval: Duration, quiet: bool, crash_after: Option<u64>) -> ProgressDisplay {
+    pub fn start(
+        label: &'static str,
+        p: Arc<TransferProgress>,
+        objects: u64,
+        bytes: u64,
+        interval: Duration,
+        quiet: bool,
+        crash_after: Option<u64>,
+    ) -> ProgressDisplay {
         let stop = Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
         let tty = std::io::stderr().is_terminal();

@@ -7,11 +7,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use aws_sdk_s3::config::{
-    timeout::TimeoutConfig, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-};
-use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::{timeout::TimeoutConfig, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -70,9 +68,8 @@ impl fmt::Debug for S3Config {
 impl S3Config {
     /// The per-attempt timeout, validated.
     pub fn timeout_duration(&self) -> Result<Duration, S3Error> {
-        let d = humantime::parse_duration(self.timeout.trim()).map_err(|e| S3Error::Config {
-            reason: format!("s3.timeout {:?} is not a duration like \"20s\" ({e})", self.timeout),
-        })?;
+        let d = humantime::parse_duration(self.timeout.trim())
+            .map_err(|e| S3Error::Config { reason: format!("s3.timeout {:?} is not a duration like \"20s\" ({e})", self.timeout) })?;
         if d.is_zero() {
             return Err(S3Error::Config { reason: "s3.timeout must be greater than zero".into() });
         }
@@ -98,9 +95,7 @@ impl S3Config {
         if let Some(ep) = &self.endpoint {
             let rest = ep.strip_prefix("http://").or_else(|| ep.strip_prefix("https://"));
             if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
-                return Err(S3Error::Config {
-                    reason: format!("s3.endpoint {ep:?} must be a URL like http://127.0.0.1:9000 or https://s3.example.com"),
-                });
+                return Err(S3Error::Config { reason: format!("s3.endpoint {ep:?} must be a URL like http://127.0.0.1:9000 or https://s3.example.com") });
             }
         }
         match (&self.access_key_id, &self.secret_access_key) {
@@ -169,7 +164,9 @@ pub enum S3Error {
     #[error("the object store at {endpoint} sent a response that is not a valid S3 listing for {url}: {detail}. Check that the endpoint URL points at the S3 API (not a web console or proxy page)")]
     BadResponse { endpoint: String, url: String, detail: String },
 
-    #[error("{op} {url} at {endpoint} failed: {code} (HTTP {status}): {detail}. Check the credentials allow this operation on the bucket, and the service's logs")]
+    #[error(
+        "{op} {url} at {endpoint} failed: {code} (HTTP {status}): {detail}. Check the credentials allow this operation on the bucket, and the service's logs"
+    )]
     Operation { op: &'static str, endpoint: String, url: String, code: String, status: u16, detail: String },
 
     #[error("refused: {reason}")]
@@ -212,9 +209,7 @@ impl S3Url {
     /// Parses a URL naming one object (no trailing-slash normalisation), e.g. a WAL-E log's `key=`.
     pub fn parse_object(url: &str) -> Result<S3Url, S3UrlError> {
         let trimmed = url.trim();
-        let rest = trimmed
-            .strip_prefix("s3://")
-            .ok_or_else(|| S3UrlError::Scheme { url: url.to_string() })?;
+        let rest = trimmed.strip_prefix("s3://").ok_or_else(|| S3UrlError::Scheme { url: url.to_string() })?;
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(S3UrlError::NoBucket { url: url.to_string() });
@@ -259,11 +254,7 @@ impl S3Url {
     /// This prefix plus a relative key (`wal_005/0000...lzo`); a `/` is inserted when needed.
     pub fn join(&self, rel: &str) -> S3Url {
         let rel = rel.trim_start_matches('/');
-        let key = if self.key.is_empty() || self.key.ends_with('/') {
-            format!("{}{rel}", self.key)
-        } else {
-            format!("{}/{rel}", self.key)
-        };
+        let key = if self.key.is_empty() || self.key.ends_with('/') { format!("{}{rel}", self.key) } else { format!("{}/{rel}", self.key) };
         S3Url { bucket: self.bucket.clone(), key }
     }
 
@@ -371,13 +362,9 @@ impl ObjectStore {
             // The hard bound on one call, retries and backoff included.
             .operation_timeout(self.timeout.saturating_mul(attempts))
             .build();
-        let retry = RetryConfig::standard()
-            .with_max_attempts(attempts)
-            .with_max_backoff(Duration::from_secs(2).min(self.timeout));
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(Region::new(c.region.clone()))
-            .timeout_config(timeouts)
-            .retry_config(retry);
+        let retry = RetryConfig::standard().with_max_attempts(attempts).with_max_backoff(Duration::from_secs(2).min(self.timeout));
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(c.region.clone())).timeout_config(timeouts).retry_config(retry);
         if let (Some(id), Some(secret)) = (&c.access_key_id, &c.secret_access_key) {
             loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "safeguard-config"));
         }
@@ -388,9 +375,7 @@ impl ObjectStore {
         let mut b = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(self.config.effective_path_style());
         if c.endpoint.is_some() {
             // Ceph, MinIO and moto versions differ in their support of the newer default checksums.
-            b = b
-                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-                .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+            b = b.request_checksum_calculation(RequestChecksumCalculation::WhenRequired).response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
         aws_sdk_s3::Client::from_conf(b.build())
     }
@@ -412,18 +397,12 @@ impl ObjectStore {
             for o in page.contents() {
                 let Some(key) = o.key() else { continue };
                 let last_modified_ms = o.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0);
-                out.push(ObjectInfo {
-                    key: key.to_string(),
-                    size: o.size().map_or(0, |s| s.max(0) as u64),
-                    last_modified_ms,
-                });
+                out.push(ObjectInfo { key: key.to_string(), size: o.size().map_or(0, |s| s.max(0) as u64), last_modified_ms });
             }
             let next = page.next_continuation_token().map(str::to_string);
             match (page.is_truncated().unwrap_or(false), next) {
                 (false, _) => break,
-                (true, None) => {
-                    return Err(self.bad_response(prefix, "the listing is truncated but has no continuation token"))
-                }
+                (true, None) => return Err(self.bad_response(prefix, "the listing is truncated but has no continuation token")),
                 // A server repeating a token would make this loop forever.
                 (true, Some(n)) if token.as_deref() == Some(n.as_str()) => {
                     return Err(self.bad_response(prefix, "the server repeated the same continuation token"))
@@ -447,13 +426,9 @@ impl ObjectStore {
         // The default chain reports a missing identity as a dispatch or construction failure.
         let credentials = detail.to_ascii_lowercase().contains("credentials");
         match &err {
-            SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) if credentials => {
-                S3Error::NoCredentials { endpoint, url, detail }
-            }
+            SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) if credentials => S3Error::NoCredentials { endpoint, url, detail },
             SdkError::TimeoutError(_) => S3Error::Timeout { endpoint, url, timeout: c.timeout.clone(), attempts, detail },
-            SdkError::DispatchFailure(d) if d.is_timeout() => {
-                S3Error::Timeout { endpoint, url, timeout: c.timeout.clone(), attempts, detail }
-            }
+            SdkError::DispatchFailure(d) if d.is_timeout() => S3Error::Timeout { endpoint, url, timeout: c.timeout.clone(), attempts, detail },
             SdkError::DispatchFailure(_) => S3Error::Unreachable { endpoint, url, attempts, detail },
             SdkError::ConstructionFailure(_) => S3Error::Request { endpoint, url, detail },
             SdkError::ResponseError(_) => S3Error::BadResponse { endpoint, url, detail },
@@ -464,10 +439,14 @@ impl ObjectStore {
                 let bucket = prefix.bucket.clone();
                 match code.as_str() {
                     "NoSuchBucket" => S3Error::NoSuchBucket { endpoint, bucket, url },
-                    "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken"
-                    | "InvalidToken" | "RequestTimeTooSkewed" | "AllAccessDisabled" | "AccountProblem" => {
-                        S3Error::AccessDenied { endpoint, bucket, url, code, detail: message }
-                    }
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidToken"
+                    | "RequestTimeTooSkewed"
+                    | "AllAccessDisabled"
+                    | "AccountProblem" => S3Error::AccessDenied { endpoint, bucket, url, code, detail: message },
                     _ if status == 403 => S3Error::AccessDenied {
                         endpoint,
                         bucket,
@@ -488,7 +467,6 @@ impl ObjectStore {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -523,11 +501,7 @@ mod tests {
 
     #[test]
     fn secret_stays_out_of_debug_and_json() {
-        let c = S3Config {
-            access_key_id: Some("AKIDEXAMPLE".into()),
-            secret_access_key: Some("s3cr3t-value".into()),
-            ..S3Config::default()
-        };
+        let c = S3Config { access_key_id: Some("AKIDEXAMPLE".into()), secret_access_key: Some("s3cr3t-value".into()), ..S3Config::default() };
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
         assert!(!serde_json::to_string(&c).unwrap().contains("s3cr3t-value"));
         assert_eq!(c.scrub("x s3cr3t-value y"), "x <redacted> y");
@@ -667,7 +641,8 @@ fn transient(e: &S3Error) -> bool {
     match e {
         S3Error::Unreachable { .. } | S3Error::Timeout { .. } => true,
         S3Error::Operation { status, code, .. } => {
-            matches!(*status, 429 | 500 | 502 | 503 | 504) || matches!(code.as_str(), "SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable" | "dispatch")
+            matches!(*status, 429 | 500 | 502 | 503 | 504)
+                || matches!(code.as_str(), "SlowDown" | "InternalError" | "RequestTimeout" | "ServiceUnavailable" | "dispatch")
         }
         _ => false,
     }
@@ -714,7 +689,9 @@ impl ObjectStore {
         let url_s = url.to_string();
         match &err {
             SdkError::TimeoutError(_) => S3Error::Timeout { endpoint, url: url_s, timeout: c.timeout.clone(), attempts: c.max_attempts, detail },
-            SdkError::DispatchFailure(d) if d.is_timeout() => S3Error::Timeout { endpoint, url: url_s, timeout: c.timeout.clone(), attempts: c.max_attempts, detail },
+            SdkError::DispatchFailure(d) if d.is_timeout() => {
+                S3Error::Timeout { endpoint, url: url_s, timeout: c.timeout.clone(), attempts: c.max_attempts, detail }
+            }
             SdkError::DispatchFailure(_) => S3Error::Unreachable { endpoint, url: url_s, attempts: c.max_attempts, detail },
             SdkError::ServiceError(s) => {
                 let status = s.raw().status().as_u16();
@@ -756,7 +733,14 @@ impl ObjectStore {
 
     /// Server-side copy of one object from `source` to the same relative key under `target`; multipart
     /// above `opts.multipart_threshold`. Returns the new object's LastModified (ms) when the store says.
-    pub async fn copy_object(&self, source: &SourcePrefix, item: &CopyItem, target: &TargetPrefix, opts: &CopyOptions, progress: Option<&TransferProgress>) -> Result<Option<i64>, S3Error> {
+    pub async fn copy_object(
+        &self,
+        source: &SourcePrefix,
+        item: &CopyItem,
+        target: &TargetPrefix,
+        opts: &CopyOptions,
+        progress: Option<&TransferProgress>,
+    ) -> Result<Option<i64>, S3Error> {
         let from = source.url().join(&item.rel);
         let to = target.key_for(&item.rel)?;
         let copy_source = format!("{}/{}", from.bucket, encode_key(&from.key));
@@ -765,14 +749,8 @@ impl ObjectStore {
         }
         let client = self.client().await;
         self.retrying(opts.attempts, progress, || async {
-            let out = client
-                .copy_object()
-                .bucket(&to.bucket)
-                .key(&to.key)
-                .copy_source(&copy_source)
-                .send()
-                .await
-                .map_err(|e| self.op_err("CopyObject", &to, e))?;
+            let out =
+                client.copy_object().bucket(&to.bucket).key(&to.key).copy_source(&copy_source).send().await.map_err(|e| self.op_err("CopyObject", &to, e))?;
             Ok(out.copy_object_result().and_then(|r| r.last_modified()).and_then(|t| t.to_millis().ok()))
         })
         .await
@@ -831,7 +809,14 @@ impl ObjectStore {
 
     /// Copies `items` from `source` to `target` with at most `opts.concurrency` copies in flight; stops
     /// at the first permanent error. `progress` counts finished objects and bytes.
-    pub async fn copy_objects(&self, source: &SourcePrefix, items: &[CopyItem], target: &TargetPrefix, opts: &CopyOptions, progress: &TransferProgress) -> Result<(), S3Error> {
+    pub async fn copy_objects(
+        &self,
+        source: &SourcePrefix,
+        items: &[CopyItem],
+        target: &TargetPrefix,
+        opts: &CopyOptions,
+        progress: &TransferProgress,
+    ) -> Result<(), S3Error> {
         use futures_util::stream::{self, TryStreamExt};
         // Resolve the client once, before the concurrent copies share it.
         self.client().await;
@@ -859,7 +844,13 @@ impl ObjectStore {
             let del = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| S3Error::Guard { reason: e.to_string() })?;
             let out = self
                 .retrying(attempts, progress, || async {
-                    client.delete_objects().bucket(&target.url().bucket).delete(del.clone()).send().await.map_err(|e| self.op_err("DeleteObjects", target.url(), e))
+                    client
+                        .delete_objects()
+                        .bucket(&target.url().bucket)
+                        .delete(del.clone())
+                        .send()
+                        .await
+                        .map_err(|e| self.op_err("DeleteObjects", target.url(), e))
                 })
                 .await?;
             if let Some(e) = out.errors().first() {

@@ -32,10 +32,7 @@ pub struct StreamOptions {
 
 /// The first anchor (a time with a year) in the first lines of `buf`.
 fn first_anchor(buf: &[u8]) -> Option<i64> {
-    buf.split(|&c| c == b'\n')
-        .take(100_000)
-        .filter(|l| l.len() <= 64 * 1024)
-        .find_map(|l| std::str::from_utf8(l).ok().and_then(line_anchor))
+    buf.split(|&c| c == b'\n').take(100_000).filter(|l| l.len() <= 64 * 1024).find_map(|l| std::str::from_utf8(l).ok().and_then(line_anchor))
 }
 
 /// An archive's clock: its mtime bounds the year, the first anchor in its head seeds it.

@@ -39,7 +39,8 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 /// How long a revoke or a shutdown waits for the store to make what was fed durable.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 const EPOCH_SHIFT: u32 = 48;
-const RESTARTED: &str = "Kafka partition restarted below the offset already applied (topic recreated, or the broker lost its log); reading the new log as new lines";
+const RESTARTED: &str =
+    "Kafka partition restarted below the offset already applied (topic recreated, or the broker lost its log); reading the new log as new lines";
 const OFFSET_MASK: u64 = (1 << EPOCH_SHIFT) - 1;
 
 /// Settings managed by safeguard; setting them under `client` would break its guarantees.
@@ -95,7 +96,10 @@ impl KafkaSettings {
     /// The librdkafka configuration; errors name the setting and what to do.
     pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
         anyhow::ensure!(!self.brokers.is_empty(), "kafka source: `brokers` is empty; list at least one host:port");
-        anyhow::ensure!(!self.topics.is_empty() && self.topics.iter().all(|t| !t.trim().is_empty()), "kafka source: `topics` is empty; name the topic(s) the platform's syslog is shipped to");
+        anyhow::ensure!(
+            !self.topics.is_empty() && self.topics.iter().all(|t| !t.trim().is_empty()),
+            "kafka source: `topics` is empty; name the topic(s) the platform's syslog is shipped to"
+        );
         anyhow::ensure!(!self.group_id.trim().is_empty(), "kafka source: `group_id` is empty; give this watcher's store its own consumer group");
         let session_ms = self.session_timeout.as_millis().max(1) as u64;
         let mut c = ClientConfig::new();
@@ -404,7 +408,11 @@ impl Ctx {
         }
         if let Some(committed) = committed {
             if let Err(e) = &committed {
-                self.warn_limited(&mut st, "committed", &format!("cannot read the group's committed offsets ({e}); partitions without a store position start from the earliest retained offset"));
+                self.warn_limited(
+                    &mut st,
+                    "committed",
+                    &format!("cannot read the group's committed offsets ({e}); partitions without a store position start from the earliest retained offset"),
+                );
             }
             for el in ask_group.elements() {
                 let found = committed.as_ref().ok().and_then(|t| t.find_partition(el.topic(), el.partition())).map(|e| e.offset());
@@ -553,13 +561,7 @@ impl Ctx {
     fn emit(&self) -> bool {
         let mut st = lock(&self.state);
         loop {
-            let best = st
-                .parts
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| p.assigned)
-                .filter_map(|(i, p)| Some((p.buf.front()?.ts, i)))
-                .min();
+            let best = st.parts.iter().enumerate().filter(|(_, p)| p.assigned).filter_map(|(i, p)| Some((p.buf.front()?.ts, i))).min();
             let Some((_, i)) = best else { return true };
             let p = &mut st.parts[i];
             let Some(b) = p.buf.pop_front() else { return true };
@@ -659,7 +661,9 @@ fn watermarks(rk: *mut rdkafka::bindings::rd_kafka_t, p: &Part) -> Option<(i64, 
 impl ClientContext for Ctx {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning if !self.is_down() => {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning
+                if !self.is_down() =>
+            {
                 let mut st = lock(&self.state);
                 self.warn_limited(&mut st, &format!("log:{fac}"), &format!("librdkafka {fac}: {msg}"));
             }
@@ -680,11 +684,19 @@ impl ConsumerContext for Ctx {
                 // An assignment means the group coordinator answered.
                 self.broker_up();
                 self.plan_assignment(c, tpl);
-                if cooperative { c.incremental_assign(tpl) } else { c.assign(tpl) }
+                if cooperative {
+                    c.incremental_assign(tpl)
+                } else {
+                    c.assign(tpl)
+                }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.before_revoke(c, tpl);
-                if cooperative { c.incremental_unassign(tpl) } else { c.unassign() }
+                if cooperative {
+                    c.incremental_unassign(tpl)
+                } else {
+                    c.unassign()
+                }
             }
             other => {
                 tracing::warn!(error = ?other, "Kafka rebalance failed; dropping the assignment and rejoining the group");

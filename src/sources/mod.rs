@@ -62,9 +62,7 @@ impl Sink {
 
     pub fn register_blocking(&self, id: &str, name: &str, replayable: bool, clock: YearClock) -> Result<(SourceHandle, Option<Resume>), EngineGone> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .blocking_send(Msg::Register { id: id.to_string(), name: name.to_string(), replayable, clock, reply })
-            .map_err(|_| EngineGone)?;
+        self.tx.blocking_send(Msg::Register { id: id.to_string(), name: name.to_string(), replayable, clock, reply }).map_err(|_| EngineGone)?;
         rx.blocking_recv().map_err(|_| EngineGone)
     }
 

@@ -77,10 +77,17 @@ pub async fn run_tcp(listener: TcpListener, h: SourceHandle, sink: Sink) {
 #[derive(Debug, PartialEq, Eq)]
 enum Frame {
     /// A message at `buf[start..end]`; `consumed` bytes are done with.
-    Msg { start: usize, end: usize, consumed: usize },
+    Msg {
+        start: usize,
+        end: usize,
+        consumed: usize,
+    },
     /// An octet-counted frame too long to keep: its first `MAX_FRAME` bytes go on (to be rejected as too
     /// long), and `skip` more bytes of it are dropped as they arrive.
-    Oversize { consumed: usize, skip: usize },
+    Oversize {
+        consumed: usize,
+        skip: usize,
+    },
     NeedMore,
 }
 

@@ -73,8 +73,7 @@ impl SourceCounters {
     }
 }
 
-impl Counters {
-}
+impl Counters {}
 
 /// How far a source has been applied. For files, the byte offset after the last applied line; for Kafka,
 /// the next offset to read.
@@ -165,7 +164,9 @@ impl Drop for SnapshotKeeper {
         let started = std::time::Instant::now();
         match self.db.flush().map_err(std::io::Error::other).and_then(|_| snapshot::write(&self.dir, SCHEMA_VERSION, &self.db)) {
             Ok(n) => tracing::debug!(entries = n, ms = started.elapsed().as_millis() as u64, "wrote the read snapshot"),
-            Err(e) => tracing::warn!(store = %self.dir.display(), error = %e, "could not write the read snapshot; queries without a watcher will open the store instead (slower)"),
+            Err(e) => {
+                tracing::warn!(store = %self.dir.display(), error = %e, "could not write the read snapshot; queries without a watcher will open the store instead (slower)")
+            }
         }
     }
 }
@@ -174,10 +175,7 @@ impl Store {
     /// Opens (creating if needed) the store. `cache_bytes` bounds sled's page cache.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Open { path: path.to_path_buf(), source: e.into() })?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .open().map_err(|e| match &e {
+        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open().map_err(|e| match &e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 StoreError::Locked { path: path.to_path_buf() }
             }
@@ -196,13 +194,7 @@ impl Store {
                 let n = migrate_v1(&db)?;
                 tracing::info!(store = %path.display(), records = n, "migrated the store from schema 1 to 2 (records now keep the facts behind them)");
             }
-            Some(v) => {
-                return Err(StoreError::Schema {
-                    path: path.to_path_buf(),
-                    found: String::from_utf8_lossy(&v).into_owned(),
-                    expected: SCHEMA_VERSION,
-                })
-            }
+            Some(v) => return Err(StoreError::Schema { path: path.to_path_buf(), found: String::from_utf8_lossy(&v).into_owned(), expected: SCHEMA_VERSION }),
         }
         Ok(Store { db, path: path.to_path_buf(), snap })
     }
@@ -280,10 +272,7 @@ impl Store {
 
     pub fn pending_deletions(&self) -> Result<Vec<String>, StoreError> {
         let p = keys::PENDING.as_bytes();
-        self.db
-            .scan_prefix(p)
-            .map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k[p.len()..]).into_owned()).map_err(Into::into))
-            .collect()
+        self.db.scan_prefix(p).map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k[p.len()..]).into_owned()).map_err(Into::into)).collect()
     }
 
     /// Every parked line, oldest first.

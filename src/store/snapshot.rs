@@ -190,10 +190,7 @@ impl Snapshot {
             return Ok(Vec::new());
         }
         let idx = self.read(self.index_off + lo * ENTRY, ((hi - lo) * ENTRY) as usize)?;
-        let entries: Vec<(u64, u32, u32)> = idx
-            .chunks_exact(ENTRY as usize)
-            .map(index_entry)
-            .collect();
+        let entries: Vec<(u64, u32, u32)> = idx.chunks_exact(ENTRY as usize).map(index_entry).collect();
         let start = entries[0].0;
         let end = entries.iter().map(|&(o, k, v)| o + u64::from(k) + u64::from(v)).max().unwrap_or(start);
         if start < HEADER || end > self.index_off || end < start {

@@ -253,9 +253,7 @@ fn split_base(s: &str) -> Option<(String, Segment, String, &str)> {
 }
 
 fn is_partition(name: &str) -> bool {
-    name.strip_prefix("part_")
-        .and_then(|r| r.strip_suffix(".tar.lzo"))
-        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("part_").and_then(|r| r.strip_suffix(".tar.lzo")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 enum WalFile {
@@ -371,9 +369,8 @@ pub fn analyze(prefix: &S3Url, objects: &[ObjectInfo], checked_at_ms: i64) -> Ve
         }
     }
     if odd_segments > 0 {
-        notes.push(format!(
-            "{odd_segments} WAL name(s) have a segment part above 000000FF: this cluster may not use 16 MB segments, and they were not checked"
-        ));
+        notes
+            .push(format!("{odd_segments} WAL name(s) have a segment part above 000000FF: this cluster may not use 16 MB segments, and they were not checked"));
     }
 
     let idx_name = |tli: u32, i: u64| Segment::from_index(tli, i).map_or_else(String::new, |s| s.name());
@@ -490,19 +487,13 @@ fn continuity_from(
     }
     for (&t, m) in segs.range(start.tli.saturating_add(1)..) {
         if !histories.contains(&t) && !m.is_empty() {
-            notes.push(format!(
-                "{} segment(s) on timeline {t:08X} without a {t:08X}.history file: not followed",
-                m.len()
-            ));
+            notes.push(format!("{} segment(s) on timeline {t:08X} without a {t:08X}.history file: not followed", m.len()));
         }
     }
 
     // Each chain element owns [from, next_from - 1]; find the newest segment present in its own range.
-    let ranges: Vec<(u32, u64, Option<u64>)> = chain
-        .iter()
-        .enumerate()
-        .map(|(i, &(t, from))| (t, from, chain.get(i + 1).map(|n| n.1.saturating_sub(1))))
-        .collect();
+    let ranges: Vec<(u32, u64, Option<u64>)> =
+        chain.iter().enumerate().map(|(i, &(t, from))| (t, from, chain.get(i + 1).map(|n| n.1.saturating_sub(1)))).collect();
     let mut end: (u32, u64) = (start.tli, start_idx);
     let mut newest_ms = None;
     for &(t, from, to) in &ranges {
@@ -610,9 +601,7 @@ impl VerifyReport {
                     c.and_then(|c| c.replayable_until_segment.as_deref()).unwrap_or("?")
                 )
             }
-            Verdict::BaseBackupWalMissing => {
-                "NOT RECOVERABLE: the latest complete base backup's WAL is missing".to_string()
-            }
+            Verdict::BaseBackupWalMissing => "NOT RECOVERABLE: the latest complete base backup's WAL is missing".to_string(),
             Verdict::NoCompleteBaseBackup => "NOT RECOVERABLE: no complete base backup".to_string(),
             Verdict::Empty => "NOT RECOVERABLE: nothing stored under this prefix".to_string(),
             Verdict::Unreachable { .. } => "UNKNOWN: the object store could not be reached or listed".to_string(),
@@ -652,14 +641,7 @@ impl VerifyReport {
             let latest = if self.latest_complete_backup.as_deref() == Some(b.name.as_str()) { "  <- latest" } else { "" };
             match b.completed_at {
                 Some(t) => {
-                    let _ = writeln!(
-                        s,
-                        "  complete    {}  {}  {} partition(s), {}{latest}",
-                        b.name,
-                        rfc3339(t),
-                        b.partitions,
-                        human_bytes(b.bytes)
-                    );
+                    let _ = writeln!(s, "  complete    {}  {}  {} partition(s), {}{latest}", b.name, rfc3339(t), b.partitions, human_bytes(b.bytes));
                 }
                 None => {
                     let _ = writeln!(
@@ -679,24 +661,14 @@ impl VerifyReport {
         let w = &self.wal;
         match (&w.oldest_segment, &w.newest_segment) {
             (Some(a), Some(b)) => {
-                let _ = writeln!(
-                    s,
-                    "WAL: {} segment(s) {a} .. {b}, {}; timelines {}",
-                    w.segments,
-                    human_bytes(w.bytes),
-                    w.timelines.join(", ")
-                );
+                let _ = writeln!(s, "WAL: {} segment(s) {a} .. {b}, {}; timelines {}", w.segments, human_bytes(w.bytes), w.timelines.join(", "));
             }
             _ => {
                 let _ = writeln!(s, "WAL: no segments");
             }
         }
         if w.history_files + w.backup_labels + w.partial_files > 0 {
-            let _ = writeln!(
-                s,
-                "     {} history, {} backup label(s), {} partial",
-                w.history_files, w.backup_labels, w.partial_files
-            );
+            let _ = writeln!(s, "     {} history, {} backup label(s), {} partial", w.history_files, w.backup_labels, w.partial_files);
         }
 
         if let Some(c) = &self.continuity {
@@ -776,10 +748,7 @@ mod tests {
 
     fn backup(start: &str, ms: i64, sentinel: bool) -> Vec<ObjectInfo> {
         let base = format!("basebackups_005/base_{start}_00000028");
-        let mut v = vec![
-            obj(&format!("{base}/extended_version.txt"), ms - 2),
-            obj(&format!("{base}/tar_partitions/part_00000000.tar.lzo"), ms - 1),
-        ];
+        let mut v = vec![obj(&format!("{base}/extended_version.txt"), ms - 2), obj(&format!("{base}/tar_partitions/part_00000000.tar.lzo"), ms - 1)];
         if sentinel {
             v.push(obj(&format!("{base}_backup_stop_sentinel.json"), ms));
         }
@@ -826,13 +795,7 @@ mod tests {
         let r = analyze(&prefix(), &o, T0);
         assert_eq!(r.verdict, Verdict::RecoverableWithGaps);
         let c = r.continuity.unwrap();
-        assert_eq!(
-            c.gaps,
-            vec![
-                Gap { first: seg(1, 0, 0xFE), last: seg(1, 1, 0), missing: 3 },
-                Gap { first: seg(1, 1, 3), last: seg(1, 1, 3), missing: 1 },
-            ]
-        );
+        assert_eq!(c.gaps, vec![Gap { first: seg(1, 0, 0xFE), last: seg(1, 1, 0), missing: 3 }, Gap { first: seg(1, 1, 3), last: seg(1, 1, 3), missing: 1 },]);
         assert_eq!(c.missing_segments, 4);
         assert_eq!(c.expected_segments, 8);
         assert_eq!(c.replayable_until_segment, Some(seg(1, 0, 0xFD)));

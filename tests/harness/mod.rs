@@ -17,8 +17,8 @@
 
 #![allow(dead_code)]
 
-pub use crate::common::{free_port, mails, wait_until};
 use crate::common::{create_topic, env};
+pub use crate::common::{free_port, mails, wait_until};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -61,9 +61,10 @@ impl Services {
     pub fn from_env() -> Services {
         let aws = env("SAFEGUARD_TEST_AWS");
         // Older env files lack SAFEGUARD_TEST_PYTHON: the tools venv's python sits next to its aws.
-        let python = std::env::var("SAFEGUARD_TEST_PYTHON").ok().filter(|p| !p.is_empty()).unwrap_or_else(|| {
-            Path::new(&aws).with_file_name("python").to_string_lossy().into_owned()
-        });
+        let python = std::env::var("SAFEGUARD_TEST_PYTHON")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| Path::new(&aws).with_file_name("python").to_string_lossy().into_owned());
         let s = Services {
             kafka: env("SAFEGUARD_TEST_KAFKA"),
             tansu: env("SAFEGUARD_TEST_TANSU"),
@@ -76,7 +77,9 @@ impl Services {
             aws,
             python,
         };
-        for (what, p) in [("SAFEGUARD_TEST_PG_BIN", format!("{}/postgres", s.pg_bin)), ("SAFEGUARD_TEST_WALE", s.wale.clone()), ("SAFEGUARD_TEST_AWS", s.aws.clone())] {
+        for (what, p) in
+            [("SAFEGUARD_TEST_PG_BIN", format!("{}/postgres", s.pg_bin)), ("SAFEGUARD_TEST_WALE", s.wale.clone()), ("SAFEGUARD_TEST_AWS", s.aws.clone())]
+        {
             assert!(Path::new(&p).exists(), "{p} (from {what}) does not exist: run scripts/test.sh, which installs it");
         }
         s
@@ -94,8 +97,6 @@ impl Services {
         }
     }
 }
-
-
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -636,7 +637,10 @@ impl Platform {
 
     /// Rows `from..=to` of the test table (created on first use).
     pub fn write_rows(&self, c: &Container, from: u32, to: u32) {
-        self.psql(c, "create table if not exists orders (id int primary key, customer text not null, amount numeric(12,2) not null, placed_at timestamptz not null)");
+        self.psql(
+            c,
+            "create table if not exists orders (id int primary key, customer text not null, amount numeric(12,2) not null, placed_at timestamptz not null)",
+        );
         self.psql(
             c,
             &format!(
@@ -692,8 +696,12 @@ impl Platform {
                 let page = c.list_objects_v2().bucket(&url.bucket).prefix(&url.key).set_continuation_token(token.clone()).send().await.expect("list objects");
                 for o in page.contents() {
                     let key = o.key().unwrap().to_string();
-                    let body = c.get_object().bucket(&url.bucket).key(&key).send().await.expect("get object").body.collect().await.unwrap().into_bytes().to_vec();
-                    out.insert(key, (o.size().unwrap_or(-1), o.e_tag().unwrap_or("").to_string(), o.last_modified().map(|t| t.to_string()).unwrap_or_default(), body));
+                    let body =
+                        c.get_object().bucket(&url.bucket).key(&key).send().await.expect("get object").body.collect().await.unwrap().into_bytes().to_vec();
+                    out.insert(
+                        key,
+                        (o.size().unwrap_or(-1), o.e_tag().unwrap_or("").to_string(), o.last_modified().map(|t| t.to_string()).unwrap_or_default(), body),
+                    );
                 }
                 match page.next_continuation_token() {
                     Some(t) => token = Some(t.to_string()),
@@ -905,9 +913,6 @@ impl Drop for Watcher {
 }
 
 // ------------------------------------------------------------------ mail
-
-
-
 
 /// Helper for maps of JSON values in assertions.
 pub fn field<'a>(v: &'a Value, path: &str) -> &'a Value {

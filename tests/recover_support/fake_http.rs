@@ -65,10 +65,7 @@ async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(str
     let (status, v) = handler(&req);
     log.lock().unwrap().push(req);
     let body = if status == 204 || status == 304 { String::new() } else { v.to_string() };
-    let head = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
+    let head = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     let mut s = r.into_inner();
     let _ = s.write_all(head.as_bytes()).await;
     let _ = s.write_all(body.as_bytes()).await;
@@ -188,14 +185,18 @@ pub fn cloud_controller(state: Arc<Mutex<CcState>>) -> Server {
         let base = u2.lock().unwrap().clone();
         let p = r.path.split('?').next().unwrap_or("");
         match (r.method.as_str(), p) {
-            ("GET", "/v2/info") => (200, json!({"api_version": "2.150.0", "token_endpoint": format!("{base}/uaa"), "authorization_endpoint": format!("{base}/login")})),
+            ("GET", "/v2/info") => {
+                (200, json!({"api_version": "2.150.0", "token_endpoint": format!("{base}/uaa"), "authorization_endpoint": format!("{base}/login")}))
+            }
             ("POST", "/uaa/oauth/token") => {
                 let client = format!("Basic {}", base64(format!("{}:{}", st.client_id, st.client_secret).as_bytes()));
                 let cf = format!("Basic {}", base64(b"cf:"));
                 let ok = if r.body.contains("grant_type=client_credentials") {
                     r.header("authorization") == client
                 } else {
-                    r.header("authorization") == cf && r.body.contains(&format!("username={}", st.username)) && r.body.contains(&format!("password={}", st.password))
+                    r.header("authorization") == cf
+                        && r.body.contains(&format!("username={}", st.username))
+                        && r.body.contains(&format!("password={}", st.password))
                 };
                 if ok {
                     (200, json!({"access_token": "tok-123", "token_type": "bearer", "expires_in": 599}))
@@ -203,7 +204,9 @@ pub fn cloud_controller(state: Arc<Mutex<CcState>>) -> Server {
                     (401, json!({"error": "unauthorized", "error_description": "Bad credentials"}))
                 }
             }
-            _ if r.header("authorization") != "bearer tok-123" && r.header("authorization") != "Bearer tok-123" => cc_error(401, 1000, "CF-InvalidAuthToken", "Invalid Auth Token"),
+            _ if r.header("authorization") != "bearer tok-123" && r.header("authorization") != "Bearer tok-123" => {
+                cc_error(401, 1000, "CF-InvalidAuthToken", "Invalid Auth Token")
+            }
             ("GET", "/v2/service_plans") => {
                 if query(&r.path).first().map(String::as_str) == Some(&format!("unique_id:{}", st.plan_unique_id)) {
                     (200, json!({"total_results": 1, "resources": [{"metadata": {"guid": "cc-plan-guid-solo"}, "entity": {"name": "solo"}}]}))

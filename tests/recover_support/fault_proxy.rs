@@ -56,7 +56,9 @@ impl FaultProxy {
 }
 
 fn error(status: &str, code: &str, message: &str, path: &str) -> Vec<u8> {
-    let body = format!(r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message><Resource>{path}</Resource><RequestId>fault-proxy</RequestId></Error>"#);
+    let body = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message><Resource>{path}</Resource><RequestId>fault-proxy</RequestId></Error>"#
+    );
     format!("HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
 }
 

@@ -31,14 +31,7 @@ impl Rng {
     pub fn uuid(&mut self) -> String {
         let a = self.next_u64();
         let b = self.next_u64();
-        format!(
-            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            b >> 52,
-            b & 0xffff_ffff_ffff
-        )
+        format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", a >> 32, (a >> 16) & 0xffff, a & 0xfff, b >> 52, b & 0xffff_ffff_ffff)
     }
 }
 
@@ -165,10 +158,7 @@ impl Generator {
             backups: !self.rng.chance(self.cfg.no_backup_fraction),
             provisioned: false,
         };
-        self.truth.instances.insert(
-            id.clone(),
-            TruthInstance { prefix: format!("s3://{}/backups/{id}/wal/", self.cfg.bucket), ..Default::default() },
-        );
+        self.truth.instances.insert(id.clone(), TruthInstance { prefix: format!("s3://{}/backups/{id}/wal/", self.cfg.bucket), ..Default::default() });
         self.active.push(inst);
     }
 
@@ -215,7 +205,12 @@ impl Generator {
         if !self.active[i].provisioned {
             self.active[i].provisioned = true;
             let idkey = if era == Era::Three && self.rng.chance(0.5) { "instanceID" } else { "instance-id" };
-            let l = self.broker_line(era, t0, "provision.start", &format!(r#""{idkey}":"{id}","organization_guid":"org-{}","space_guid":"space-{}""#, &id[..4], &id[..4]));
+            let l = self.broker_line(
+                era,
+                t0,
+                "provision.start",
+                &format!(r#""{idkey}":"{id}","organization_guid":"org-{}","space_guid":"space-{}""#, &id[..4], &id[..4]),
+            );
             lines.push((t0, l));
             let nodes = self.active[i].nodes.clone();
             for (n, (uuid, _cell)) in nodes.iter().enumerate() {
@@ -224,20 +219,32 @@ impl Generator {
                 lines.push((t0 + 10, l));
                 let l = self.envelope(t0 + 20, "cell-containers", "cf-containers-broker.stdout.log", &format!("Creating Docker container `cf-{uuid}'..."));
                 lines.push((t0 + 20, l));
-                let l = self.container_line(i, n, t0 + 30, "startup", &format!("looking up public host:port from etcd -> 10.0.0.1:4001/v2/keys/postgresql-patroni/10.0.0.9:cf-{uuid}:5432 (0)"));
+                let l = self.container_line(
+                    i,
+                    n,
+                    t0 + 30,
+                    "startup",
+                    &format!("looking up public host:port from etcd -> 10.0.0.1:4001/v2/keys/postgresql-patroni/10.0.0.9:cf-{uuid}:5432 (0)"),
+                );
                 lines.push((t0 + 30, l));
                 let l = self.container_line(i, n, t0 + 40, "restore_leader_if_missing", "new cluster, no existing backup to restore");
                 lines.push((t0 + 40, l));
             }
             let l = self.container_line(i, 0, t0 + 50, "patroni", &format!("upload: tmp/sysids/sysid to s3://{bucket}/backups/{id}/wal/sysids/sysid"));
             lines.push((t0 + 50, l));
-            let l = self.broker_line(era, t0 + 60, if era == Era::Three { "provision.done" } else { "provision.running.success" }, &format!(r#""instance-id":"{id}""#));
+            let l = self.broker_line(
+                era,
+                t0 + 60,
+                if era == Era::Three { "provision.done" } else { "provision.running.success" },
+                &format!(r#""instance-id":"{id}""#),
+            );
             lines.push((t0 + 60, l));
         } else if self.active[i].actions_left == 0 {
             if self.active[i].delete {
                 let nodes = self.active[i].nodes.clone();
                 for (uuid, _) in nodes {
-                    let l = self.broker_line(era, t0, "remove-node.perform", &format!(r#""instance-id":"{id}","node-uuid":"{uuid}","backend":"10.58.111.150""#));
+                    let l =
+                        self.broker_line(era, t0, "remove-node.perform", &format!(r#""instance-id":"{id}","node-uuid":"{uuid}","backend":"10.58.111.150""#));
                     lines.push((t0, l));
                     let l = self.envelope(t0 + 5, "cell-containers", "cf-containers-broker.stdout.log", &format!("Destroying Docker container `cf-{uuid}'..."));
                     lines.push((t0 + 5, l));
@@ -274,7 +281,11 @@ impl Generator {
                     lines.push((t0 + 6, l));
                 }
                 if let Some(t) = self.truth.instances.get_mut(&id) {
-                    if complete { t.complete_backups.push(name) } else { t.incomplete_backups.push(name) }
+                    if complete {
+                        t.complete_backups.push(name)
+                    } else {
+                        t.incomplete_backups.push(name)
+                    }
                 }
             } else {
                 let seg = Self::seg_name(self.active[i].seg);
@@ -282,7 +293,10 @@ impl Generator {
                 let dir = if era == Era::One { "pg_xlog" } else { "pg_wal" };
                 let url = format!("s3://{bucket}/backups/{id}/wal/wal_005/{seg}.lzo");
                 let st = |t: i64, state: &str| {
-                    format!("        STRUCTURED: time={} pid=4242 action=push-wal key={url} prefix=backups/{id}/wal/ seg={seg} state={state}", rfc3339(t).trim_end_matches('Z'))
+                    format!(
+                        "        STRUCTURED: time={} pid=4242 action=push-wal key={url} prefix=backups/{id}/wal/ seg={seg} state={state}",
+                        rfc3339(t).trim_end_matches('Z')
+                    )
                 };
                 let ms = [
                     "wal_e.worker.upload INFO     MSG: begin archiving a file".to_string(),
@@ -330,11 +344,25 @@ impl Generator {
             0 => format!("sshd[{n}]: Accepted publickey for vcap from 10.0.{}.{} port 52{n:03} ssh2", n % 250, n % 200),
             1 => format!("kernel: [{n}.{n:06}] IPv4: martian source 10.0.0.{} from 10.0.0.1, on dev eth0", n % 250),
             2 => format!("CRON[{n}]: (root) CMD (/var/vcap/bosh/bin/logrotate-cron)"),
-            3 => format!(r#"gorouter.stdout.log:  app-{n}.example.com - [{}] "GET /api/v1/items/{n} HTTP/1.1" 200 0 1532 "-" "curl/7.58" 10.0.1.{}:4{n:03} x_forwarded_for:"-" response_time:0.00{n}"#, rfc3339(t), n % 250),
-            4 => format!(r#"cloud_controller_ng.stdout.log:  {{"timestamp":{}.{n},"message":"Started GET \"/v2/apps/{n}\" for user: admin","log_level":"info","source":"cc.api","data":{{"request_guid":"{n}"}}}}"#, t / 1000),
+            3 => format!(
+                r#"gorouter.stdout.log:  app-{n}.example.com - [{}] "GET /api/v1/items/{n} HTTP/1.1" 200 0 1532 "-" "curl/7.58" 10.0.1.{}:4{n:03} x_forwarded_for:"-" response_time:0.00{n}"#,
+                rfc3339(t),
+                n % 250
+            ),
+            4 => format!(
+                r#"cloud_controller_ng.stdout.log:  {{"timestamp":{}.{n},"message":"Started GET \"/v2/apps/{n}\" for user: admin","log_level":"info","source":"cc.api","data":{{"request_guid":"{n}"}}}}"#,
+                t / 1000
+            ),
             5 => format!("monit[{n}]: 'consul_agent' process is running"),
-            6 => format!("uaa.stdout.log:  [2026-03-01 00:00:00.{n:03}] uaa - 1 [http-nio-8080-exec-{}] ....  INFO --- TokenEndpoint: token issued for client {n}", n % 10),
-            7 => format!("haproxy[{n}]: 10.0.0.{}:5{n:03} [01/Mar/2026:00:00:00.{n:03}] postgres postgres/node{} 1/0/{n} 2{n:03} -- 1/1/0/0/0 0/0", n % 250, n % 3),
+            6 => format!(
+                "uaa.stdout.log:  [2026-03-01 00:00:00.{n:03}] uaa - 1 [http-nio-8080-exec-{}] ....  INFO --- TokenEndpoint: token issued for client {n}",
+                n % 10
+            ),
+            7 => format!(
+                "haproxy[{n}]: 10.0.0.{}:5{n:03} [01/Mar/2026:00:00:00.{n:03}] postgres postgres/node{} 1/0/{n} 2{n:03} -- 1/1/0/0/0 0/0",
+                n % 250,
+                n % 3
+            ),
             8 => format!("confd[4095]: INFO Target config /var/vcap/sys/run/router/haproxy.cfg has been updated (md5 {n:08x})"),
             _ => format!("etcd.stderr.log:  2026-03-01 00:00:00.{n:06} I | etcdserver: start to snapshot (applied: {n}, lastsnap: {})", n / 2),
         };

@@ -52,19 +52,11 @@ pub fn rfc3339(ms: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z", sod / 3600, (sod / 60) % 60, sod % 60)
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn digits(b: &[u8]) -> Option<u32> {
@@ -120,7 +112,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
                 return None;
             }
             let m = (hh * 60 + mm) as i64;
-            if *sign == b'+' { m } else { -m }
+            if *sign == b'+' {
+                m
+            } else {
+                -m
+            }
         }
         _ => return None,
     };
@@ -150,9 +146,7 @@ pub mod serde_opt_ms {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
-            Some(s) => super::parse_rfc3339(&s)
-                .map(Some)
-                .ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {s}"))),
+            Some(s) => super::parse_rfc3339(&s).map(Some).ok_or_else(|| serde::de::Error::custom(format!("not an RFC 3339 time: {s}"))),
         }
     }
 }

@@ -104,21 +104,16 @@ pub fn parse(body: &str, host: &str) -> Result<Lager, Reject> {
         "update.done" => EventKind::Update { phase: Phase::Done },
         "recreate.start" => EventKind::Recreate { phase: Phase::Start },
         "recreate.done" => EventKind::Recreate { phase: Phase::Done },
-        "bind.start" | "bind.done" => EventKind::Bind {
-            phase: if name == "bind.start" { Phase::Start } else { Phase::Done },
-            app_guid: s(&["app_guid", "app-guid", "appGUID", "appID"]),
-        },
+        "bind.start" | "bind.done" => {
+            EventKind::Bind { phase: if name == "bind.start" { Phase::Start } else { Phase::Done }, app_guid: s(&["app_guid", "app-guid", "appGUID", "appID"]) }
+        }
         "unbind.start" => EventKind::Unbind { phase: Phase::Start },
         "unbind.done" => EventKind::Unbind { phase: Phase::Done },
-        "add-node.perform" => EventKind::AddNode {
-            node_uuid: s(&["node-uuid", "node_uuid", "nodeUUID"]),
-            backend: s(&["backend", "backend-id", "backendID"]),
-        },
+        "add-node.perform" => EventKind::AddNode { node_uuid: s(&["node-uuid", "node_uuid", "nodeUUID"]), backend: s(&["backend", "backend-id", "backendID"]) },
         "add-node.perform.success" => EventKind::AddNodeSuccess { member: s(&["member", "node-uuid"]) },
-        "remove-node.perform" => EventKind::RemoveNode {
-            node_uuid: s(&["node-uuid", "node_uuid", "nodeUUID"]),
-            backend: s(&["backend", "backend-id", "backendID"]),
-        },
+        "remove-node.perform" => {
+            EventKind::RemoveNode { node_uuid: s(&["node-uuid", "node_uuid", "nodeUUID"]), backend: s(&["backend", "backend-id", "backendID"]) }
+        }
         "assign-port-to-cluster" => EventKind::AssignPort { port: find(data, &["port"]).and_then(Value::as_u64) },
         "remove-cluster-assignment" => EventKind::RemoveClusterAssignment,
         "callbacks.copy-database-backup.start" => {
@@ -158,9 +153,7 @@ pub fn parse(body: &str, host: &str) -> Result<Lager, Reject> {
 
 /// Looks a key up at the top of `data` and one level down (`details`, `request`, ...).
 fn find<'a>(data: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
-    keys.iter().find_map(|k| data.get(*k)).or_else(|| {
-        data.values().filter_map(Value::as_object).find_map(|inner| keys.iter().find_map(|k| inner.get(*k)))
-    })
+    keys.iter().find_map(|k| data.get(*k)).or_else(|| data.values().filter_map(Value::as_object).find_map(|inner| keys.iter().find_map(|k| inner.get(*k))))
 }
 
 fn find_str(data: &Map<String, Value>, keys: &[&str]) -> Option<String> {
@@ -200,7 +193,11 @@ mod tests {
 
     #[test]
     fn message_names_are_read_without_decoding_and_match_the_parser() {
-        let line = |m: &str| format!(r#"{{"timestamp":"1458195017.896692991","source":"dingo-postgresql-broker","message":"{m}","log_level":1,"data":{{"instance-id":"6e101b27-ee1b-4f4d-a032-4401a3709ec3","node-uuid":"c8ce128e-7b4c-4fe7-a533-e9379356f906","from-uri":"s3://b/backups/a1b2c3d4","to-uri":"s3://b/backups/6e101b27-ee1b-4f4d-a032-4401a3709ec3"}}}}"#);
+        let line = |m: &str| {
+            format!(
+                r#"{{"timestamp":"1458195017.896692991","source":"dingo-postgresql-broker","message":"{m}","log_level":1,"data":{{"instance-id":"6e101b27-ee1b-4f4d-a032-4401a3709ec3","node-uuid":"c8ce128e-7b4c-4fe7-a533-e9379356f906","from-uri":"s3://b/backups/a1b2c3d4","to-uri":"s3://b/backups/6e101b27-ee1b-4f4d-a032-4401a3709ec3"}}}}"#
+            )
+        };
         assert!(matches!(parse(&line("dingo-postgresql-broker.catalog"), "h"), Ok(Lager::Ignored)));
         assert!(matches!(parse(&line("patroni-broker.cluster.remove-node.perform"), "h"), Ok(Lager::Event(_))));
         assert!(matches!(parse(r#"{"message":"Started GET /v2/apps","source":"cc.api"}"#, "h"), Ok(Lager::NotBroker)));
@@ -217,10 +214,7 @@ mod tests {
         let Ok(Lager::Event(ev)) = parse(l, "router") else { panic!("not an event") };
         assert_eq!(ev.instance.as_deref(), Some("6e101b27-ee1b-4f4d-a032-4401a3709ec3"));
         assert_eq!(ev.time, Some(1_458_195_017_896));
-        assert_eq!(
-            ev.kind,
-            EventKind::RemoveNode { node_uuid: Some("c8ce128e-7b4c-4fe7-a533-e9379356f906".into()), backend: Some("10.58.111.150".into()) }
-        );
+        assert_eq!(ev.kind, EventKind::RemoveNode { node_uuid: Some("c8ce128e-7b4c-4fe7-a533-e9379356f906".into()), backend: Some("10.58.111.150".into()) });
     }
 
     #[test]

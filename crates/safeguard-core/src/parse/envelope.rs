@@ -22,9 +22,7 @@ pub struct Envelope<'a> {
     pub message: Cow<'a, str>,
 }
 
-const MONTHS: [&[u8; 3]; 12] = [
-    b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
-];
+const MONTHS: [&[u8; 3]; 12] = [b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"];
 
 pub fn parse(line: &str) -> Result<Envelope<'_>, Reject> {
     let line = line.trim_end_matches(['\r', '\n']);
@@ -92,9 +90,7 @@ fn parse_3164(s: &str) -> Result<Envelope<'_>, Reject> {
     let rest = &rest[sp + 1..];
     // The tag ends at the first ": " (or ':' at end); a tag has no spaces. One scan finds whichever comes first.
     let (program, message) = match memchr::memchr2(b':', b' ', rest.as_bytes()) {
-        Some(i) if rest.as_bytes()[i] == b':' && (i + 1 == rest.len() || rest.as_bytes()[i + 1] == b' ') => {
-            (&rest[..i], &rest[(i + 1).min(rest.len())..])
-        }
+        Some(i) if rest.as_bytes()[i] == b':' && (i + 1 == rest.len() || rest.as_bytes()[i + 1] == b' ') => (&rest[..i], &rest[(i + 1).min(rest.len())..]),
         _ => ("", rest),
     };
     Ok(Envelope { time, host: host.into(), program: program.into(), message: message.into() })

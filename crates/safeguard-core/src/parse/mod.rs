@@ -94,42 +94,99 @@ pub enum Script {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
     // Broker lifecycle.
-    Provision { phase: Phase, org_guid: Option<String>, space_guid: Option<String>, plan_id: Option<String>, name: Option<String> },
-    Deprovision { phase: Phase },
+    Provision {
+        phase: Phase,
+        org_guid: Option<String>,
+        space_guid: Option<String>,
+        plan_id: Option<String>,
+        name: Option<String>,
+    },
+    Deprovision {
+        phase: Phase,
+    },
     EtcdDeleted,
-    Update { phase: Phase },
-    Recreate { phase: Phase },
-    Bind { phase: Phase, app_guid: Option<String> },
-    Unbind { phase: Phase },
-    AddNode { node_uuid: Option<String>, backend: Option<String> },
-    AddNodeSuccess { member: Option<String> },
-    RemoveNode { node_uuid: Option<String>, backend: Option<String> },
-    AssignPort { port: Option<u64> },
+    Update {
+        phase: Phase,
+    },
+    Recreate {
+        phase: Phase,
+    },
+    Bind {
+        phase: Phase,
+        app_guid: Option<String>,
+    },
+    Unbind {
+        phase: Phase,
+    },
+    AddNode {
+        node_uuid: Option<String>,
+        backend: Option<String>,
+    },
+    AddNodeSuccess {
+        member: Option<String>,
+    },
+    RemoveNode {
+        node_uuid: Option<String>,
+        backend: Option<String>,
+    },
+    AssignPort {
+        port: Option<u64>,
+    },
     RemoveClusterAssignment,
     /// A clone: the instance this event is attributed to (the target) gets the source's backups.
-    CopyBackup { from_instance: String, from_uri: String, to_uri: String },
+    CopyBackup {
+        from_instance: String,
+        from_uri: String,
+        to_uri: String,
+    },
     // Containers.
     ContainerCreating,
     ContainerDestroying,
-    ContainerRegistered { public_host: String },
-    PublicAddress { address: String },
-    WalEEnabled { bucket: String },
-    Restore { msg: RestoreMsg },
+    ContainerRegistered {
+        public_host: String,
+    },
+    PublicAddress {
+        address: String,
+    },
+    WalEEnabled {
+        bucket: String,
+    },
+    Restore {
+        msg: RestoreMsg,
+    },
     // WAL-E and PostgreSQL archiving.
-    WalPush { segment: String, state: PushState },
-    WalPushFailed { detail: String },
+    WalPush {
+        segment: String,
+        state: PushState,
+    },
+    WalPushFailed {
+        detail: String,
+    },
     WalERetry,
-    BaseBackupStarted { backup: String },
-    BasePartition { backup: String, part: String, done: bool },
+    BaseBackupStarted {
+        backup: String,
+    },
+    BasePartition {
+        backup: String,
+        part: String,
+        done: bool,
+    },
     BaseBackupStopped,
     BaseBackupListed {
         backup: String,
         #[serde(with = "crate::timeutil::serde_opt_ms", default)]
         time: Option<i64>,
     },
-    BackupPruned { backup: String },
-    PartitionDownload { part: String },
-    WalFetch { segment: String, state: PushState },
+    BackupPruned {
+        backup: String,
+    },
+    PartitionDownload {
+        part: String,
+    },
+    WalFetch {
+        segment: String,
+        state: PushState,
+    },
     WalRestoreEnd,
     SysidUploaded,
 }
@@ -301,10 +358,7 @@ pub fn place_year(t: i64, lo: i64, hi: i64) -> i64 {
     let year_of = |x: i64| crate::timeutil::civil_from_days(x.div_euclid(DAY_MS)).0;
     let (ylo, yhi) = (year_of(lo), year_of(hi));
     let dist = |c: i64| if c < lo { lo - c } else { c.saturating_sub(hi).max(0) };
-    (ylo - 1..=yhi + 1)
-        .filter_map(|y| crate::timeutil::from_civil(y, mo, d, 0, 0, 0, 0).map(|c| c + ms_of_day))
-        .min_by_key(|&c| (dist(c), c))
-        .unwrap_or(t)
+    (ylo - 1..=yhi + 1).filter_map(|y| crate::timeutil::from_civil(y, mo, d, 0, 0, 0, 0).map(|c| c + ms_of_day)).min_by_key(|&c| (dist(c), c)).unwrap_or(t)
 }
 
 /// The time a line carries with its year (an anchor for [`YearClock`]), if it carries one: a full

@@ -49,11 +49,7 @@ fn searched() -> impl Iterator<Item = &'static str> {
 }
 
 fn automaton() -> AhoCorasick {
-    AhoCorasick::builder()
-        .match_kind(MatchKind::LeftmostFirst)
-        .kind(Some(AhoCorasickKind::DFA))
-        .build(searched())
-        .expect("static patterns build")
+    AhoCorasick::builder().match_kind(MatchKind::LeftmostFirst).kind(Some(AhoCorasickKind::DFA)).build(searched()).expect("static patterns build")
 }
 
 impl Prefilter {

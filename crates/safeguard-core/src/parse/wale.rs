@@ -49,8 +49,7 @@ fn all_hex(b: &[u8]) -> bool {
 /// A WAL file name as pushed: a segment, `<seg>.<off>.backup` or `<tli>.history`.
 fn is_wal_file(s: &str) -> bool {
     let head = s.split_once('.').map_or(s, |(h, _)| h);
-    (is_segment(head) || (head.len() == 8 && all_hex(head.as_bytes())))
-        && s.bytes().fold(true, |all, c| all & (c.is_ascii_alphanumeric() || c == b'.'))
+    (is_segment(head) || (head.len() == 8 && all_hex(head.as_bytes()))) && s.bytes().fold(true, |all, c| all & (c.is_ascii_alphanumeric() || c == b'.'))
 }
 
 fn wal_from_rest(rest: &str) -> Option<String> {
@@ -270,7 +269,9 @@ mod tests {
         let p = parse(&b).unwrap().unwrap();
         assert_eq!(p.time, crate::timeutil::parse_rfc3339("2026-11-23T19:56:42.191Z"));
         assert_eq!(p.location.unwrap().instance, ID);
-        let b = format!("STRUCTURED: time=x action=push-wal key=s3://bkt/backups/{ID}/wal/wal_005/{seg}.00000028.backup.lzo seg={seg}.00000028.backup state=complete");
+        let b = format!(
+            "STRUCTURED: time=x action=push-wal key=s3://bkt/backups/{ID}/wal/wal_005/{seg}.00000028.backup.lzo seg={seg}.00000028.backup state=complete"
+        );
         assert_eq!(kind(&b), EventKind::WalPush { segment: format!("{seg}.00000028.backup"), state: PushState::Complete });
     }
 

@@ -227,15 +227,39 @@ pub struct InstanceRecord {
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
     /// The instance looks deleted; final after the grace unless a node is added again.
-    DeletionPending { instance_id: String, #[serde(with = "serde_ms")] at: i64, evidence: String },
-    DeletionCancelled { instance_id: String, #[serde(with = "serde_ms")] at: i64 },
+    DeletionPending {
+        instance_id: String,
+        #[serde(with = "serde_ms")]
+        at: i64,
+        evidence: String,
+    },
+    DeletionCancelled {
+        instance_id: String,
+        #[serde(with = "serde_ms")]
+        at: i64,
+    },
     /// Final: the instance was deleted at `at` (its episode key).
-    InstanceDeleted { instance_id: String, #[serde(with = "serde_ms")] at: i64, evidence: String, has_complete_base_backup: bool },
+    InstanceDeleted {
+        instance_id: String,
+        #[serde(with = "serde_ms")]
+        at: i64,
+        evidence: String,
+        has_complete_base_backup: bool,
+    },
     /// A deletion already made final is no longer what the facts say (a late fact showed a node added
     /// within the grace): the instance is live again. `at` is the reversed episode.
-    DeletionReversed { instance_id: String, #[serde(with = "serde_ms")] at: i64, evidence: String },
+    DeletionReversed {
+        instance_id: String,
+        #[serde(with = "serde_ms")]
+        at: i64,
+        evidence: String,
+    },
     /// Restore of this instance from backups seen in the stream.
-    RestoreSeen { instance_id: String, #[serde(with = "serde_ms")] at: i64 },
+    RestoreSeen {
+        instance_id: String,
+        #[serde(with = "serde_ms")]
+        at: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -836,7 +860,14 @@ pub fn migrate_v1(rec: &mut InstanceRecord, rules: &Rules) {
     life.sort();
     life.dedup();
     f.life = life;
-    for (key, v) in [("backup_prefix", &rec.backup_prefix), ("org_guid", &rec.org_guid), ("space_guid", &rec.space_guid), ("plan_id", &rec.plan_id), ("name", &rec.name), ("cloned_from", &rec.cloned_from)] {
+    for (key, v) in [
+        ("backup_prefix", &rec.backup_prefix),
+        ("org_guid", &rec.org_guid),
+        ("space_guid", &rec.space_guid),
+        ("plan_id", &rec.plan_id),
+        ("name", &rec.name),
+        ("cloned_from", &rec.cloned_from),
+    ] {
         if v.is_some() {
             f.lww.insert(key.to_string(), first);
         }

@@ -44,9 +44,7 @@ pub fn assess(rec: &InstanceRecord, now: i64, rules: &RiskRules) -> Vec<Risk> {
     let mut out = Vec::new();
     match rec.latest_complete_backup() {
         None => out.push(Risk::NoBaseBackup),
-        Some(b) if rec.status == Status::Live && b.time.is_some_and(|t| now - t > rules.max_base_backup_age_ms) => {
-            out.push(Risk::StaleBaseBackup)
-        }
+        Some(b) if rec.status == Status::Live && b.time.is_some_and(|t| now - t > rules.max_base_backup_age_ms) => out.push(Risk::StaleBaseBackup),
         _ => {}
     }
     if let Some(f) = rec.wal.last_failure_at {
