@@ -4,7 +4,7 @@
 //! Pipeline: [`sources`] -> [`parse`] -> [`pipeline`] (attribute + [`state::apply`]) -> [`store`] -> [`alerts`].
 //! `parse`, `state`, `timeutil` and `gen` live in the `safeguard-core` crate, which has no I/O dependency
 //! at all; they are re-exported here under their old paths.
-pub use safeguard_core::{gen, parse, state, timeutil};
+pub use safeguard_core::{gen, layout, parse, state, timeutil};
 pub mod alerts;
 pub mod config;
 pub mod doctor;

@@ -545,7 +545,7 @@ impl Engine {
         for c in &self.cursors {
             if let (true, Some(p)) = (c.replayable, c.pending) {
                 if Some(p) != c.committed {
-                    let tail = (!c.tail.is_empty()).then(|| Tail { len: c.tail.len() as u32, hash: crate::sources::fnv1a(&c.tail) });
+                    let tail = (!c.tail.is_empty()).then(|| Tail { len: c.tail.len() as u32, hash: safeguard_core::fnv1a(&c.tail) });
                     let pos = Position { offset: p, name: c.name.clone(), updated_at: now, clock: Some(c.clock.clone()), tail };
                     positions.push((c.id.clone(), pos));
                 }

@@ -141,7 +141,7 @@ impl Access {
         let err = |source| QueryError::Socket { path: path.clone(), socket: socket.clone(), source };
         let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(err)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(30))).map_err(err)?;
-        let mut line = serde_json::to_vec(req).unwrap_or_default();
+        let mut line = serde_json::to_vec(req).map_err(|e| QueryError::Remote(format!("cannot encode the request: {e}")))?;
         line.push(b'\n');
         s.write_all(&line).map_err(err)?;
         let mut resp = String::new();
@@ -348,7 +348,9 @@ pub async fn serve(store: Store) -> std::io::Result<()> {
             while let Ok(Some(line)) = lines.next_line().await {
                 let s = store.clone();
                 let resp = tokio::task::spawn_blocking(move || answer(&s, &line)).await.unwrap_or_else(|e| Response::Error(format!("query failed: {e}")));
-                let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+                // An answer that cannot be encoded still gets an answer: the error, which always encodes.
+                let mut out = serde_json::to_vec(&resp)
+                    .unwrap_or_else(|e| serde_json::to_vec(&Response::Error(format!("cannot encode the answer: {e}"))).unwrap_or_else(|_| b"{}".to_vec()));
                 out.push(b'\n');
                 if w.write_all(&out).await.is_err() {
                     break;

@@ -184,7 +184,7 @@ pub fn counters_text(c: &Counters) -> String {
         let _ = write!(s, ", {} already applied (skipped)", c.lines_replayed_skipped);
     }
     if c.lines_parked > 0 {
-        let _ = write!(s, ", {} waiting for the line that names their instance", c.lines_parked);
+        let _ = write!(s, ", {} waiting for the line that names their instance or dates their year (see `ingest --year`)", c.lines_parked);
     }
     if c.lines_expired_unattributed > 0 {
         let _ = write!(s, ", {} given up unattributed", c.lines_expired_unattributed);

@@ -231,7 +231,11 @@ fn every_configured_check_passes_against_the_real_services() {
     assert_eq!(v["failed"], 0);
     assert_eq!(v["skipped"], 0);
     let detail = |n: &str| st[n].1.clone();
-    assert!(detail("store").contains("schema 1") && detail("store").contains("3 instance(s)"), "{}", detail("store"));
+    assert!(
+        detail("store").contains(&format!("schema {}", safeguard::store::SCHEMA_VERSION)) && detail("store").contains("3 instance(s)"),
+        "{}",
+        detail("store")
+    );
     assert!(detail("kafka").contains(&format!("{} (2 partition(s))", e.topic)) && detail("kafka").contains("coordinator answered"), "{}", detail("kafka"));
     assert!(detail("s3").contains("objects present"), "{}", detail("s3"));
     assert!(detail("cloud_controller").contains("issued a token"), "{}", detail("cloud_controller"));

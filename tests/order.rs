@@ -517,3 +517,32 @@ fn a_schema_1_store_is_migrated_and_keeps_its_verdicts_under_replays() {
         }
     }
 }
+
+#[test]
+fn year_less_archives_wait_for_an_anchor_or_take_the_year_they_are_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = SEED_IDS[2];
+    // Only the cell's lines of 8a303d49: RFC 3164, and no line carries a year.
+    let cell: Vec<String> = seed_lines().into_iter().filter(|l| l.contains("15eee33f-819e")).collect();
+    assert!(cell.iter().all(|l| !l.contains("STRUCTURED") && !l.contains("\"timestamp\"")));
+    let log = write(tmp.path(), "cell.log", &cell);
+
+    // Without --year: the lines wait (their year is a guess and the instance has no dated line yet).
+    let store = tmp.path().join("guess");
+    let s = ingest(&store, &log);
+    assert_eq!(s["lines_parked"], cell.len() as u64, "{s:#}");
+    let (code, _, _) = run(&["show", id, "--store", store.to_str().unwrap()]);
+    assert_eq!(code, 1, "nothing applied with a guessed year");
+
+    // With --year the operator dates them.
+    let store = tmp.path().join("dated");
+    let (code, out, err) = run(&["ingest", log.to_str().unwrap(), "--year", "2016", "--json", "--store", store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let s: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["lines_parked"], 0, "{s:#}");
+    let v = show(&store, id);
+    assert_eq!(v["wal"]["last_pushed_at"], "2016-03-16T21:06:00.000Z", "{v:#}");
+    assert_eq!(v["wal"]["last_failure_at"], "2016-03-17T06:00:00.000Z", "{v:#}");
+    let (code, _, err) = run(&["ingest", log.to_str().unwrap(), "--year", "20x6", "--store", store.to_str().unwrap()]);
+    assert_eq!(code, 2, "a bad --year is refused by the argument parser: {err}");
+}

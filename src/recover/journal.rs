@@ -24,10 +24,16 @@ pub enum JournalError {
     Schema { path: PathBuf, found: String, expected: &'static str },
     #[error("a journal entry under {key} is corrupt: {detail}")]
     Corrupt { key: String, detail: String },
+    #[error("cannot encode {what} for the recovery journal: {source}; nothing was written (a bug: report it)")]
+    Encode { what: &'static str, source: serde_json::Error },
     #[error("{resource} is locked by recovery {holder} ({status}); finish it with `safeguard recover --resume {holder}`, or give it up with `safeguard recover --abandon {holder}`")]
     Locked { resource: String, holder: String, status: String },
     #[error("{mine} overlaps {theirs}, which recovery {holder} ({status}) {verb}; two recoveries never write into each other's prefixes. Finish it with `safeguard recover --resume {holder}`, or give it up with `safeguard recover --abandon {holder}`")]
     PrefixBusy { mine: String, theirs: String, verb: &'static str, holder: String, status: String },
+}
+
+fn encode<T: Serialize + ?Sized>(what: &'static str, v: &T) -> Result<Vec<u8>, JournalError> {
+    serde_json::to_vec(v).map_err(|source| JournalError::Encode { what, source })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -214,8 +220,8 @@ impl Journal {
             for r in &rec.locks {
                 b.insert(keys::lock(r), rec.id.as_bytes());
             }
-            b.insert(keys::recovery(&rec.id), serde_json::to_vec(rec).unwrap_or_default());
-            b.insert(keys::plan(&rec.id), serde_json::to_vec(plan).unwrap_or_default());
+            b.insert(keys::recovery(&rec.id), encode("the recovery record", rec)?);
+            b.insert(keys::plan(&rec.id), encode("the recovery plan", plan)?);
             let ev = Event {
                 at: now_ms(),
                 step: None,
@@ -227,7 +233,7 @@ impl Journal {
                     rec.target_id.as_deref().or(rec.target_prefix.as_deref()).unwrap_or("(target to be created)")
                 ),
             };
-            b.insert(keys::event(&rec.id, 0), serde_json::to_vec(&ev).unwrap_or_default());
+            b.insert(keys::event(&rec.id, 0), encode("a journal event", &ev)?);
             db.apply_batch(b).map_err(|e| self.io(e))
         })
     }
@@ -271,7 +277,7 @@ impl Journal {
         let id = rec.id.clone();
         rec.locks.push(resource.to_string());
         rec.updated_at = now_ms();
-        let v = serde_json::to_vec(&*rec).unwrap_or_default();
+        let v = encode("the recovery record", &*rec)?;
         self.with(|db| {
             if let Some((holder, status)) = Self::holder(db, resource)? {
                 if holder != id {
@@ -288,7 +294,7 @@ impl Journal {
     /// Rewrites the recovery record and appends an event, atomically. Releases its locks when finished.
     pub fn save(&self, rec: &mut Recovery, ev: Option<Event>) -> Result<(), JournalError> {
         rec.updated_at = now_ms();
-        let v = serde_json::to_vec(&*rec).unwrap_or_default();
+        let v = encode("the recovery record", &*rec)?;
         let id = rec.id.clone();
         let release = rec.status.finished();
         let locks = rec.locks.clone();
@@ -304,7 +310,7 @@ impl Journal {
                     .and_then(|k| k[k.len() - 8..].try_into().ok())
                     .map(u64::from_be_bytes)
                     .map_or(0, |s| s + 1);
-                b.insert(keys::event(&id, seq), serde_json::to_vec(&ev).unwrap_or_default());
+                b.insert(keys::event(&id, seq), encode("a journal event", &ev)?);
             }
             if release {
                 for l in &locks {

@@ -23,7 +23,7 @@ use crate::state::{InstanceRecord, Status};
 use crate::timeutil::{rfc3339, serde_ms, serde_opt_ms};
 use crate::verify::{analyze, Segment, VerifyReport};
 
-const SENTINEL_SUFFIX: &str = "_backup_stop_sentinel.json";
+use crate::layout::{self, SENTINEL_SUFFIX};
 
 /// What will be copied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,7 +161,7 @@ enum Kind<'a> {
 }
 
 fn classify(rel: &str) -> Kind<'_> {
-    if let Some(r) = rel.strip_prefix("basebackups_005/") {
+    if let Some(r) = rel.strip_prefix(layout::BASEBACKUPS) {
         let first = r.split('/').next().unwrap_or("");
         if let Some(n) = first.strip_suffix(SENTINEL_SUFFIX) {
             return Kind::Backup(n.to_ascii_lowercase(), true);
@@ -171,7 +171,7 @@ fn classify(rel: &str) -> Kind<'_> {
         }
         return Kind::Other;
     }
-    match rel.strip_prefix("wal_005/") {
+    match rel.strip_prefix(layout::WAL) {
         Some(w) => Kind::Wal(w),
         None => Kind::Other,
     }
@@ -238,7 +238,7 @@ pub fn select(prefix: &S3Url, objects: &[ObjectInfo], before: Option<i64>, repor
     sentinels.sort();
     let mut sentinels: Vec<String> = sentinels.into_iter().map(|(_, r)| r).collect();
     if let Some(c) = &chosen_lc {
-        if let Some(i) = sentinels.iter().position(|r| r.to_ascii_lowercase() == format!("basebackups_005/{c}{SENTINEL_SUFFIX}")) {
+        if let Some(i) = sentinels.iter().position(|r| r.to_ascii_lowercase() == layout::sentinel(c)) {
             let s = sentinels.remove(i);
             sentinels.push(s);
         }

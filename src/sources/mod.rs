@@ -75,15 +75,7 @@ impl Sink {
     }
 }
 
-/// FNV-1a: a stable fingerprint across builds and platforms (std's hasher promises neither).
-pub fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use safeguard_core::fnv1a;
 
 /// A line stream's name in the store: its first line, so the same archived log ingested twice (or from
 /// another path, or through stdin) resumes where it stopped, and a rotated file is a new stream. Two

@@ -30,6 +30,8 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("a stored record under {key} is corrupt: {source}")]
     Corrupt { key: String, source: serde_json::Error },
+    #[error("cannot encode {key} for the store: {source}; nothing was written (a bug: report it)")]
+    Encode { key: String, source: serde_json::Error },
     #[error("cannot remove the read snapshot {path} before writing: {source}; remove it by hand (it is rebuilt when the store next closes)")]
     StaleSnapshot { path: PathBuf, source: std::io::Error },
 }
@@ -330,7 +332,7 @@ impl Store {
     /// the sender and `alerts retry` only update existing ones, so the two never race on a key.
     pub fn put_alert(&self, a: &crate::alerts::Alert) -> Result<(), StoreError> {
         self.snap.before_write()?;
-        self.db.insert(keys::alert(&a.id), serde_json::to_vec(a).unwrap_or_default())?;
+        self.db.insert(keys::alert(&a.id), encode(&a.id, a)?)?;
         self.db.flush()?;
         Ok(())
     }
@@ -341,7 +343,7 @@ impl Store {
         self.snap.before_write()?;
         let mut b = sled::Batch::default();
         for r in &ws.records {
-            let v = compact_json(r).map_err(|source| StoreError::Corrupt { key: r.instance_id.clone(), source })?;
+            let v = compact_json(r).map_err(|source| StoreError::Encode { key: r.instance_id.clone(), source })?;
             b.insert(keys::instance(&r.instance_id), v);
             for n in &r.nodes {
                 b.insert(keys::node(&n.node_uuid), r.instance_id.as_bytes());
@@ -353,20 +355,20 @@ impl Store {
             }
         }
         for (src, pos) in &ws.positions {
-            b.insert(keys::position(src), serde_json::to_vec(pos).unwrap_or_default());
+            b.insert(keys::position(src), encode(src, pos)?);
         }
         for a in &ws.alerts {
-            b.insert(keys::alert(&a.id), serde_json::to_vec(a).unwrap_or_default());
+            b.insert(keys::alert(&a.id), encode(&a.id, a)?);
         }
         for p in &ws.parked {
-            let v = serde_json::to_vec(p).map_err(|source| StoreError::Corrupt { key: format!("parked line {}", p.seq), source })?;
+            let v = encode(&format!("parked line {}", p.seq), p)?;
             b.insert(keys::parked(p.seq), v);
         }
         for seq in &ws.unparked {
             b.remove(keys::parked(*seq));
         }
         if let Some(c) = ws.counters {
-            b.insert(keys::COUNTERS, serde_json::to_vec(c).unwrap_or_default());
+            b.insert(keys::COUNTERS, encode("the counters", c)?);
         }
         self.db.apply_batch(b)?;
         self.db.flush()?;
@@ -384,7 +386,7 @@ fn migrate_v1(db: &sled::Db) -> Result<usize, StoreError> {
         let (k, v) = r?;
         let mut rec: InstanceRecord = Store::decode(&k, &v)?;
         crate::state::migrate_v1(&mut rec, &rules);
-        let v = compact_json(&rec).map_err(|source| StoreError::Corrupt { key: rec.instance_id.clone(), source })?;
+        let v = compact_json(&rec).map_err(|source| StoreError::Encode { key: rec.instance_id.clone(), source })?;
         b.insert(k, v);
         if rec.needs_tick() {
             b.insert(keys::pending(&rec.instance_id), &[][..]);
@@ -397,6 +399,10 @@ fn migrate_v1(db: &sled::Db) -> Result<usize, StoreError> {
     db.apply_batch(b)?;
     db.flush()?;
     Ok(n)
+}
+
+fn encode<T: Serialize + ?Sized>(key: &str, v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|source| StoreError::Encode { key: key.to_string(), source })
 }
 
 /// JSON without the fields that hold their default (null, false, 0, empty): records decode with

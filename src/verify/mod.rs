@@ -34,6 +34,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::layout;
 use crate::s3::{ObjectInfo, ObjectStore, S3Url};
 use crate::timeutil::{rfc3339, serde_ms, serde_opt_ms};
 
@@ -316,18 +317,19 @@ pub fn analyze(prefix: &S3Url, objects: &[ObjectInfo], checked_at_ms: i64) -> Ve
             other();
             continue;
         };
-        if rel == "sysids/sysid" {
+        if rel == layout::SYSID {
             sysid_present = true;
-        } else if let Some(b) = rel.strip_prefix("basebackups_005/") {
+        } else if let Some(b) = rel.strip_prefix(layout::BASEBACKUPS) {
             let Some((name, start, off, rest)) = split_base(b) else {
                 other();
                 continue;
             };
-            let kind = if rest == "_backup_stop_sentinel.json" {
+            let inside = rest.strip_prefix('/');
+            let kind = if rest == layout::SENTINEL_SUFFIX {
                 0
-            } else if rest == "/extended_version.txt" {
+            } else if inside == Some(layout::EXTENDED_VERSION) {
                 1
-            } else if rest.strip_prefix("/tar_partitions/").is_some_and(is_partition) {
+            } else if inside.and_then(|r| r.strip_prefix(layout::PARTITIONS)).is_some_and(is_partition) {
                 2
             } else {
                 other();
@@ -343,7 +345,7 @@ pub fn analyze(prefix: &S3Url, objects: &[ObjectInfo], checked_at_ms: i64) -> Ve
                 1 => acc.extended_version = true,
                 _ => acc.partitions += 1,
             }
-        } else if let Some(w) = rel.strip_prefix("wal_005/") {
+        } else if let Some(w) = rel.strip_prefix(layout::WAL) {
             match classify_wal(w) {
                 Some(WalFile::Segment(s)) => {
                     wal.segments += 1;

@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use memchr::memmem::Finder;
 
 use super::{locate, EventKind, Location, PushState, Reject};
+use crate::layout;
 
 pub struct WalEParsed<'a> {
     pub kind: EventKind,
@@ -53,7 +54,7 @@ fn is_wal_file(s: &str) -> bool {
 }
 
 fn wal_from_rest(rest: &str) -> Option<String> {
-    let f = rest.strip_prefix("wal_005/")?;
+    let f = rest.strip_prefix(layout::WAL)?;
     let f = f.strip_suffix(".lzo").unwrap_or(f);
     is_wal_file(f).then(|| normalize_wal(f))
 }
@@ -71,9 +72,9 @@ fn normalize_wal(f: &str) -> String {
 
 /// `basebackups_005/base_<SEG>_<OFF>/...` or `basebackups_005/base_<SEG>_<OFF>_backup_stop_sentinel.json`.
 fn backup_from_rest(rest: &str) -> Option<(String, &str)> {
-    let r = rest.strip_prefix("basebackups_005/")?;
+    let r = rest.strip_prefix(layout::BASEBACKUPS)?;
     let (name, tail) = r.split_once('/').unwrap_or((r, ""));
-    let name = name.strip_suffix("_backup_stop_sentinel.json").unwrap_or(name);
+    let name = name.strip_suffix(layout::SENTINEL_SUFFIX).unwrap_or(name);
     is_backup_name(name).then(|| (name.to_string(), tail))
 }
 
@@ -175,7 +176,7 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed<'_>>, Reject> {
             }
             let done = r.contains(" complete at ");
             let (backup, tail) = backup_from_rest(loc.rest).ok_or(Reject::WalE)?;
-            let kind = if let Some(part) = tail.strip_prefix("tar_partitions/") {
+            let kind = if let Some(part) = tail.strip_prefix(layout::PARTITIONS) {
                 let part = part.strip_suffix(".tar.lzo").unwrap_or(part).to_string();
                 EventKind::BasePartition { backup, part, done }
             } else {
@@ -192,7 +193,7 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed<'_>>, Reject> {
         if let Some(r) = d.strip_prefix("The key being deleted is ") {
             let url = url_in(r).ok_or(Reject::WalE)?;
             let loc = locate(url).ok_or(Reject::WalE)?;
-            if loc.rest.ends_with("_backup_stop_sentinel.json") {
+            if loc.rest.ends_with(layout::SENTINEL_SUFFIX) {
                 let (backup, _) = backup_from_rest(loc.rest).ok_or(Reject::WalE)?;
                 return out(EventKind::BackupPruned { backup }, Some(loc));
             }
@@ -222,7 +223,7 @@ pub fn parse(body: &str) -> Result<Option<WalEParsed<'_>>, Reject> {
         return out(EventKind::WalRestoreEnd, None);
     }
     if let Some(r) = body.strip_prefix("upload: ") {
-        if r.contains("sysids/sysid") {
+        if r.contains(layout::SYSID) {
             let url = url_in(r).ok_or(Reject::WalE)?;
             let loc = locate(url).ok_or(Reject::WalE)?;
             return out(EventKind::SysidUploaded, Some(loc));
