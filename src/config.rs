@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::pipeline::EngineConfig;
+use crate::engine::pipeline::EngineConfig;
 use crate::state::risk::RiskRules;
 use crate::state::Rules;
 
@@ -33,15 +33,15 @@ pub struct Config {
     pub risk: RiskConfig,
     /// Where lines come from; empty means the embedded default syslog listener.
     pub sources: Vec<SourceConfig>,
-    pub s3: Option<crate::s3::S3Config>,
+    pub s3: Option<crate::adapters::s3::S3Config>,
     /// Deletion and at-risk alerts (email, webhook); none without this section.
     pub alerts: Option<crate::alerts::AlertsConfig>,
     pub recover: crate::recover::RecoverConfig,
-    pub platform: crate::platform::PlatformConfig,
-    pub etcd: Option<crate::etcd::EtcdConfig>,
-    pub cloud_controller: Option<crate::platform::cloud_controller::CloudControllerConfig>,
+    pub platform: crate::adapters::platform::PlatformConfig,
+    pub etcd: Option<crate::adapters::etcd::EtcdConfig>,
+    pub cloud_controller: Option<crate::adapters::platform::cloud_controller::CloudControllerConfig>,
     /// The health and metrics endpoint; off without this section.
-    pub http: Option<crate::http::HttpConfig>,
+    pub http: Option<crate::adapters::http::HttpConfig>,
     /// What `safeguard doctor` needs beyond the rest (the S3 prefix to list, the etcd key to read).
     pub doctor: crate::doctor::DoctorConfig,
 }

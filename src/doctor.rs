@@ -236,7 +236,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     match alerts.and_then(|a| a.webhook.clone()) {
         None => skipped.push(Check::skip("webhook", "no [alerts.webhook] section")),
         Some(w) => {
-            let target = crate::alerts::webhook::redact_url(&w.url);
+            let target = crate::sinks::webhook::redact_url(&w.url);
             futs.push(Box::pin(timed("webhook", target, t, async move { check_webhook(&w).await })));
         }
     }
@@ -444,7 +444,7 @@ fn check_kafka(s: &KafkaSettings, timeout: Duration) -> Outcome {
 
 // ------------------------------------------------------------------------------------------- s3
 
-async fn check_s3(s3: &crate::s3::S3Config, prefix: Option<&str>) -> Outcome {
+async fn check_s3(s3: &crate::adapters::s3::S3Config, prefix: Option<&str>) -> Outcome {
     use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
     let Some(prefix) = prefix else {
         return fail(
@@ -452,11 +452,11 @@ async fn check_s3(s3: &crate::s3::S3Config, prefix: Option<&str>) -> Outcome {
             "set [doctor] s3_prefix = \"s3://<bucket>/backups/\" (the bucket in the platform's WALE_S3_PREFIX)",
         );
     };
-    let url = match crate::s3::S3Url::parse(prefix) {
+    let url = match crate::adapters::s3::S3Url::parse(prefix) {
         Ok(u) => u,
         Err(e) => return fail(e.to_string(), "fix [doctor] s3_prefix"),
     };
-    let store = match crate::s3::ObjectStore::connect(s3) {
+    let store = match crate::adapters::s3::ObjectStore::connect(s3) {
         Ok(s) => s,
         Err(e) => return fail(e.to_string(), "fix the [s3] section"),
     };
@@ -522,8 +522,8 @@ async fn check_s3(s3: &crate::s3::S3Config, prefix: Option<&str>) -> Outcome {
 
 // ------------------------------------------------------------------------------------------- etcd
 
-async fn check_etcd(cfg: &crate::etcd::EtcdConfig, key: &str) -> Outcome {
-    let etcd = match crate::etcd::Etcd::new(cfg) {
+async fn check_etcd(cfg: &crate::adapters::etcd::EtcdConfig, key: &str) -> Outcome {
+    let etcd = match crate::adapters::etcd::Etcd::new(cfg) {
         Ok(e) => e,
         Err(e) => return fail(e.to_string(), "fix the [etcd] section"),
     };
@@ -532,8 +532,8 @@ async fn check_etcd(cfg: &crate::etcd::EtcdConfig, key: &str) -> Outcome {
         Ok(None) => pass(format!("read {key}: answered (a directory, or absent)")),
         Err(e) => {
             let hint = match &e {
-                crate::etcd::EtcdError::Denied { .. } => "check etcd.username / etcd.password and the cluster's v2 auth roles",
-                crate::etcd::EtcdError::Unexpected { .. } => "etcd.url must be the v2 client URL: GET <url>/v2/keys answers JSON",
+                crate::adapters::etcd::EtcdError::Denied { .. } => "check etcd.username / etcd.password and the cluster's v2 auth roles",
+                crate::adapters::etcd::EtcdError::Unexpected { .. } => "etcd.url must be the v2 client URL: GET <url>/v2/keys answers JSON",
                 _ => "check etcd.url and that this host can reach it (etcd runs with --enable-v2)",
             };
             fail(e.to_string(), hint)
@@ -543,23 +543,23 @@ async fn check_etcd(cfg: &crate::etcd::EtcdConfig, key: &str) -> Outcome {
 
 // ------------------------------------------------------------------------------------------- smtp, webhook
 
-async fn check_smtp(cfg: &crate::alerts::email::EmailConfig) -> Outcome {
-    let m = match crate::alerts::email::Mailer::new(cfg) {
+async fn check_smtp(cfg: &crate::sinks::email::EmailConfig) -> Outcome {
+    let m = match crate::sinks::email::Mailer::new(cfg) {
         Ok(m) => m,
         Err(e) => return fail(e.to_string(), "fix [alerts.email] (SAFEGUARD_SMTP_PASSWORD holds the password)"),
     };
     match m.check().await {
         Ok(()) => pass(format!(
             "connected, EHLO{}{} accepted; no mail sent",
-            if cfg.security == crate::alerts::email::Security::Starttls { ", STARTTLS" } else { "" },
+            if cfg.security == crate::sinks::email::Security::Starttls { ", STARTTLS" } else { "" },
             if cfg.username.is_some() { ", AUTH" } else { "" }
         )),
         Err(e) => fail(e.to_string(), "check host/port/security in [alerts.email] (587 starttls, 465 tls, 25 none) and the credentials"),
     }
 }
 
-async fn check_webhook(cfg: &crate::alerts::webhook::WebhookConfig) -> Outcome {
-    let w = match crate::alerts::webhook::Webhook::new(cfg) {
+async fn check_webhook(cfg: &crate::sinks::webhook::WebhookConfig) -> Outcome {
+    let w = match crate::sinks::webhook::Webhook::new(cfg) {
         Ok(w) => w,
         Err(e) => return fail(e.to_string(), "fix [alerts.webhook] url"),
     };
@@ -567,7 +567,7 @@ async fn check_webhook(cfg: &crate::alerts::webhook::WebhookConfig) -> Outcome {
         Ok(()) => pass("the receiver answered an HTTP request (reachability only; nothing was posted)"),
         // reqwest's error text quotes the whole URL, and a webhook URL's path is often its secret.
         Err(e) => {
-            let shown = crate::alerts::webhook::redact_url(&cfg.url);
+            let shown = crate::sinks::webhook::redact_url(&cfg.url);
             let mut detail = e.to_string();
             for full in [Some(cfg.url.clone()), reqwest::Url::parse(&cfg.url).ok().map(|u| u.to_string())].into_iter().flatten() {
                 detail = detail.replace(&full, &shown);
@@ -581,9 +581,9 @@ async fn check_webhook(cfg: &crate::alerts::webhook::WebhookConfig) -> Outcome {
 
 /// Gets a UAA token the way recovery does (client credentials, or the `cf` client's password grant),
 /// without keeping or showing it.
-async fn check_cloud_controller(cfg: &crate::platform::cloud_controller::CloudControllerConfig) -> Outcome {
+async fn check_cloud_controller(cfg: &crate::adapters::platform::cloud_controller::CloudControllerConfig) -> Outcome {
     use serde_json::Value;
-    if let Err(e) = crate::platform::cloud_controller::CloudController::new(cfg) {
+    if let Err(e) = crate::adapters::platform::cloud_controller::CloudController::new(cfg) {
         return fail(e.to_string(), "fix the [cloud_controller] section");
     }
     let scrub = |t: &str| {

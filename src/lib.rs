@@ -1,26 +1,32 @@
 //! safeguard: watch a Dingo PostgreSQL platform's syslog, index every instance's backups, and recover
 //! deleted instances. See ARCHITECTURE.md for the map.
 //!
-//! Pipeline: [`sources`] -> [`parse`] -> [`pipeline`] (attribute + [`state::apply`]) -> [`store`] -> [`alerts`].
-//! `parse`, `state`, `timeutil` and `gen` live in the `safeguard-core` crate, which has no I/O dependency
-//! at all; they are re-exported here under their old paths.
-pub use safeguard_core::{gen, layout, parse, state, timeutil};
-pub mod alerts;
-pub mod config;
-pub mod doctor;
-pub mod etcd;
-pub mod http;
-pub mod ingest;
-pub mod pipeline;
-pub mod platform;
-pub mod query;
-pub mod recover;
-pub mod report;
-pub mod s3;
+//! The folders read like the pipeline:
+//! [`sources`] -> `parse` -> [`engine`] (attribute, park, `state::apply`, commit) -> [`store`] ->
+//! [`alerts`] (what to say) -> [`sinks`] (email, webhook); beside it [`verify`] and [`recover`], which
+//! reach the outside world through [`adapters`] (S3, etcd, the platform, the HTTP endpoint). The CLI
+//! (`main.rs`) reads through [`query`] and prints with [`report`]; [`config`] composes every section and
+//! [`doctor`] checks each connection.
+//!
+//! `parse`, `state`, `timeutil`, `layout` and `gen` live in the `safeguard-core` crate, which has no I/O
+//! dependency at all; they are re-exported here under their old paths, as are the modules that moved
+//! into `engine/` and `adapters/`.
+
 pub mod sources;
+pub use safeguard_core::{gen, layout, parse, state, timeutil};
+pub mod engine;
+pub use engine::{ingest, pipeline, watch};
+pub mod adapters;
+pub mod alerts;
+pub mod recover;
+pub mod sinks;
 pub mod store;
 pub mod verify;
-pub mod watch;
+pub use adapters::{etcd, http, platform, s3};
+pub mod config;
+pub mod doctor;
+pub mod query;
+pub mod report;
 
 /// "a: b: c" from an error and its sources, for operator-facing messages: without the Debug dumps of
 /// the SDKs' own context printers, and without repeating a layer that already quotes its source.

@@ -180,14 +180,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let store = Store::open_waiting(&store_path, cache, std::time::Duration::from_secs(5))?;
             tracing::info!(store = %store_path.display(), "safeguard watch starting");
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let counters = rt.block_on(safeguard::watch::run(cfg, store, shutdown_signal()))?;
+            let counters = rt.block_on(safeguard::engine::watch::run(cfg, store, shutdown_signal()))?;
             tracing::info!("stopped; {}", report::counters_text(&counters));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ingest { files, json, year } => {
             let store = Store::open_waiting(&store_path, cache, std::time::Duration::from_secs(5)).context("ingest writes to the store directly")?;
             let opts = safeguard::sources::file::StreamOptions { year };
-            let s = safeguard::ingest::ingest_with(&store, cfg.engine(), &files, opts)?;
+            let s = safeguard::engine::ingest::ingest_with(&store, cfg.engine(), &files, opts)?;
             if json {
                 print_json(&s)?;
             } else {
@@ -234,10 +234,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     rec.backup_prefix.with_context(|| format!("no backup prefix recorded for {instance_id} (no WAL-E line seen); pass --prefix"))?
                 }
             };
-            let url = safeguard::s3::S3Url::parse(&prefix)?;
+            let url = safeguard::adapters::s3::S3Url::parse(&prefix)?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let report = rt.block_on(async {
-                let store = safeguard::s3::ObjectStore::connect(&s3)?;
+                let store = safeguard::adapters::s3::ObjectStore::connect(&s3)?;
                 anyhow::Ok(safeguard::verify::verify(&store, &url).await)
             })?;
             if json {

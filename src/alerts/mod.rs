@@ -6,9 +6,8 @@
 //! up. The alert id is its idempotency key (instance, kind, episode), so a replay, a restart or a second
 //! pass never creates a second alert for the same thing.
 
-pub mod email;
-pub mod sender;
-pub mod webhook;
+// Delivery lives in `crate::sinks`; these keep the paths the rest of the code and the tests use.
+pub use crate::sinks::{email, sender, webhook};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

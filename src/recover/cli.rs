@@ -13,10 +13,10 @@ use serde_json::json;
 use super::exec::{crash_from_env, new_recovery, Runner};
 use super::journal::{running_elsewhere, Event, Journal, Recovery, RecoveryStatus, StepStatus};
 use super::plan::{build, Plan, PlanEnv, PlanRequest, TargetSpec};
+use crate::adapters::etcd::Etcd;
+use crate::adapters::s3::ObjectStore;
 use crate::config::Config;
-use crate::etcd::Etcd;
 use crate::query::Access;
-use crate::s3::ObjectStore;
 use crate::timeutil::{now_ms, parse_rfc3339, rfc3339};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -159,7 +159,7 @@ pub fn run_recover(cfg: &Config, store_path: &Path, cache_bytes: u64, args: Reco
 
     let s3cfg = cfg.s3.clone().context("recover needs an [s3] section in the config (endpoint, region, credentials) to read and copy backups")?;
     let s3 = ObjectStore::connect(&s3cfg)?;
-    let platform = crate::platform::from_config(&cfg.platform, cfg.cloud_controller.as_ref())?;
+    let platform = crate::adapters::platform::from_config(&cfg.platform, cfg.cloud_controller.as_ref())?;
     let etcd = cfg.etcd.as_ref().map(Etcd::new).transpose()?;
     let rt = runtime()?;
     let runner = Runner {

@@ -25,10 +25,10 @@ use super::journal::{Event, Journal, Recovery, RecoveryStatus, StepRecord, StepS
 use super::plan::{container_of, sibling_prefix, Plan, TargetSpec};
 use super::progress::ProgressDisplay;
 use super::{dur, human_bytes, keys, RecoverConfig, StepId};
-use crate::etcd::{recovery_keys, Etcd};
-use crate::platform::{ContainerRef, CreateRequest, Platform, PlatformError};
+use crate::adapters::etcd::{recovery_keys, Etcd};
+use crate::adapters::platform::{ContainerRef, CreateRequest, Platform, PlatformError};
+use crate::adapters::s3::{CopyItem, ObjectStore, S3Url, SourcePrefix, TargetPrefix, TransferProgress};
 use crate::query::Access;
-use crate::s3::{CopyItem, ObjectStore, S3Url, SourcePrefix, TargetPrefix, TransferProgress};
 use crate::timeutil::{now_ms, rfc3339};
 use crate::verify::analyze;
 
@@ -495,7 +495,7 @@ impl Runner<'_> {
         }
         let summary = results
             .iter()
-            .map(|r| format!("{} {}", r.key, if r.outcome == crate::etcd::DeleteOutcome::Deleted { "deleted" } else { "was absent" }))
+            .map(|r| format!("{} {}", r.key, if r.outcome == crate::adapters::etcd::DeleteOutcome::Deleted { "deleted" } else { "was absent" }))
             .collect::<Vec<_>>()
             .join(", ");
         Ok((summary, json!({"etcd": etcd.url(), "keys": results})))

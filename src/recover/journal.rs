@@ -242,7 +242,7 @@ impl Journal {
     /// prefixes are compared: nobody writes where another recovery reads or writes, nor reads where another
     /// writes.
     fn check_prefixes(&self, db: &sled::Db, rec: &Recovery) -> Result<(), JournalError> {
-        let parse = |p: &str| crate::s3::S3Url::parse(p).ok();
+        let parse = |p: &str| crate::adapters::s3::S3Url::parse(p).ok();
         let (Some(my_src), my_dst) = (parse(&rec.source_prefix), rec.target_prefix.as_deref().and_then(parse)) else { return Ok(()) };
         for kv in db.scan_prefix(keys::RECOVERY) {
             let (k, v) = kv.map_err(|e| self.io(e))?;
@@ -254,7 +254,7 @@ impl Journal {
             let pairs = [(my_dst.as_ref(), o_dst.as_ref(), "writes"), (my_dst.as_ref(), o_src.as_ref(), "reads"), (Some(&my_src), o_dst.as_ref(), "writes")];
             for (mine, theirs, verb) in pairs {
                 if let (Some(m), Some(t)) = (mine, theirs) {
-                    if crate::s3::prefixes_overlap(m, t) {
+                    if crate::adapters::s3::prefixes_overlap(m, t) {
                         return Err(JournalError::PrefixBusy {
                             mine: m.to_string(),
                             theirs: t.to_string(),

@@ -42,6 +42,6 @@ pub fn lock(resource: &str) -> Vec<u8> {
 pub fn instance_resource(id: &str) -> String {
     format!("instance:{}", id.to_ascii_lowercase())
 }
-pub fn prefix_resource(url: &crate::s3::S3Url) -> String {
+pub fn prefix_resource(url: &crate::adapters::s3::S3Url) -> String {
     format!("prefix:{url}")
 }

@@ -11,8 +11,8 @@
 //! Steps (instance mode): 1 source, 2 target, 3 stop, 4a clear target, 4b copy, 4c verify copy,
 //! 5 etcd, 6 flush, 7 start, 8 confirm, 9 bind. `--to-prefix` runs 1, 4a, 4b, 4c only.
 //!
-//! The source prefix is only ever read: the copy goes through [`crate::s3::SourcePrefix`] (read-only)
-//! and [`crate::s3::TargetPrefix`] (refuses to exist when it overlaps the source).
+//! The source prefix is only ever read: the copy goes through [`crate::adapters::s3::SourcePrefix`] (read-only)
+//! and [`crate::adapters::s3::TargetPrefix`] (refuses to exist when it overlaps the source).
 //!
 //! Test-only crash injection: `SAFEGUARD_RECOVER_CRASH=after:<step>` makes the process exit with status
 //! 86 right after `<step>`'s result is journaled; `copy:<n>` exits once `n` objects have been copied.
@@ -82,11 +82,11 @@ pub(crate) fn dur(s: &str) -> Duration {
 }
 
 impl RecoverConfig {
-    pub fn copy_options(&self, concurrency: Option<usize>) -> crate::s3::CopyOptions {
-        crate::s3::CopyOptions {
+    pub fn copy_options(&self, concurrency: Option<usize>) -> crate::adapters::s3::CopyOptions {
+        crate::adapters::s3::CopyOptions {
             concurrency: concurrency.unwrap_or(self.concurrency).max(1),
             attempts: self.copy_attempts.max(1),
-            multipart_threshold: self.multipart_threshold_mb.saturating_mul(1 << 20).min(crate::s3::MAX_SINGLE_COPY),
+            multipart_threshold: self.multipart_threshold_mb.saturating_mul(1 << 20).min(crate::adapters::s3::MAX_SINGLE_COPY),
             part_size: self.part_size_mb.saturating_mul(1 << 20).max(5 << 20),
         }
     }

@@ -15,10 +15,10 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::{human_bytes, RecoverConfig, StepId};
-use crate::etcd::{recovery_keys, Etcd};
-use crate::platform::{Op, OpContext, Platform};
+use crate::adapters::etcd::{recovery_keys, Etcd};
+use crate::adapters::platform::{Op, OpContext, Platform};
+use crate::adapters::s3::{CopyItem, ObjectInfo, ObjectStore, S3Url, SourcePrefix, TargetPrefix};
 use crate::query::Access;
-use crate::s3::{CopyItem, ObjectInfo, ObjectStore, S3Url, SourcePrefix, TargetPrefix};
 use crate::state::{InstanceRecord, Status};
 use crate::timeutil::{rfc3339, serde_ms, serde_opt_ms};
 use crate::verify::{analyze, Segment, VerifyReport};

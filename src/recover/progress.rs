@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::human_bytes;
-use crate::s3::TransferProgress;
+use crate::adapters::s3::TransferProgress;
 
 pub struct ProgressDisplay {
     stop: Arc<AtomicBool>,

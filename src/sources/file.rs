@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{fnv1a, stream_id, Msg, Sink};
+use crate::engine::pipeline::{Resume, SourceHandle};
 use crate::parse::{line_anchor, YearClock};
-use crate::pipeline::{Resume, SourceHandle};
 
 /// Small enough that what read() copied is still in L2 when the newline count and the prefilter scan
 /// it (4 MiB measured a few percent slower on scripts/bench.sh); lines longer than this grow the buffer.

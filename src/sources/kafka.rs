@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use super::{Durable, Msg, Sink};
 use crate::config::{KafkaClientSettings, KafkaStart, SourceConfig};
-use crate::pipeline::SourceHandle;
+use crate::engine::pipeline::SourceHandle;
 
 /// How often durable positions are committed to Kafka.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);

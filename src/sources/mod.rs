@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::SourceConfig;
+use crate::engine::pipeline::{Resume, SourceHandle};
 use crate::parse::YearClock;
-use crate::pipeline::{Resume, SourceHandle};
 
 /// Source positions the store has durably committed, by source id; published after every commit.
 pub type Durable = Arc<HashMap<String, u64>>;

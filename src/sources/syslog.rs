@@ -7,7 +7,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::{Msg, Sink};
-use crate::pipeline::SourceHandle;
+use crate::engine::pipeline::SourceHandle;
 
 /// Frames longer than this are cut off (and will be rejected as too long).
 const MAX_FRAME: usize = 1 << 20;

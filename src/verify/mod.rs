@@ -34,8 +34,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::adapters::s3::{ObjectInfo, ObjectStore, S3Url};
 use crate::layout;
-use crate::s3::{ObjectInfo, ObjectStore, S3Url};
 use crate::timeutil::{rfc3339, serde_ms, serde_opt_ms};
 
 /// How many unrecognised keys a report quotes.

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::engine::pipeline::{Engine, EngineConfig, Resume, SourceHandle};
 use crate::parse::YearClock;
-use crate::pipeline::{Engine, EngineConfig, Resume, SourceHandle};
 use crate::sources::file::{read_file, read_stream, LineSink, StreamOptions};
 use crate::state::Effect;
 use crate::store::{Counters, Store, StoreError};

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
-use super::{compose, email::Mailer, webhook::Webhook, Alert, AlertsConfig, Delivery, Kind, Rule};
-use crate::s3::{ObjectStore, S3Url};
+use super::{email::Mailer, webhook::Webhook};
+use crate::adapters::s3::{ObjectStore, S3Url};
+use crate::alerts::{compose, Alert, AlertsConfig, Delivery, Kind, Rule};
 use crate::store::{Store, StoreError};
 use crate::timeutil::now_ms;
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, SourceConfig};
-use crate::pipeline::{Committed, Engine};
+use crate::engine::pipeline::{Committed, Engine};
 use crate::sources::{Durable, Msg, Sink};
 use crate::state::Effect;
 use crate::store::{Counters, Store};
@@ -120,7 +120,7 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
 
     // [http]: health and metrics, up before the sources so /readyz can say they are starting.
     let mut http = match &cfg.http {
-        Some(h) => Some(crate::http::Server::start(&cfg, h, store.clone(), durable_rx.clone()).await?),
+        Some(h) => Some(crate::adapters::http::Server::start(&cfg, h, store.clone(), durable_rx.clone()).await?),
         None => None,
     };
     let opts = crate::sources::SourceOptions { stats_interval: cfg.watch.stats_interval };
@@ -132,8 +132,8 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
     let control = tokio::spawn(crate::query::serve(store.clone()));
     let sender = match &cfg.alerts {
         Some(a) => {
-            let s3 = cfg.s3.as_ref().map(crate::s3::ObjectStore::connect).transpose()?;
-            let sender = crate::alerts::sender::Sender::new(store.clone(), a.clone(), s3)?;
+            let s3 = cfg.s3.as_ref().map(crate::adapters::s3::ObjectStore::connect).transpose()?;
+            let sender = crate::sinks::sender::Sender::new(store.clone(), a.clone(), s3)?;
             Some(tokio::spawn(sender.run(std::time::Duration::from_secs(1))))
         }
         None => None,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Alert;
+use crate::alerts::Alert;
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,7 +59,7 @@ impl Webhook {
 
     pub async fn send(&self, a: &Alert) -> Result<(), WebhookError> {
         let url = redact_url(&self.cfg.url);
-        let mut req = self.client.post(&self.cfg.url).json(&super::webhook_body(a)).header("Idempotency-Key", &a.id);
+        let mut req = self.client.post(&self.cfg.url).json(&crate::alerts::webhook_body(a)).header("Idempotency-Key", &a.id);
         for (k, v) in &self.cfg.headers {
             req = req.header(k, v);
         }

@@ -1,0 +1,7 @@
+//! One module per external system the service talks to, each behind its own types: [`s3`] (the object
+//! store holding the backups), [`etcd`] (Patroni's keys), [`platform`] (Cloud Controller, the Docker
+//! engine, operator command templates) and [`http`] (the `/healthz`, `/readyz` and `/metrics` endpoint).
+pub mod etcd;
+pub mod http;
+pub mod platform;
+pub mod s3;
