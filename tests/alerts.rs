@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{bin, env, free_port, mails, run, wait_until};
+use common::{bin, env, free_port, lager, mails, run, wait_until};
 use safeguard::gen::Rng;
 use safeguard::s3::{ObjectStore, S3Config};
 use safeguard::timeutil::{now_ms, rfc3339};
@@ -69,15 +69,6 @@ struct Inst {
 
 fn inst(rng: &mut Rng) -> Inst {
     Inst { id: rng.uuid(), node: rng.uuid() }
-}
-
-fn lager(t: i64, name: &str, data: &str) -> String {
-    format!(
-        r#"<134>1 {} 0.router broker.stdout.log - - - {{"timestamp":"{}.{:03}","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.cluster.{name}","log_level":1,"data":{{{data}}}}}"#,
-        rfc3339(t),
-        t / 1000,
-        t % 1000
-    )
 }
 
 fn container(t: i64, i: &Inst, msg: &str) -> String {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, env, fixture, free_port, mails, run, wait_until, KillOnDrop};
+use common::{bin, env, fixture, free_port, lager, mails, run, wait_until, KillOnDrop};
 use proptest::prelude::*;
 use safeguard::gen::{GenConfig, Generator, Rng};
 use safeguard::pipeline::EngineConfig;
@@ -355,15 +355,6 @@ proptest! {
 }
 
 // ---------------------------------------------------------------- a late line reverses a deletion
-
-fn lager(t: i64, name: &str, data: &str) -> String {
-    format!(
-        r#"<134>1 {} 0.router broker.stdout.log - - - {{"timestamp":"{}.{:03}","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.cluster.{name}","log_level":1,"data":{{{data}}}}}"#,
-        rfc3339(t),
-        t / 1000,
-        t % 1000
-    )
-}
 
 #[test]
 fn a_late_add_within_the_grace_sends_an_all_clear_for_the_announced_deletion() {

@@ -174,3 +174,13 @@ pub fn base64(input: &[u8]) -> String {
     }
     out
 }
+
+/// A broker lager line (RFC 5424 envelope) at `t` for `dingo-postgresql-broker.cluster.<name>`.
+pub fn lager(t: i64, name: &str, data: &str) -> String {
+    format!(
+        r#"<134>1 {} 0.router broker.stdout.log - - - {{"timestamp":"{}.{:03}","source":"dingo-postgresql-broker","message":"dingo-postgresql-broker.cluster.{name}","log_level":1,"data":{{{data}}}}}"#,
+        safeguard::timeutil::rfc3339(t),
+        t / 1000,
+        t % 1000
+    )
+}
