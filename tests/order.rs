@@ -537,3 +537,28 @@ fn year_less_archives_wait_for_an_anchor_or_take_the_year_they_are_given() {
     let (code, _, err) = run(&["ingest", log.to_str().unwrap(), "--year", "20x6", "--store", store.to_str().unwrap()]);
     assert_eq!(code, 2, "a bad --year is refused by the argument parser: {err}");
 }
+
+#[test]
+fn a_deprovisioned_instance_reads_back_and_takes_later_lines() {
+    // `deprovision.start` is a lifecycle fact with `done: false`, a value the store writes as nothing.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let id = "5b0a7c1e-2f3d-4e5f-8a9b-0c1d2e3f4a5b";
+    let t = safeguard::timeutil::parse_rfc3339("2016-03-16T19:00:00Z").unwrap();
+    let first = vec![
+        lager(t, "provision.start", &format!(r#""instance-id":"{id}""#)).replace(".cluster.", "."),
+        lager(t + 1_000, "deprovision.start", &format!(r#""instance-id":"{id}""#)).replace(".cluster.", "."),
+        // A container line of a node not known yet, stamped before year 0: it would be parked with a time
+        // the store cannot read back, and every later start would fail. It is rejected by reason instead.
+        "<134>1 0000-01-01T00:00:00+01:00 cell-1 cf-9d8c7b6a-1e2f-4a3b-8c5d-6e7f8a9b0c1d - - - restore_leader_if_missing> new cluster, no existing backup to restore".to_string(),
+    ];
+    let s = ingest(&store, &write(tmp.path(), "first.log", &first));
+    assert_eq!(s["rejected_by_reason"]["time"], 1, "{s:#}");
+    let later = vec![lager(t + 600_000, "deprovision.done", &format!(r#""instance-id":"{id}""#)).replace(".cluster.", ".")];
+    let s = ingest(&store, &write(tmp.path(), "later.log", &later));
+    assert_eq!(s["lines_attributed"], 1, "{s:#}");
+    let v = show(&store, id);
+    assert_eq!(v["status"], "deleted", "{v:#}");
+    assert_eq!(v["deleted_by"], "broker deprovision.start", "{v:#}");
+    assert_eq!(v["last_seen"], rfc3339(t + 600_000), "{v:#}");
+}

@@ -127,6 +127,22 @@ impl ParkedSet {
     fn oldest(&self) -> Option<&Parked> {
         self.entries.values().next()
     }
+
+    /// Drops index entries of lines already gone (resolved through another index, or given up), once
+    /// they outnumber the lines still parked: a long-running watcher's memory stays bounded by them.
+    fn compact(&mut self) {
+        let listed: usize = [&self.by_node, &self.by_short, &self.by_instance].iter().map(|m| m.values().map(Vec::len).sum::<usize>()).sum();
+        if listed <= 2 * self.entries.len() + 1024 {
+            return;
+        }
+        let entries = &self.entries;
+        for m in [&mut self.by_node, &mut self.by_short, &mut self.by_instance] {
+            m.retain(|_, seqs| {
+                seqs.retain(|s| entries.contains_key(s));
+                !seqs.is_empty()
+            });
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -319,8 +335,11 @@ impl Engine {
             Ok(Some(ev)) => {
                 self.counters.lines_relevant += 1;
                 self.cursors[h.0].delta.lines_relevant += 1;
+                // A line dated ahead of the wall clock must not make every pending deletion final at once.
                 if let (Some(t), false) = (ev.time, ev.weak_year) {
-                    self.watermark = self.watermark.max(t);
+                    if t <= self.now.saturating_add(crate::parse::FUTURE_SKEW_MS) {
+                        self.watermark = self.watermark.max(t);
+                    }
                 }
                 self.handle(ev);
             }
@@ -524,6 +543,7 @@ impl Engine {
         for seq in &old {
             self.parked.remove(*seq);
         }
+        self.parked.compact();
         if !old.is_empty() {
             tracing::info!(lines = old.len(), "gave up parked lines whose instance never became known");
             self.counters.lines_parked = self.counters.lines_parked.saturating_sub(old.len() as u64);

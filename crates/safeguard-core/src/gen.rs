@@ -241,6 +241,13 @@ impl Generator {
             lines.push((t0 + 60, l));
         } else if self.active[i].actions_left == 0 {
             if self.active[i].delete {
+                // The later broker logs the deprovision around the node removals (and `done: false` is
+                // the one value the store writes as nothing).
+                let deprovision = era == Era::Three && self.rng.chance(0.5);
+                if deprovision {
+                    let l = self.broker_line(era, t0, "deprovision.start", &format!(r#""instance-id":"{id}""#));
+                    lines.push((t0, l));
+                }
                 let nodes = self.active[i].nodes.clone();
                 for (uuid, _) in nodes {
                     let l =
@@ -248,6 +255,10 @@ impl Generator {
                     lines.push((t0, l));
                     let l = self.envelope(t0 + 5, "cell-containers", "cf-containers-broker.stdout.log", &format!("Destroying Docker container `cf-{uuid}'..."));
                     lines.push((t0 + 5, l));
+                }
+                if deprovision {
+                    let l = self.broker_line(era, t0 + 8, "deprovision.done", &format!(r#""instance-id":"{id}""#));
+                    lines.push((t0 + 8, l));
                 }
                 if let Some(t) = self.truth.instances.get_mut(&id) {
                     t.deleted = true;

@@ -35,10 +35,20 @@ pub enum Reject {
     Broker,
     #[error("WAL-E line that does not parse")]
     WalE,
+    #[error("time outside 1970..=9999")]
+    Time,
+}
+
+/// The latest time a line may carry: 9999-12-31T23:59:59.999Z. Later (or before 1970) is a garbled
+/// stamp, and would not survive the store's RFC 3339 form.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
+fn plausible(t: i64) -> bool {
+    (0..=MAX_TIME_MS).contains(&t)
 }
 
 impl Reject {
-    pub const ALL: [Reject; 6] = [Reject::TooLong, Reject::Utf8, Reject::Envelope, Reject::Json, Reject::Broker, Reject::WalE];
+    pub const ALL: [Reject; 7] = [Reject::TooLong, Reject::Utf8, Reject::Envelope, Reject::Json, Reject::Broker, Reject::WalE, Reject::Time];
     pub fn as_str(self) -> &'static str {
         match self {
             Reject::TooLong => "too_long",
@@ -47,6 +57,7 @@ impl Reject {
             Reject::Json => "json",
             Reject::Broker => "broker",
             Reject::WalE => "wal_e",
+            Reject::Time => "time",
         }
     }
 }
@@ -366,9 +377,9 @@ pub fn place_year(t: i64, lo: i64, hi: i64) -> i64 {
 pub fn line_anchor(line: &str) -> Option<i64> {
     let env = envelope::parse(line).ok()?;
     if let EnvTime::Full(t) = env.time {
-        return Some(t);
+        return plausible(t).then_some(t);
     }
-    parse_envelope(&env).ok().flatten().and_then(|ev| ev.time)
+    parse_envelope(&env).ok().flatten().and_then(|ev| ev.time).filter(|&t| plausible(t))
 }
 
 /// Parses one line. `Ok(None)` means irrelevant (a known-harmless or unrelated line).
@@ -378,6 +389,10 @@ pub fn parse_line<'a>(line: &'a str, clock: &mut YearClock, now: i64) -> Result<
     let Some(mut ev) = parse_envelope(&env)? else {
         return Ok(None);
     };
+    // Checked before the clock sees it: one garbled stamp must not move a stream's year.
+    if matches!(env_time, EnvTime::Full(t) if !plausible(t)) || ev.time.is_some_and(|t| !plausible(t)) {
+        return Err(Reject::Time);
+    }
     match ev.time {
         Some(t) => {
             // Payload time is authoritative; still feed the clock so the year stays right for lines without one.
@@ -572,6 +587,23 @@ mod tests {
         let (t, weak) = c.resolve(EnvTime::NoYear { month: 3, day: 17, h: 1, m: 0, s: 0 }, now).unwrap();
         assert_eq!(crate::timeutil::rfc3339(t), "2016-03-17T01:00:00.000Z");
         assert!(!weak);
+    }
+
+    #[test]
+    fn garbled_times_are_rejected_and_leave_the_clock_alone() {
+        let now = crate::timeutil::parse_rfc3339("2026-11-24T00:00:00Z").unwrap();
+        let mut c = YearClock::archive(None, None);
+        let line = |ts: &str| {
+            format!("<134>1 {ts} cell-1 cf-9d8c7b6a-1e2f-4a3b-8c5d-6e7f8a9b0c1d - - - restore_leader_if_missing> new cluster, no existing backup to restore")
+        };
+        // Both parse as RFC 3339, and land outside the years the store can write back.
+        for ts in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:30:00-01:00"] {
+            assert_eq!(parse_line(&line(ts), &mut c, now), Err(Reject::Time), "{ts}");
+            assert_eq!(line_anchor(&line(ts)), None);
+        }
+        assert_eq!(c, YearClock::archive(None, None), "the clock never saw them");
+        let ok = line("2016-03-16T19:00:01Z");
+        assert_eq!(parse_line(&ok, &mut c, now).unwrap().unwrap().time, Some(1_458_154_801_000));
     }
 
     #[test]

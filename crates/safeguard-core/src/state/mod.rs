@@ -120,18 +120,37 @@ pub struct RestoreSeen {
 /// One lifecycle fact. Its identity is the whole value: the same line through two relays is one fact.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "k", rename_all = "snake_case")]
+/// Every field has a default: records are stored without default-valued fields (`store::compact_json`),
+/// so `done: false` or `t: 0` are written as nothing and must read back as themselves.
 pub enum LifeKind {
-    Creating { node: String },
-    Add { node: Option<String>, backend: Option<String> },
+    Creating {
+        #[serde(default)]
+        node: String,
+    },
+    Add {
+        #[serde(default)]
+        node: Option<String>,
+        #[serde(default)]
+        backend: Option<String>,
+    },
     UpdateStart,
     UpdateDone,
-    Remove { node: Option<String>, backend: Option<String> },
-    Deprovision { done: bool },
+    Remove {
+        #[serde(default)]
+        node: Option<String>,
+        #[serde(default)]
+        backend: Option<String>,
+    },
+    Deprovision {
+        #[serde(default)]
+        done: bool,
+    },
     EtcdDelete,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct LifeFact {
+    #[serde(default)]
     pub t: i64,
     #[serde(flatten)]
     pub kind: LifeKind,
@@ -616,28 +635,31 @@ fn insert_segment_key(ranges: &mut Vec<(u32, u64, u64)>, tli: u32, k: u64) -> bo
 }
 
 fn backup_facts<'r>(rec: &'r mut InstanceRecord, name: &str, t: i64) -> &'r mut BackupFacts {
-    if !rec.facts.backups.contains_key(name) && rec.facts.backups.len() >= MAX_BASE_BACKUPS {
-        // Drop a pruned backup first, else the oldest name (names sort by start segment).
-        let drop = rec.facts.backups.iter().find(|(_, b)| b.pruned).map(|(k, _)| k.clone()).or_else(|| rec.facts.backups.keys().next().cloned());
-        if let Some(d) = drop {
-            rec.facts.backups.remove(&d);
-        }
-    }
     let b = rec.facts.backups.entry(name.to_string()).or_default();
     b.started = Some(b.started.map_or(t, |s| s.min(t)));
     b
 }
 
+/// Keeps the newest [`MAX_BASE_BACKUPS`] names (names sort by start segment): the same set whatever
+/// order their lines came in. A line of a dropped, older backup adds it and drops it again.
+fn bound_backups(rec: &mut InstanceRecord) {
+    while rec.facts.backups.len() > MAX_BASE_BACKUPS {
+        rec.facts.backups.pop_first();
+    }
+}
+
 /// Base backups from their facts: a stop NOTICE completes the backup that was the newest to start at or
 /// before it; a listed backup is complete at its listed time.
 fn derive_backups(rec: &mut InstanceRecord) {
+    bound_backups(rec);
     let f = &rec.facts;
     let mut stopped: BTreeMap<&str, i64> = BTreeMap::new();
     for &s in &f.stops {
         let owner = f
             .backups
             .iter()
-            .filter(|(_, b)| !b.pruned && b.started.is_some_and(|st| st <= s))
+            // Pruned backups too: a NOTICE completed the backup of its time, whatever was pruned since.
+            .filter(|(_, b)| b.started.is_some_and(|st| st <= s))
             .max_by_key(|(name, b)| (b.started, name.as_str()))
             .map(|(name, _)| name.as_str());
         if let Some(o) = owner {
@@ -769,11 +791,12 @@ fn derive_life(rec: &mut InstanceRecord, rules: &Rules, effects: &mut Vec<Effect
     let mut list: Vec<Node> = nodes.into_values().collect();
     let first = |n: &Node| rec.facts.node_seen.get(&n.node_uuid).copied().unwrap_or(i64::MAX);
     list.sort_by(|a, b| (first(a), &a.node_uuid).cmp(&(first(b), &b.node_uuid)));
+    // Show at most MAX_NODES, dropping the longest-known removed ones; the facts keep them all, so the
+    // same facts always show the same nodes.
     while list.len() > MAX_NODES {
         match list.iter().position(|n| !n.active()) {
             Some(i) => {
-                let gone = list.remove(i);
-                rec.facts.node_seen.remove(&gone.node_uuid);
+                list.remove(i);
             }
             None => break,
         }
@@ -806,7 +829,10 @@ fn derive_life(rec: &mut InstanceRecord, rules: &Rules, effects: &mut Vec<Effect
         _ => {}
     }
     // A deletion already made final that the facts no longer support: the instance was never deleted then.
-    let reversed: Vec<i64> = rec.facts.finalized.iter().copied().filter(|f| !rec.facts.episodes.contains(f)).collect();
+    // Episodes older than the oldest lifecycle fact kept (past MAX_LIFE_FACTS) are history the fold can
+    // no longer see: never reversed for that.
+    let horizon = rec.facts.life.first().map_or(i64::MIN, |l| l.t);
+    let reversed: Vec<i64> = rec.facts.finalized.iter().copied().filter(|f| *f >= horizon && !rec.facts.episodes.contains(f)).collect();
     for at in reversed {
         rec.facts.finalized.retain(|f| *f != at);
         let evidence = match rec.status {
@@ -909,6 +935,10 @@ pub fn migrate_v1(rec: &mut InstanceRecord, rules: &Rules) {
     f.anchored_min = Some(first);
     f.anchored_max = Some(last);
     derive_life(rec, rules, &mut Vec::new());
+    // Schema 1 already announced (or chose not to announce) every deletion before the current one.
+    let current = rec.deleted_at.filter(|_| rec.deletion_pending);
+    rec.facts.finalized = rec.facts.episodes.iter().copied().filter(|e| Some(*e) != current).collect();
+    rec.deletion_pending = current.is_some();
     if !rec.base_backups.is_empty() {
         derive_backups(rec);
     }
@@ -1059,6 +1089,26 @@ mod tests {
         assert_eq!(old.base_backups, now.base_backups);
         assert_eq!(old.nodes, now.nodes);
         assert!(tick(&mut old, 2_000_000, &rules).is_empty(), "the migrated deletion stays final, announced once");
+    }
+
+    #[test]
+    fn past_the_backup_bound_the_same_backups_are_kept_whatever_the_order() {
+        let rules = Rules::default();
+        let names: Vec<String> = (0..(MAX_BASE_BACKUPS as u64 + 5)).map(|n| format!("base_00000001{:08X}{:08X}_00000028", n >> 8, n & 0xff)).collect();
+        let started = |n: &str, t: i64| ev(EventKind::BaseBackupStarted { backup: n.to_string() }, t);
+        let mut fwd = InstanceRecord::new("i-1", 0);
+        let mut rev = InstanceRecord::new("i-1", 0);
+        for (i, n) in names.iter().enumerate() {
+            apply(&mut fwd, &started(n, i as i64 * 1000), &rules);
+        }
+        for (i, n) in names.iter().enumerate().rev() {
+            apply(&mut rev, &started(n, i as i64 * 1000), &rules);
+            // A line of the oldest again, after it was dropped.
+            apply(&mut rev, &started(&names[0], 0), &rules);
+        }
+        assert_eq!(fwd.base_backups, rev.base_backups);
+        assert_eq!(fwd.base_backups.len(), MAX_BASE_BACKUPS);
+        assert_eq!(fwd.base_backups[0].name, names[5], "the oldest names go");
     }
 
     #[test]
