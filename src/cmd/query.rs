@@ -1,0 +1,91 @@
+//! The read-only commands: `instances`, `show`, `status`, `alerts` (and `alerts retry`). They read
+//! through [`Access`]: the running watcher's socket, else the read snapshot, else the store.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use safeguard::alerts::Delivery;
+use safeguard::query::{Access, Filter};
+use safeguard::report;
+
+use super::{print_json, Ctx};
+
+pub fn instances(ctx: Ctx, deleted: bool, at_risk: bool, json: bool) -> Result<ExitCode> {
+    let access = Access::open(&ctx.store_path, ctx.cache)?;
+    let recs = access.records(&Filter { deleted, at_risk }, ctx.now, &ctx.rules)?;
+    if json {
+        let v: Vec<_> = recs.iter().map(|r| report::record_json(r, ctx.now, &ctx.rules)).collect();
+        print_json(&v)?;
+    } else {
+        print!("{}", report::instances_table(&recs, ctx.now, &ctx.rules));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn show(ctx: Ctx, instance_id: String, json: bool) -> Result<ExitCode> {
+    let access = Access::open(&ctx.store_path, ctx.cache)?;
+    match access.record(&instance_id)? {
+        Some(r) if json => print_json(&report::record_json(&r, ctx.now, &ctx.rules))?,
+        Some(r) => print!("{}", report::record_text(&r, ctx.now, &ctx.rules)),
+        None => {
+            eprintln!(
+                "error: no instance {instance_id} in the store at {}; list known ids with `safeguard instances`, or ingest older logs with `safeguard ingest`",
+                ctx.store_path.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
+    let access = Access::open(&ctx.store_path, ctx.cache)?;
+    let st = access.status()?;
+    if json {
+        print_json(&st)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("store        {} (schema {}, {} bytes)", st.path.display(), st.schema_version.as_deref().unwrap_or("?"), st.size_bytes);
+    println!("watcher      {}", if st.watcher_running { "running" } else { "not running" });
+    println!("instances    {} ({} deleted)", st.instances, st.deleted);
+    println!("lines        {}", report::counters_text(&st.counters));
+    println!("events       {} applied, {} effects", st.counters.events_applied, st.counters.effects);
+    println!(
+        "waiting      {} line(s) wait for the line that names their instance; {} given up so far ([watch] parked_max, parked_ttl)",
+        st.counters.lines_parked, st.counters.lines_expired_unattributed
+    );
+    for (id, p) in &st.positions {
+        println!("source       {id} {} at byte/offset {} ({})", p.name, p.offset, safeguard::timeutil::rfc3339(p.updated_at));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn alerts(ctx: Ctx, pending: bool, failed: bool, json: bool) -> Result<ExitCode> {
+    let access = Access::open(&ctx.store_path, ctx.cache)?;
+    let alerts: Vec<_> =
+        access.alerts()?.into_iter().filter(|a| !pending || a.state == Delivery::Pending).filter(|a| !failed || a.state == Delivery::Failed).collect();
+    if json {
+        print_json(&alerts)?;
+    } else {
+        print!("{}", report::alerts_table(&alerts));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn retry_alert(ctx: Ctx, id: String, json: bool) -> Result<ExitCode> {
+    let access = Access::open(&ctx.store_path, ctx.cache)?;
+    match access.retry_alert(&id)? {
+        Some(a) => {
+            if json {
+                print_json(&a)?;
+            } else {
+                println!("requeued {}; a running watcher delivers it within seconds", a.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("error: no alert {id}; list them with `safeguard alerts`");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
