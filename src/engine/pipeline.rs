@@ -223,12 +223,6 @@ impl Engine {
         let pos = if replayable { self.store.position(id)? } else { None };
         let resume = pos.as_ref().map(|p| Resume { offset: p.offset, tail: p.tail });
         let resumed_clock = pos.as_ref().and_then(|p| p.clock.clone());
-        let tail = match &pos {
-            // The bytes before the position are not known again until the source feeds more; a commit
-            // before then keeps the stored tail.
-            Some(p) => p.tail.map(|_| Vec::new()).unwrap_or_default(),
-            None => Vec::new(),
-        };
         self.cursors.push(Cursor {
             id: id.to_string(),
             name: name.to_string(),
@@ -239,7 +233,8 @@ impl Engine {
             pending: None,
             clock: resumed_clock.unwrap_or_else(|| clock.clone()),
             initial_clock: clock,
-            tail,
+            // Refilled by what the source feeds; a position is only written after it fed something.
+            tail: Vec::new(),
         });
         Ok((SourceHandle(self.cursors.len() - 1), resume))
     }
@@ -251,11 +246,6 @@ impl Engine {
         c.committed = None;
         c.clock = c.initial_clock.clone();
         c.tail.clear();
-    }
-
-    /// The committed position of a source (where a file source resumes reading).
-    pub fn committed(&self, h: SourceHandle) -> Option<u64> {
-        self.cursors[h.0].committed
     }
 
     /// Every replayable source's durable position, by source id: what a Kafka source may commit.
@@ -374,14 +364,12 @@ impl Engine {
         while self.parked.entries.len() >= self.cfg.parked_max {
             let Some(seq) = self.parked.oldest().map(|p| p.seq) else { break };
             self.parked.remove(seq);
-            self.counters.lines_parked = self.counters.lines_parked.saturating_sub(1);
             self.give_up(1);
         }
         tracing::debug!(event = event.kind.name(), node = ?event.node_uuid, short = ?event.short_id, "parked a line until its instance is known");
         let seq = self.parked.next_seq;
         self.parked.added.push(seq);
         self.parked.insert(Parked { seq, parked_at: self.now, event, instance });
-        self.counters.lines_parked += 1;
     }
 
     fn give_up(&mut self, n: u64) {
@@ -392,7 +380,6 @@ impl Engine {
     /// Applies a parked line whose instance became known.
     fn unpark(&mut self, items: Vec<Parked>) {
         for p in items {
-            self.counters.lines_parked = self.counters.lines_parked.saturating_sub(1);
             match p.instance {
                 Some(id) => self.apply_attributed(&id, p.event),
                 None => self.handle(p.event),
@@ -546,7 +533,6 @@ impl Engine {
         self.parked.compact();
         if !old.is_empty() {
             tracing::info!(lines = old.len(), "gave up parked lines whose instance never became known");
-            self.counters.lines_parked = self.counters.lines_parked.saturating_sub(old.len() as u64);
             self.give_up(old.len() as u64);
         }
     }
@@ -560,6 +546,8 @@ impl Engine {
             self.tick(tick_now)?;
         }
         self.expire_parked();
+        // A gauge, read off the set itself rather than kept beside it.
+        self.counters.lines_parked = self.parked.entries.len() as u64;
         let now = self.now;
         let mut positions = Vec::new();
         for c in &self.cursors {

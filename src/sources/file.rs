@@ -198,6 +198,47 @@ impl LineSink for Sink {
     }
 }
 
+/// The first line of a stream's head (all of it when it has no newline).
+fn first_line(head: &[u8]) -> &[u8] {
+    &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())]
+}
+
+/// Hands every line left in `ch` to the sink, a final unterminated one included; returns the bytes.
+fn feed_to_end<R: Read>(mut ch: Chunker<R>, h: SourceHandle, sink: &mut dyn LineSink) -> io::Result<u64> {
+    let mut n = 0;
+    while let Some((base, bytes)) = ch.next_lines(true)? {
+        n += bytes.len() as u64;
+        sink.lines(h, base, bytes)?;
+    }
+    Ok(n)
+}
+
+/// Registers an open file as a stream (named by its first line, its years read like an archive's) and
+/// seeks to where reading goes on: after the stored position when the bytes before it are the stored
+/// ones, else the start (another file that shares its first line: the source is restarted). `None` for
+/// an empty file.
+fn register_file(f: &mut File, path: &Path, sink: &mut dyn LineSink, bound: Option<i64>, opts: StreamOptions) -> io::Result<Option<(SourceHandle, u64)>> {
+    f.seek(SeekFrom::Start(0))?;
+    let mut head = Vec::new();
+    (&mut *f).take(ANCHOR_SCAN).read_to_end(&mut head)?;
+    if head.is_empty() {
+        return Ok(None);
+    }
+    let (h, resume) = sink.register(&stream_id("lines", first_line(&head)), &path.display().to_string(), archive_clock(&head, bound, opts))?;
+    drop(head);
+    let start = match resume {
+        Some(r) if file_tail_matches(f, &r)? => r.offset,
+        Some(_) => {
+            tracing::info!(path = %path.display(), "another stream than the one stored under its first line: reading it from the start");
+            sink.restart(h)?;
+            0
+        }
+        None => 0,
+    };
+    f.seek(SeekFrom::Start(start))?;
+    Ok(Some((h, start)))
+}
+
 /// Reads a non-seekable stream (stdin) to its end. Lines already applied are skipped by the engine once
 /// the bytes before the stored position are seen to be the same; otherwise the stream is read as new.
 pub fn read_stream<R: Read>(mut r: R, name: &str, sink: &mut dyn LineSink, opts: StreamOptions) -> io::Result<u64> {
@@ -206,9 +247,7 @@ pub fn read_stream<R: Read>(mut r: R, name: &str, sink: &mut dyn LineSink, opts:
     if head.is_empty() {
         return Ok(0);
     }
-    let first = &head[..memchr::memchr(b'\n', &head).unwrap_or(head.len())];
-    let id = stream_id("lines", first);
-    let (h, resume) = sink.register(&id, name, archive_clock(&head, None, opts))?;
+    let (h, resume) = sink.register(&stream_id("lines", first_line(&head)), name, archive_clock(&head, None, opts))?;
     if let Some(res) = resume {
         if res.offset > head.len() as u64 && res.offset <= STDIN_VERIFY_MAX {
             (&mut r).take(res.offset - head.len() as u64).read_to_end(&mut head)?;
@@ -219,13 +258,7 @@ pub fn read_stream<R: Read>(mut r: R, name: &str, sink: &mut dyn LineSink, opts:
             sink.restart(h)?;
         }
     }
-    let mut ch = Chunker::new(io::Cursor::new(head).chain(r), 0);
-    let mut n = 0;
-    while let Some((base, bytes)) = ch.next_lines(true)? {
-        n += bytes.len() as u64;
-        sink.lines(h, base, bytes)?;
-    }
-    Ok(n)
+    feed_to_end(Chunker::new(io::Cursor::new(head).chain(r), 0), h, sink)
 }
 
 /// Reads a file from its committed offset to its end (from its start when the bytes before that offset
@@ -233,32 +266,10 @@ pub fn read_stream<R: Read>(mut r: R, name: &str, sink: &mut dyn LineSink, opts:
 pub fn read_file(path: &Path, sink: &mut dyn LineSink, opts: StreamOptions) -> io::Result<u64> {
     let mut f = File::open(path)?;
     let bound = mtime_ms(&f.metadata()?);
-    let mut head = Vec::new();
-    (&mut f).take(ANCHOR_SCAN).read_to_end(&mut head)?;
-    if head.is_empty() {
-        return Ok(0);
+    match register_file(&mut f, path, sink, bound, opts)? {
+        Some((h, start)) => feed_to_end(Chunker::new(&mut f, start), h, sink),
+        None => Ok(0),
     }
-    let first = &head[..memchr::memchr(b'\n', &head).unwrap_or(head.len())];
-    let id = stream_id("lines", first);
-    let (h, resume) = sink.register(&id, &path.display().to_string(), archive_clock(&head, bound, opts))?;
-    drop(head);
-    let start = match resume {
-        Some(r) if file_tail_matches(&mut f, &r)? => r.offset,
-        Some(_) => {
-            tracing::info!(path = %path.display(), "another stream than the one stored under its first line: reading it from the start");
-            sink.restart(h)?;
-            0
-        }
-        None => 0,
-    };
-    f.seek(SeekFrom::Start(start))?;
-    let mut ch = Chunker::new(&mut f, start);
-    let mut n = 0;
-    while let Some((base, bytes)) = ch.next_lines(true)? {
-        n += bytes.len() as u64;
-        sink.lines(h, base, bytes)?;
-    }
-    Ok(n)
 }
 
 #[cfg(unix)]
@@ -296,23 +307,13 @@ pub fn follow_file(path: PathBuf, mut sink: Sink, poll: Duration, stop: Arc<Atom
             continue;
         }
         drop(probe);
-        // It may hold days of history before its newest lines: read its years like an archive whose
-        // bound is the wall clock.
+        // It may hold days of history before its newest lines: its years are read like an archive's
+        // whose bound is the wall clock.
         let mut f = f;
-        let mut head = Vec::new();
-        (&mut f).take(ANCHOR_SCAN).read_to_end(&mut head)?;
-        let clock = archive_clock(&head, None, StreamOptions::default());
-        drop(head);
-        let (h, resume) = LineSink::register(&mut sink, &stream_id("lines", &first), &path.display().to_string(), clock)?;
-        let start = match resume {
-            Some(r) if file_tail_matches(&mut f, &r)? => r.offset,
-            Some(_) => {
-                sink.restart(h)?;
-                0
-            }
-            None => 0,
+        let Some((h, start)) = register_file(&mut f, &path, &mut sink, None, StreamOptions::default())? else {
+            std::thread::sleep(poll);
+            continue;
         };
-        f.seek(SeekFrom::Start(start))?;
         let mut ch = Chunker::new(f, start);
         tracing::info!(path = %path.display(), offset = start, "following file");
         loop {

@@ -343,16 +343,7 @@ impl Store {
         self.snap.before_write()?;
         let mut b = sled::Batch::default();
         for r in &ws.records {
-            let v = compact_json(r).map_err(|source| StoreError::Encode { key: r.instance_id.clone(), source })?;
-            b.insert(keys::instance(&r.instance_id), v);
-            for n in &r.nodes {
-                b.insert(keys::node(&n.node_uuid), r.instance_id.as_bytes());
-            }
-            if r.needs_tick() {
-                b.insert(keys::pending(&r.instance_id), &[][..]);
-            } else {
-                b.remove(keys::pending(&r.instance_id));
-            }
+            put_record(&mut b, r)?;
         }
         for (src, pos) in &ws.positions {
             b.insert(keys::position(src), encode(src, pos)?);
@@ -376,6 +367,21 @@ impl Store {
     }
 }
 
+/// A record and the index entries derived from it: its nodes, and whether a deletion of it awaits `tick`.
+fn put_record(b: &mut sled::Batch, r: &InstanceRecord) -> Result<(), StoreError> {
+    let v = compact_json(r).map_err(|source| StoreError::Encode { key: r.instance_id.clone(), source })?;
+    b.insert(keys::instance(&r.instance_id), v);
+    for n in &r.nodes {
+        b.insert(keys::node(&n.node_uuid), r.instance_id.as_bytes());
+    }
+    if r.needs_tick() {
+        b.insert(keys::pending(&r.instance_id), &[][..]);
+    } else {
+        b.remove(keys::pending(&r.instance_id));
+    }
+    Ok(())
+}
+
 /// Schema 1 -> 2 in one atomic batch: every record gets the facts its fields imply, the pending index is
 /// rebuilt for the new meaning (an episode not yet final), and the schema key moves to 2.
 fn migrate_v1(db: &sled::Db) -> Result<usize, StoreError> {
@@ -386,13 +392,7 @@ fn migrate_v1(db: &sled::Db) -> Result<usize, StoreError> {
         let (k, v) = r?;
         let mut rec: InstanceRecord = Store::decode(&k, &v)?;
         crate::state::migrate_v1(&mut rec, &rules);
-        let v = compact_json(&rec).map_err(|source| StoreError::Encode { key: rec.instance_id.clone(), source })?;
-        b.insert(k, v);
-        if rec.needs_tick() {
-            b.insert(keys::pending(&rec.instance_id), &[][..]);
-        } else {
-            b.remove(keys::pending(&rec.instance_id));
-        }
+        put_record(&mut b, &rec)?;
         n += 1;
     }
     b.insert(keys::SCHEMA, SCHEMA_VERSION.to_string().as_bytes());

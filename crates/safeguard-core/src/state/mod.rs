@@ -301,12 +301,17 @@ enum NodeAttr {
     PublicAddress = 1,
 }
 
-/// Whether (t, v) beats the current (time, value) of a "latest by event time" attribute.
-fn newer(cur_t: Option<i64>, cur_v: Option<&str>, t: i64, v: &str) -> bool {
-    match (cur_t, cur_v) {
+/// Takes `v`, seen at `t`, into a "latest by event time" slot whose value was seen at `cur_t`, when
+/// (t, v) beats (cur_t, current value); true when it did, and the caller records `t`.
+fn take_if_newer(slot: &mut Option<String>, cur_t: Option<i64>, t: i64, v: &str) -> bool {
+    let newer = match (cur_t, slot.as_deref()) {
         (Some(ct), Some(cv)) => (t, v) > (ct, cv),
         _ => true,
+    };
+    if newer && slot.as_deref() != Some(v) {
+        *slot = Some(v.to_string());
     }
+    newer
 }
 
 impl InstanceRecord {
@@ -337,10 +342,7 @@ impl InstanceRecord {
     /// result does not depend on which line came first.
     fn lww(&mut self, key: &str, t: i64, v: &str, slot: fn(&mut InstanceRecord) -> &mut Option<String>) {
         let cur_t = self.facts.lww.get(key).copied();
-        if newer(cur_t, slot(self).as_deref(), t, v) {
-            if slot(self).as_deref() != Some(v) {
-                *slot(self) = Some(v.to_string());
-            }
+        if take_if_newer(slot(self), cur_t, t, v) {
             // Runs for nearly every line (the backup prefix): no new key once it exists.
             match self.facts.lww.get_mut(key) {
                 Some(x) => *x = t,
@@ -359,10 +361,7 @@ impl InstanceRecord {
             NodeAttr::Host => &mut node.host,
             NodeAttr::PublicAddress => &mut node.public_address,
         };
-        if newer(cur_t, slot.as_deref(), t, v) {
-            if slot.as_deref() != Some(v) {
-                *slot = Some(v.to_string());
-            }
+        if take_if_newer(slot, cur_t, t, v) {
             match self.facts.node_times.get_mut(uuid) {
                 Some(x) => x[attr as usize] = t,
                 None => {
@@ -471,13 +470,8 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Eff
             if insert_time(&mut rec.facts.failures, t) {
                 rec.wal.push_failures += 1;
             }
-            let newer = match (rec.wal.last_failure_at, rec.wal.last_failure.as_deref()) {
-                (Some(ft), Some(fd)) => (t, detail.as_str()) > (ft, fd),
-                _ => true,
-            };
-            if newer {
+            if take_if_newer(&mut rec.wal.last_failure, rec.wal.last_failure_at, t, detail) {
                 rec.wal.last_failure_at = Some(t);
-                rec.wal.last_failure = Some(detail.clone());
             }
         }
         EventKind::WalERetry if insert_time(&mut rec.facts.retries, t) => rec.wal.retries += 1,
