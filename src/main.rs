@@ -52,10 +52,18 @@ enum Cmd {
     },
     /// Backfill from archived syslog files (`-` for stdin); already applied lines are skipped.
     Ingest {
+        /// Files, directories (read recursively; hidden entries skipped) or `-` for stdin. gzip, zstd, xz
+        /// and bzip2 are recognised by their content. All inputs are merged into one time-ordered stream.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// No progress bar (it is drawn only when stderr is a terminal).
+        #[arg(long, short)]
+        quiet: bool,
+        /// Report a file whose lines go back in time by more than this.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        max_backwards: std::time::Duration,
         /// The year of each file's first RFC 3164 line (they carry none); later lines roll over from it.
         /// Without it, years come from times the lines carry, else from the file's modification time.
         #[arg(long, value_parser = clap::value_parser!(i64).range(1970..=9999))]
@@ -169,7 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     match cli.cmd {
         Cmd::Watch { syslog, file, stdin } => cmd::watch::run(ctx, syslog, file, stdin),
-        Cmd::Ingest { files, json, year } => cmd::ingest::run(ctx, files, json, year),
+        Cmd::Ingest { files, json, quiet, max_backwards, year } => cmd::ingest::run(ctx, cmd::ingest::Args { files, json, year, max_backwards, quiet }),
         Cmd::Instances { deleted, at_risk, json } => cmd::query::instances(ctx, deleted, at_risk, json),
         Cmd::Show { instance_id, json } => cmd::query::show(ctx, instance_id, json),
         Cmd::Verify { instance_id, prefix, json } => cmd::verify::run(ctx, instance_id, prefix, json),

@@ -58,6 +58,8 @@ struct Cursor {
     label: String,
     /// Counts since the last commit, folded into `Counters::by_source` there.
     delta: SourceCounters,
+    /// Counts since the source was registered (`ingest`'s per-input summary).
+    run: SourceRun,
     replayable: bool,
     committed: Option<u64>,
     pending: Option<u64>,
@@ -66,6 +68,16 @@ struct Cursor {
     initial_clock: YearClock,
     /// The last bytes fed (chunked sources only), for the position's tail hash.
     tail: Vec<u8>,
+}
+
+/// What one source contributed since it was registered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SourceRun {
+    pub lines_read: u64,
+    pub lines_relevant: u64,
+    pub lines_rejected: u64,
+    /// Lines at or before the source's stored position: applied by an earlier run.
+    pub lines_skipped_replay: u64,
 }
 
 /// What a commit made durable.
@@ -228,6 +240,7 @@ impl Engine {
             name: name.to_string(),
             label: source_label(id, name),
             delta: SourceCounters::default(),
+            run: SourceRun::default(),
             replayable,
             committed: pos.map(|p| p.offset),
             pending: None,
@@ -248,6 +261,18 @@ impl Engine {
         c.tail.clear();
     }
 
+    /// A reader skipped `lines` it found at or before the source's stored position (without feeding
+    /// them): counted as replayed.
+    pub fn note_skipped(&mut self, h: SourceHandle, lines: u64) {
+        self.counters.lines_replayed_skipped += lines;
+        self.cursors[h.0].run.lines_skipped_replay += lines;
+    }
+
+    /// What a source contributed since it was registered.
+    pub fn source_run(&self, h: SourceHandle) -> SourceRun {
+        self.cursors[h.0].run
+    }
+
     /// Every replayable source's durable position, by source id: what a Kafka source may commit.
     pub fn committed_positions(&self) -> std::collections::HashMap<String, u64> {
         self.cursors.iter().filter(|c| c.replayable).filter_map(|c| Some((c.id.clone(), c.committed?))).collect()
@@ -259,8 +284,10 @@ impl Engine {
         self.uncommitted_lines += 1;
         let cur = &mut self.cursors[h.0];
         cur.delta.lines_read += 1;
+        cur.run.lines_read += 1;
         if cur.replayable && cur.committed.is_some_and(|c| end_offset <= c) {
             self.counters.lines_replayed_skipped += 1;
+            cur.run.lines_skipped_replay += 1;
             return;
         }
         cur.pending = Some(end_offset);
@@ -281,6 +308,7 @@ impl Engine {
                     from = ((c - base) as usize).min(chunk.len());
                     let skipped = count_lines(&chunk[..from]);
                     self.counters.lines_replayed_skipped += skipped;
+                    cur.run.lines_skipped_replay += skipped;
                 }
             }
             keep_tail(&mut cur.tail, chunk);
@@ -288,6 +316,7 @@ impl Engine {
         self.counters.lines_read += lines;
         self.uncommitted_lines += lines;
         cur.delta.lines_read += lines;
+        cur.run.lines_read += lines;
         if from < chunk.len() {
             cur.pending = Some(base + chunk.len() as u64);
         }
@@ -305,6 +334,7 @@ impl Engine {
 
     fn reject(&mut self, h: SourceHandle, r: Reject) {
         self.cursors[h.0].delta.lines_rejected += 1;
+        self.cursors[h.0].run.lines_rejected += 1;
         self.counters.lines_rejected += 1;
         *self.counters.rejected_by_reason.entry(r.as_str().to_string()).or_default() += 1;
         tracing::debug!(reason = r.as_str(), "rejected a line");
@@ -325,6 +355,7 @@ impl Engine {
             Ok(Some(ev)) => {
                 self.counters.lines_relevant += 1;
                 self.cursors[h.0].delta.lines_relevant += 1;
+                self.cursors[h.0].run.lines_relevant += 1;
                 // A line dated ahead of the wall clock must not make every pending deletion final at once.
                 if let (Some(t), false) = (ev.time, ev.weak_year) {
                     if t <= self.now.saturating_add(crate::parse::FUTURE_SKEW_MS) {
@@ -553,7 +584,8 @@ impl Engine {
         for c in &self.cursors {
             if let (true, Some(p)) = (c.replayable, c.pending) {
                 if Some(p) != c.committed {
-                    let tail = (!c.tail.is_empty()).then(|| Tail { len: c.tail.len() as u32, hash: safeguard_core::fnv1a(&c.tail) });
+                    let last = &c.tail[c.tail.len().saturating_sub(TAIL_BYTES)..];
+                    let tail = (!last.is_empty()).then(|| Tail { len: last.len() as u32, hash: safeguard_core::fnv1a(last) });
                     let pos = Position { offset: p, name: c.name.clone(), updated_at: now, clock: Some(c.clock.clone()), tail };
                     positions.push((c.id.clone(), pos));
                 }
@@ -649,16 +681,17 @@ impl Engine {
     }
 }
 
-/// Keeps the last [`TAIL_BYTES`] of a stream in `tail`.
+/// Keeps (at least) the last [`TAIL_BYTES`] of a stream in `tail`. It grows to a few times that before
+/// the front is dropped, so merged inputs fed a line at a time do not move 4 KiB per line.
 fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
     if chunk.len() >= TAIL_BYTES {
         tail.clear();
         tail.extend_from_slice(&chunk[chunk.len() - TAIL_BYTES..]);
     } else {
-        tail.extend_from_slice(chunk);
-        if tail.len() > TAIL_BYTES {
+        if tail.len() + chunk.len() > 8 * TAIL_BYTES {
             tail.drain(..tail.len() - TAIL_BYTES);
         }
+        tail.extend_from_slice(chunk);
     }
 }
 

@@ -18,10 +18,10 @@ const READ_SIZE: usize = 256 << 10;
 /// A "line" longer than this without a newline is cut (it will be rejected as too long).
 const MAX_CARRY: usize = 16 << 20;
 /// How far into a stream to look for the first line that carries its year (an anchor).
-const ANCHOR_SCAN: u64 = 8 << 20;
+pub(crate) const ANCHOR_SCAN: u64 = 8 << 20;
 /// How much of stdin is held to check that a resumed stream is the one stored; past it, a stdin stream
 /// is read again from its start (applying a line twice changes nothing).
-const STDIN_VERIFY_MAX: u64 = 64 << 20;
+pub(crate) const STDIN_VERIFY_MAX: u64 = 64 << 20;
 
 /// How an archive's RFC 3164 years are resolved (`ingest --year`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -31,12 +31,12 @@ pub struct StreamOptions {
 }
 
 /// The first anchor (a time with a year) in the first lines of `buf`.
-fn first_anchor(buf: &[u8]) -> Option<i64> {
+pub(crate) fn first_anchor(buf: &[u8]) -> Option<i64> {
     buf.split(|&c| c == b'\n').take(100_000).filter(|l| l.len() <= 64 * 1024).find_map(|l| std::str::from_utf8(l).ok().and_then(line_anchor))
 }
 
 /// An archive's clock: its mtime bounds the year, the first anchor in its head seeds it.
-fn archive_clock(head: &[u8], bound: Option<i64>, opts: StreamOptions) -> YearClock {
+pub(crate) fn archive_clock(head: &[u8], bound: Option<i64>, opts: StreamOptions) -> YearClock {
     let mut clock = YearClock::archive(bound, opts.year);
     if opts.year.is_none() {
         if let Some(a) = first_anchor(head) {
@@ -46,14 +46,14 @@ fn archive_clock(head: &[u8], bound: Option<i64>, opts: StreamOptions) -> YearCl
     clock
 }
 
-fn mtime_ms(m: &std::fs::Metadata) -> Option<i64> {
+pub(crate) fn mtime_ms(m: &std::fs::Metadata) -> Option<i64> {
     let t = m.modified().ok()?;
     let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
     i64::try_from(d.as_millis()).ok()
 }
 
 /// True when the bytes before the resume offset are the ones the store saw there.
-fn tail_matches(bytes_before: &[u8], r: &Resume) -> bool {
+pub(crate) fn tail_matches(bytes_before: &[u8], r: &Resume) -> bool {
     match r.tail {
         // A position stored before tails were kept: trust the first line, as then.
         None => true,
@@ -61,7 +61,7 @@ fn tail_matches(bytes_before: &[u8], r: &Resume) -> bool {
     }
 }
 
-fn file_tail_matches(f: &mut File, r: &Resume) -> io::Result<bool> {
+pub(crate) fn file_tail_matches(f: &mut File, r: &Resume) -> io::Result<bool> {
     let Some(t) = r.tail else { return Ok(true) };
     let len = u64::from(t.len);
     if f.metadata()?.len() < r.offset || len > r.offset {
@@ -84,11 +84,19 @@ pub struct Chunker<R> {
     /// Source offset of `buf[start]`.
     base: u64,
     eof: bool,
+    /// A read error held back until the whole lines read before it are handed out (a truncated
+    /// archive still yields every complete line before the cut).
+    err: Option<io::Error>,
 }
 
 impl<R: Read> Chunker<R> {
     pub fn new(r: R, start: u64) -> Self {
-        Chunker { r, buf: vec![0; READ_SIZE], start: 0, end: 0, base: start, eof: false }
+        Self::with_capacity(r, start, READ_SIZE)
+    }
+
+    /// A chunker whose reads are `cap` bytes (smaller when many inputs are open at once).
+    pub fn with_capacity(r: R, start: u64, cap: usize) -> Self {
+        Chunker { r, buf: vec![0; cap.max(4096)], start: 0, end: 0, base: start, eof: false, err: None }
     }
 
     fn pending(&self) -> &[u8] {
@@ -147,7 +155,22 @@ impl<R: Read> Chunker<R> {
             } else if pending >= MAX_CARRY {
                 return Ok(Some(self.take(pending)));
             }
-            if self.fill()? == 0 {
+            if let Some(e) = self.err.take() {
+                return Err(e);
+            }
+            let got = match self.fill() {
+                Ok(n) => n,
+                Err(e) => match memchr::memrchr(b'\n', self.pending()) {
+                    // Hand out the whole lines first; the error comes on the next call. The unfinished
+                    // line before the error is dropped: it was cut, and a cut line can parse as a lie.
+                    Some(i) => {
+                        self.err = Some(e);
+                        return Ok(Some(self.take(i + 1)));
+                    }
+                    None => return Err(e),
+                },
+            };
+            if got == 0 {
                 if let Some(i) = memchr::memrchr(b'\n', self.pending()) {
                     return Ok(Some(self.take(i + 1)));
                 }
@@ -199,7 +222,7 @@ impl LineSink for Sink {
 }
 
 /// The first line of a stream's head (all of it when it has no newline).
-fn first_line(head: &[u8]) -> &[u8] {
+pub(crate) fn first_line(head: &[u8]) -> &[u8] {
     &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())]
 }
 

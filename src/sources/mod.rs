@@ -2,6 +2,8 @@
 //! the store; sources never touch state. A source that can be replayed (file, stdin, Kafka partition)
 //! registers a stable id so the engine can skip what it already applied.
 
+pub mod archive;
+pub mod decode;
 pub mod file;
 pub mod kafka;
 pub mod syslog;
