@@ -9,7 +9,13 @@
 #      no watcher (the CLI reads the snapshot the last clean close wrote) and with a watcher running
 #      (the CLI asks it over the store's socket: the deployed mode). Target: < 20 ms. Also, once: the
 #      first query after a crash, which has no snapshot, opens sled and writes a fresh snapshot.
+#   3. Archives (issue 12), not pinned (decompression runs on its own thread beside parsing):
+#      `safeguard ingest` of a gzip-compressed LINES-line archive next to `zcat FILE > /dev/null` (gzip
+#      has no /dev/null shortcut: it inflates and checks the CRC of every byte; the byte count zcat
+#      produces is checked once through a pipe), target <= 1.5x; and the same lines split per host into
+#      16 files (one `ingest DIR`, k-way merged by time) next to the one-file ingest, target <= 1.3x.
 # Usage: scripts/bench.sh [LINES] [INSTANCES]   (defaults 2000000 100000)
+#        BENCH=archives scripts/bench.sh [LINES]  runs part 3 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINES=${1:-2000000}
@@ -75,9 +81,61 @@ PY
     rm -f "$log"
 }
 
+bench_archives() {
+    local log="$WORK/archive.log"
+    echo "== archives: $LINES lines (seed 42), gzip-compressed and split per host"
+    target/release/examples/gen_syslog "$log" "$LINES" 42 200 0.95 0 | tail -1
+    gzip -k -6 "$log"
+    python3 - "$log" "$WORK/hosts" <<'PY'
+import os, sys, zlib
+src, out = sys.argv[1:]
+os.makedirs(out)
+files = [open(os.path.join(out, f"host-{i:02}.log"), "wb") for i in range(16)]
+for line in open(src, "rb"):
+    # The sending host is the fourth field of the relayed RFC 3164 lines (JSON and RFC 5424 lines
+    # land by their own fourth field: a split the merge must put back together all the same).
+    fields = line.split(None, 4)
+    files[zlib.crc32(fields[3] if len(fields) > 3 else b"") % 16].write(line)
+for f in files:
+    f.close()
+PY
+    echo "archive: $(( $(stat -c %s "$log.gz") / 1048576 )) MiB gzip of $(( $(stat -c %s "$log") / 1048576 )) MiB; per-host files: $(ls "$WORK/hosts" | wc -l)"
+    cat "$log" "$log.gz" "$WORK"/hosts/* > /dev/null
+    [ "$(zcat "$log.gz" | wc -c)" -eq "$(stat -c %s "$log")" ] || { echo "bench: zcat did not produce the whole archive" >&2; exit 1; }
+    local t_zcat t_gz t_one t_hosts
+    t_zcat=$(best 5 sh -c "zcat '$log.gz' > /dev/null")
+    t_gz=$(fresh_best "$log.gz")
+    t_one=$(fresh_best "$log")
+    t_hosts=$(fresh_best "$WORK/hosts")
+    python3 - "$t_zcat" "$t_gz" "$t_one" "$t_hosts" "$LINES" <<'PY'
+import sys
+z, g, one, hosts, n = map(float, sys.argv[1:])
+print(f"zcat > /dev/null {z:.3f}s; ingest of the .gz {g:.3f}s ({n / g / 1e6:.2f} M lines/s) = {g / z:.2f}x zcat -> {'PASS' if g / z <= 1.5 else 'MISS'} (target <= 1.5x)")
+print(f"one file {one:.3f}s; 16 per-host files {hosts:.3f}s = {hosts / one:.2f}x -> {'PASS' if hosts / one <= 1.3 else 'MISS'} (target <= 1.3x)")
+PY
+    rm -rf "$log" "$log.gz" "$WORK/hosts"
+}
+
+# Best of 3 ingests of the given inputs, each into a fresh store, not pinned.
+fresh_best() {
+    local t best_t="" i
+    for i in 1 2 3; do
+        rm -rf "$WORK/store"
+        t=$(best 1 "$BIN" ingest "$@" --quiet --store "$WORK/store")
+        if [ -z "$best_t" ] || python3 -c "import sys; sys.exit(0 if $t < $best_t else 1)"; then best_t=$t; fi
+    done
+    echo "$best_t"
+}
+
+if [ "${BENCH:-}" = archives ]; then
+    bench_archives
+    exit 0
+fi
+
 bench_ingest plain 0
 # ~10% of all lines: 0.105 of the 95% unrelated ones.
 bench_ingest broker-noise 0.105
+bench_archives
 
 echo "== show latency with $INSTANCES instances"
 SID=$(target/release/examples/populate "$WORK/big" "$INSTANCES")

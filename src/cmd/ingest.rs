@@ -47,6 +47,8 @@ pub fn run(ctx: Ctx, a: Args) -> Result<ExitCode> {
     if let Some(bar) = &bar {
         let secs = started.elapsed().as_secs_f64();
         bar.finish_with_message(format!("{lines} lines in {secs:.1}s ({:.0} lines/s)", lines as f64 / secs.max(1e-3)));
+        // indicatif leaves the cursor on the finished bar's line; the summary starts below it.
+        eprintln!();
     }
     if a.json {
         print_json(&s)?;
@@ -54,7 +56,12 @@ pub fn run(ctx: Ctx, a: Args) -> Result<ExitCode> {
         print!("{}", text(&s, a.max_backwards));
     }
     for i in s.failed() {
-        eprintln!("error: {}: {}", i.input, i.error.as_deref().unwrap_or_default());
+        let read = if i.lines_read > 0 {
+            format!("; the {} whole lines before it were ingested (ingest the complete file later: what was applied is skipped)", i.lines_read)
+        } else {
+            String::new()
+        };
+        eprintln!("error: {}: {}{read}", i.input, i.error.as_deref().unwrap_or_default());
     }
     Ok(if s.failed().next().is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
