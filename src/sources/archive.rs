@@ -456,6 +456,8 @@ pub struct Merger {
     total: Option<u64>,
     /// More inputs overlapped in time than may be open at once.
     pub overflowed: bool,
+    /// The most inputs open at once.
+    pub peak_open: usize,
 }
 
 enum Note {
@@ -495,7 +497,21 @@ impl Merger {
         let key = |i: usize| (slots[i].probe.as_ref().map_or(i64::MIN, |p| p.first_key), slots[i].tiebreak, i);
         pending.sort_by_key(|&i| Reverse(key(i)));
         // Empty inputs have nothing to merge; their report says 0 lines.
-        Merger { slots, pending, heap: BinaryHeap::new(), notes: VecDeque::new(), last: None, open: 0, threads: 0, opts, now, read, total, overflowed: false }
+        Merger {
+            slots,
+            pending,
+            heap: BinaryHeap::new(),
+            notes: VecDeque::new(),
+            last: None,
+            open: 0,
+            threads: 0,
+            opts,
+            now,
+            read,
+            total,
+            overflowed: false,
+            peak_open: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -628,6 +644,7 @@ impl Merger {
         }
         slot.active = Some(Active { src, threaded, buf: Vec::new(), base: 0, pos: 0, clock, head_key: None, last_key: i64::MIN, max_time: i64::MIN });
         self.open += 1;
+        self.peak_open = self.peak_open.max(self.open);
         self.threads += usize::from(threaded);
         self.requeue(i);
         Ok(())
@@ -739,6 +756,12 @@ mod tests {
 
     /// Everything the merge hands out, as lines, with a fresh registration per input.
     fn merged(paths: &[PathBuf], opts: MergeOptions) -> (Vec<String>, Vec<InputReport>) {
+        let (lines, reports, _) = merged_peak(paths, opts);
+        (lines, reports)
+    }
+
+    fn merged_peak(paths: &[PathBuf], opts: MergeOptions) -> (Vec<String>, Vec<InputReport>, usize) {
+        let max_open = opts.max_open;
         let (inputs, failed) = expand(paths);
         assert!(failed.is_empty(), "{failed:?}");
         let mut m = Merger::new(inputs, opts);
@@ -749,7 +772,9 @@ mod tests {
                 out.extend(String::from_utf8(bytes.to_vec()).unwrap().lines().map(str::to_string));
             }
         }
-        (out, m.into_reports())
+        assert!(m.peak_open <= max_open, "{} open at once, bound {max_open}", m.peak_open);
+        let peak = m.peak_open;
+        (out, m.into_reports(), peak)
     }
 
     #[test]
@@ -779,9 +804,11 @@ mod tests {
             }
             assert!(reports.iter().all(|r| r.error.is_none() && r.lines_backwards == 0), "{reports:?}");
         }
-        // The directory, in any argument order, is the same stream.
-        let (got, _) = merged(&[dir.path().to_path_buf()], MergeOptions::default());
+        // The directory, in any argument order, is the same stream; a host's older file is closed before
+        // its newer one opens.
+        let (got, _, peak) = merged_peak(&[dir.path().to_path_buf()], MergeOptions::default());
         assert_eq!(got, want);
+        assert_eq!(peak, 3, "one open file per host");
         paths.reverse();
         assert_eq!(merged(&paths, MergeOptions::default()).0, want);
     }
