@@ -28,6 +28,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+/// The one byte formatter lives in `verify`; this path stays for the callers that use it.
+pub use crate::verify::human_bytes;
+
 /// `[recover]` in the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -166,19 +169,3 @@ pub const ALL_STEPS: [StepId; 11] = [
     StepId::Confirm,
     StepId::Bind,
 ];
-
-/// Bytes for people: `1.5 GiB`.
-pub fn human_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}

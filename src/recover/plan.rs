@@ -14,16 +14,15 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::{human_bytes, RecoverConfig, StepId};
+use super::{RecoverConfig, StepId};
 use crate::adapters::etcd::{recovery_keys, Etcd};
 use crate::adapters::platform::{Op, OpContext, Platform};
 use crate::adapters::s3::{CopyItem, ObjectInfo, ObjectStore, S3Url, SourcePrefix, TargetPrefix};
+use crate::layout::{self, BackupObject, Key, Segment, WalFile};
 use crate::query::Access;
 use crate::state::{InstanceRecord, Status};
 use crate::timeutil::{rfc3339, serde_ms, serde_opt_ms};
-use crate::verify::{analyze, Segment, VerifyReport};
-
-use crate::layout::{self, SENTINEL_SUFFIX};
+use crate::verify::{analyze, human_bytes, BaseBackup, VerifyReport};
 
 /// What will be copied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,95 +152,96 @@ pub struct PlanEnv<'a> {
     pub now: i64,
 }
 
-enum Kind<'a> {
-    /// (backup name lowercased, is the sentinel)
-    Backup(String, bool),
-    Wal(&'a str),
+/// What a key is to the selection.
+enum Part {
+    /// An object of a base backup (its sentinel or a file in its folder).
+    Backup {
+        name: String,
+        sentinel: bool,
+    },
+    Segment(Segment),
+    /// Another file in the WAL folder: history, backup label, partial segment, unknown.
+    OtherWal,
     Other,
 }
 
-fn classify(rel: &str) -> Kind<'_> {
-    if let Some(r) = rel.strip_prefix(layout::BASEBACKUPS) {
-        let first = r.split('/').next().unwrap_or("");
-        if let Some(n) = first.strip_suffix(SENTINEL_SUFFIX) {
-            return Kind::Backup(n.to_ascii_lowercase(), true);
-        }
-        if r.contains('/') && first.starts_with("base_") {
-            return Kind::Backup(first.to_ascii_lowercase(), false);
-        }
-        return Kind::Other;
-    }
-    match rel.strip_prefix(layout::WAL) {
-        Some(w) => Kind::Wal(w),
-        None => Kind::Other,
+fn part(rel: &str) -> Part {
+    match layout::classify(rel) {
+        Key::Backup { backup, object } => Part::Backup { name: backup.name, sentinel: object == BackupObject::Sentinel },
+        Key::Wal(WalFile::Segment(s)) => Part::Segment(s),
+        Key::Wal(_) => Part::OtherWal,
+        Key::Sysid | Key::Other => Part::Other,
     }
 }
 
-fn wal_segment(name: &str) -> Option<Segment> {
-    Segment::parse(name.strip_suffix(".lzo")?)
-}
-
-/// Chooses the base backup and the objects to copy from a listing of `prefix` (pure).
-pub fn select(prefix: &S3Url, objects: &[ObjectInfo], before: Option<i64>, report: &VerifyReport) -> Selection {
-    let chosen = match before {
+/// The base backup to restore: the newest complete one before `before`, else the source's latest.
+fn chosen_backup(report: &VerifyReport, before: Option<i64>) -> Option<&BaseBackup> {
+    match before {
         Some(t) => report
             .base_backups
             .iter()
             .filter(|b| b.complete && b.partitions > 0 && b.completed_at.is_some_and(|c| c < t))
             .max_by_key(|b| (b.completed_at, b.name.clone())),
         None => report.latest_complete_backup.as_ref().and_then(|n| report.base_backups.iter().find(|b| &b.name == n)),
-    };
-    let chosen_lc = chosen.map(|b| b.name.to_ascii_lowercase());
-    let rel: Vec<(&str, &ObjectInfo)> = objects.iter().filter_map(|o| prefix.relative(&o.key).filter(|r| !r.is_empty()).map(|r| (r, o))).collect();
+    }
+}
 
-    let cutoff: Option<Segment> = before.and_then(|t| {
-        rel.iter()
-            .filter_map(|(r, o)| match classify(r) {
-                Kind::Wal(w) if o.last_modified_ms >= t => wal_segment(w),
-                _ => None,
-            })
-            .min_by_key(|s| (s.index(), s.tli))
-    });
+/// The segment in use at `t`: the lowest among those archived at or after it.
+fn cutoff_segment(rel: &[(&str, &ObjectInfo)], t: i64) -> Option<Segment> {
+    rel.iter()
+        .filter_map(|(r, o)| match part(r) {
+            Part::Segment(s) if o.last_modified_ms >= t => Some(s),
+            _ => None,
+        })
+        .min_by_key(|s| (s.index(), s.tli))
+}
+
+/// Whether an object is copied with `--before t`.
+fn kept_before(part: &Part, last_modified_ms: i64, t: i64, chosen: Option<&str>, cutoff: Option<Segment>) -> bool {
+    match part {
+        Part::Other => true,
+        Part::Backup { name, .. } => match chosen {
+            Some(c) => name == c,
+            None => last_modified_ms < t,
+        },
+        Part::Segment(s) => match cutoff {
+            Some(c) => s.index() <= c.index() && s.tli <= c.tli,
+            None => true,
+        },
+        Part::OtherWal => last_modified_ms < t,
+    }
+}
+
+/// Chooses the base backup and the objects to copy from a listing of `prefix` (pure).
+pub fn select(prefix: &S3Url, objects: &[ObjectInfo], before: Option<i64>, report: &VerifyReport) -> Selection {
+    let chosen = chosen_backup(report, before);
+    let chosen_name = chosen.map(|b| b.name.as_str());
+    let rel: Vec<(&str, &ObjectInfo)> = objects.iter().filter_map(|o| prefix.relative(&o.key).filter(|r| !r.is_empty()).map(|r| (r, o))).collect();
+    let cutoff = before.and_then(|t| cutoff_segment(&rel, t));
 
     let mut items = Vec::new();
-    let mut sentinels: Vec<(i64, String)> = Vec::new();
+    // (LastModified, key, backup)
+    let mut sentinels: Vec<(i64, String, String)> = Vec::new();
     let mut excluded = 0u64;
     let mut segs: Vec<Segment> = Vec::new();
     for (r, o) in &rel {
-        let keep = match (before, classify(r)) {
-            (None, _) => true,
-            (Some(_), Kind::Other) => true,
-            (Some(t), Kind::Backup(name, _)) => match &chosen_lc {
-                Some(c) => &name == c,
-                None => o.last_modified_ms < t,
-            },
-            (Some(t), Kind::Wal(w)) => match (wal_segment(w), cutoff) {
-                (Some(s), Some(c)) => s.index() <= c.index() && s.tli <= c.tli,
-                (Some(_), None) => true,
-                (None, _) => o.last_modified_ms < t,
-            },
-        };
-        if !keep {
+        let p = part(r);
+        if before.is_some_and(|t| !kept_before(&p, o.last_modified_ms, t, chosen_name, cutoff)) {
             excluded += 1;
             continue;
         }
-        if let Kind::Backup(_, true) = classify(r) {
-            sentinels.push((o.last_modified_ms, r.to_string()));
-        }
-        if let Kind::Wal(w) = classify(r) {
-            if let Some(s) = wal_segment(w) {
-                segs.push(s);
-            }
+        match p {
+            Part::Backup { name, sentinel: true } => sentinels.push((o.last_modified_ms, r.to_string(), name)),
+            Part::Segment(s) => segs.push(s),
+            _ => {}
         }
         items.push(CopyItem { rel: r.to_string(), size: o.size });
     }
     sentinels.sort();
-    let mut sentinels: Vec<String> = sentinels.into_iter().map(|(_, r)| r).collect();
-    if let Some(c) = &chosen_lc {
-        if let Some(i) = sentinels.iter().position(|r| r.to_ascii_lowercase() == layout::sentinel(c)) {
-            let s = sentinels.remove(i);
-            sentinels.push(s);
-        }
+    // The chosen backup's sentinel last, so it is the newest in the target.
+    if let Some(i) = chosen_name.and_then(|c| sentinels.iter().position(|s| s.2 == c)) {
+        let s = sentinels.remove(i);
+        sentinels.push(s);
     }
     let start = chosen.and_then(|b| Segment::parse(&b.start_segment));
     let lineage: Vec<&Segment> = segs.iter().filter(|s| start.is_none_or(|st| s.index() >= st.index() && s.tli >= st.tli)).collect();
@@ -258,7 +258,7 @@ pub fn select(prefix: &S3Url, objects: &[ObjectInfo], before: Option<i64>, repor
         bytes: items.iter().map(|i| i.size).sum(),
         excluded_objects: excluded,
         items,
-        sentinels,
+        sentinels: sentinels.into_iter().map(|(_, r, _)| r).collect(),
     }
 }
 
@@ -698,49 +698,74 @@ impl Plan {
 mod tests {
     use super::*;
 
-    fn o(key: &str, size: u64, lm: i64) -> ObjectInfo {
-        ObjectInfo { key: format!("backups/a/wal/{key}"), size, last_modified_ms: lm }
+    const SRC: &str = "a1111111-1111-4111-8111-111111111111";
+
+    fn seg(n: u32) -> Segment {
+        Segment { tli: 1, log: 0, seg: n }
+    }
+
+    fn at(prefix: &S3Url, rel: &str, size: u64, lm: i64) -> ObjectInfo {
+        ObjectInfo { key: prefix.join(rel).key, size, last_modified_ms: lm }
+    }
+
+    /// A base backup starting in segment `start`, its sentinel written at `done`.
+    fn backup(p: &S3Url, start: u32, started: i64, done: Option<i64>) -> Vec<ObjectInfo> {
+        let name = layout::backup_name(&seg(start), "00000028");
+        let mut v = vec![at(p, &layout::extended_version(&name), 5, started), at(p, &layout::partition(&name, 0), 50, started)];
+        v.extend(done.map(|t| at(p, &layout::sentinel(&name), 5, t)));
+        v
+    }
+
+    fn src_prefix() -> S3Url {
+        S3Url::instance_prefix("bkt", SRC).unwrap()
     }
 
     #[test]
     fn before_picks_backup_and_cuts_wal() {
         let p = S3Url::parse("s3://b/backups/a/wal/").unwrap();
-        let s = |n: u32| format!("wal_005/0000000100000000000000{n:02X}.lzo");
-        let objs = vec![
-            o("sysids/sysid", 5, 0),
-            o("basebackups_005/base_000000010000000000000002_00000028/extended_version.txt", 5, 1000),
-            o("basebackups_005/base_000000010000000000000002_00000028/tar_partitions/part_00000000.tar.lzo", 50, 1000),
-            o("basebackups_005/base_000000010000000000000002_00000028_backup_stop_sentinel.json", 5, 2000),
-            o(&s(1), 16, 900),
-            o(&s(2), 16, 1900),
-            o(&s(3), 16, 3000),
-            o(&s(4), 16, 5000),
-            o(&s(5), 16, 6000),
-            o(&s(6), 16, 9000),
-            o("basebackups_005/base_000000010000000000000005_00000028/extended_version.txt", 5, 6000),
-            o("basebackups_005/base_000000010000000000000005_00000028/tar_partitions/part_00000000.tar.lzo", 50, 6000),
-            o("basebackups_005/base_000000010000000000000005_00000028_backup_stop_sentinel.json", 5, 7000),
-        ];
+        let s = |n: u32| layout::wal_segment(&seg(n));
+        let name = |n: u32| layout::backup_name(&seg(n), "00000028");
+        let mut objs = vec![at(&p, layout::SYSID, 5, 0)];
+        objs.extend(backup(&p, 2, 1000, Some(2000)));
+        objs.extend([(1, 900), (2, 1900), (3, 3000), (4, 5000), (5, 6000), (6, 9000)].map(|(n, lm)| at(&p, &s(n), 16, lm)));
+        objs.extend(backup(&p, 5, 6000, Some(7000)));
         let rep = analyze(&p, &objs, 10_000);
         let all = select(&p, &objs, None, &rep);
         assert_eq!(all.objects, objs.len() as u64);
-        assert_eq!(all.base_backup.as_deref(), Some("base_000000010000000000000005_00000028"));
-        assert_eq!(all.sentinels.last().unwrap(), "basebackups_005/base_000000010000000000000005_00000028_backup_stop_sentinel.json");
+        assert_eq!(all.base_backup, Some(name(5)));
+        assert_eq!(all.sentinels, [layout::sentinel(&name(2)), layout::sentinel(&name(5))]);
 
         // At 4000: backup 2 (completed 2000) and WAL up to segment 4 (the first archived after 4000).
         let sel = select(&p, &objs, Some(4000), &rep);
-        assert_eq!(sel.base_backup.as_deref(), Some("base_000000010000000000000002_00000028"));
-        assert_eq!(sel.cutoff_segment.as_deref(), Some("000000010000000000000004"));
+        assert_eq!(sel.base_backup, Some(name(2)));
+        assert_eq!(sel.cutoff_segment, Some(seg(4).name()));
         let rels: Vec<&str> = sel.items.iter().map(|i| i.rel.as_str()).collect();
         assert!(rels.contains(&s(4).as_str()) && !rels.contains(&s(5).as_str()) && !rels.contains(&s(6).as_str()));
-        assert!(rels.iter().all(|r| !r.contains("base_000000010000000000000005")));
-        assert_eq!(sel.wal_from.as_deref(), Some("000000010000000000000002"));
-        assert_eq!(sel.wal_to.as_deref(), Some("000000010000000000000004"));
+        assert!(rels.iter().all(|r| !r.contains(&name(5))));
+        assert_eq!(sel.sentinels, [layout::sentinel(&name(2))]);
+        assert_eq!(sel.wal_from, Some(seg(2).name()));
+        assert_eq!(sel.wal_to, Some(seg(4).name()));
         assert_eq!(sel.wal_segments, 3);
         assert_eq!(sel.excluded_objects, 5);
 
         // Before any backup completed: nothing to choose.
         assert!(select(&p, &objs, Some(1500), &rep).base_backup.is_none());
+    }
+
+    #[test]
+    fn the_chosen_sentinel_is_copied_last_even_when_older() {
+        let p = src_prefix();
+        // Backup 5 has the newest sentinel but no partitions, so it cannot be fetched: backup 2 is chosen,
+        // and its sentinel must still end up the newest in the target.
+        let mut objs = backup(&p, 2, 1000, Some(2000));
+        let b5 = layout::backup_name(&seg(5), "00000028");
+        objs.extend([at(&p, &layout::extended_version(&b5), 5, 2500), at(&p, &layout::sentinel(&b5), 5, 3000)]);
+        objs.extend((2..=6).map(|n| at(&p, &layout::wal_segment(&seg(n)), 16, 100 * n as i64)));
+        let rep = analyze(&p, &objs, 10_000);
+        let b2 = layout::backup_name(&seg(2), "00000028");
+        let sel = select(&p, &objs, None, &rep);
+        assert_eq!(sel.base_backup.as_deref(), Some(b2.as_str()));
+        assert_eq!(sel.sentinels, [layout::sentinel(&b5), layout::sentinel(&b2)]);
     }
 
     #[test]
