@@ -19,12 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use humantime::format_duration;
 use serde_json::{json, Value};
 
 use super::journal::{Event, Journal, Recovery, RecoveryStatus, StepRecord, StepStatus};
 use super::plan::{container_of, sibling_prefix, Plan, TargetSpec};
 use super::progress::ProgressDisplay;
-use super::{dur, human_bytes, keys, RecoverConfig, StepId};
+use super::{human_bytes, keys, RecoverConfig, StepId};
 use crate::adapters::etcd::{recovery_keys, Etcd};
 use crate::adapters::platform::{ContainerRef, CreateRequest, Platform, PlatformError};
 use crate::adapters::s3::{CopyItem, ObjectStore, S3Url, SourcePrefix, TargetPrefix, TransferProgress};
@@ -301,9 +302,7 @@ impl Runner<'_> {
             rec.target_prefix = Some(sibling_prefix(&src, &rec.source_id, &tid).to_string());
         }
         // The container and cell: from the store (the watcher sees the new instance come up).
-        let wait = dur(&self.cfg.target_wait);
-        let poll = dur(&self.cfg.poll_interval);
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + self.cfg.target_wait;
         let (container, host) = loop {
             let found = self.access()?.record(&tid)?.map(|r| container_of(&r));
             if let Some((Some(c), Some(h))) = &found {
@@ -316,10 +315,10 @@ impl Runner<'_> {
                 };
                 bail!(
                     "the container and cell of {tid} were not seen within {}: {seen}. Check that the watcher receives the broker's and the cells' syslog (`safeguard status`, `safeguard show {tid}`), then resume",
-                    self.cfg.target_wait
+                    format_duration(self.cfg.target_wait)
                 );
             }
-            tokio::time::sleep(poll).await;
+            tokio::time::sleep(self.cfg.poll_interval).await;
         };
         rec.target_container = Some(container.clone());
         rec.target_host = Some(host.clone());
@@ -405,7 +404,7 @@ impl Runner<'_> {
             progress.clone(),
             todo.len() as u64,
             todo.iter().map(|i| i.size).sum(),
-            dur(&self.cfg.progress_interval),
+            self.cfg.progress_interval,
             self.quiet,
             crash,
         );
@@ -526,8 +525,7 @@ impl Runner<'_> {
         let base = rec.step(StepId::Start).map(|s| s.output["baseline"].clone()).unwrap_or(Value::Null);
         let base_prep = base["preparing_at"].as_i64();
         let base_fetched = base["wal_fetched"].as_u64().unwrap_or(0);
-        let deadline = Instant::now() + dur(&self.cfg.confirm_timeout);
-        let poll = dur(&self.cfg.poll_interval);
+        let deadline = Instant::now() + self.cfg.confirm_timeout;
         let mut watcher_seen = false;
         loop {
             let access = self.access()?;
@@ -547,13 +545,13 @@ impl Runner<'_> {
                 let h = rec.target_host.as_deref().unwrap_or("?");
                 bail!(
                     "within {} the stream showed for {tid}: `preparing patroni to restore this container from wal-e backups`: {}; completed wal-fetch: {fetched}. {}Check the container's log on cell {h} (`docker logs {c}`) and its etcd keys; then `safeguard recover --resume {}` waits again",
-                    self.cfg.confirm_timeout,
+                    format_duration(self.cfg.confirm_timeout),
                     if prep.is_some() { "seen" } else { "NOT seen" },
                     if watcher_seen { "" } else { "No watcher was running on this store, so nothing new could be seen: start `safeguard watch`. " },
                     rec.id
                 );
             }
-            tokio::time::sleep(poll).await;
+            tokio::time::sleep(self.cfg.poll_interval).await;
         }
     }
 }

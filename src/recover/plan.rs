@@ -439,14 +439,14 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
                     if target.container.is_none() || target.host.is_none() {
                         warnings.push(format!(
                             "the container or cell of {tid} is not known yet; step 2 waits up to {} for the watcher to see them",
-                            env.cfg.target_wait
+                            humantime::format_duration(env.cfg.target_wait)
                         ));
                     }
                 }
                 None => {
                     warnings.push(format!(
                         "{tid} is not in the store yet; step 2 waits up to {} for the watcher to see its container and cell",
-                        env.cfg.target_wait
+                        humantime::format_duration(env.cfg.target_wait)
                     ));
                     target.space_guid = rec.space_guid.clone();
                     target_url = Some(sibling_prefix(&source_url, &source_id, &tid));
@@ -533,13 +533,13 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
         let t = match &req.target {
             TargetSpec::Create { .. } => vec![
                 env.platform.describe(Op::Create, &ctx),
-                format!("then wait up to {} for the new instance's container and cell to appear in the store", env.cfg.target_wait),
+                format!("then wait up to {} for the new instance's container and cell to appear in the store", humantime::format_duration(env.cfg.target_wait)),
             ],
             _ => vec![format!(
                 "use {tid_s}: container {} on cell {} (waits up to {} when not yet known)",
                 q(&target.container),
                 q(&target.host),
-                env.cfg.target_wait
+                humantime::format_duration(env.cfg.target_wait)
             )],
         };
         add(StepId::Target, format!("target instance {tid_s}"), t);
@@ -606,7 +606,7 @@ pub async fn build(req: &PlanRequest, env: &PlanEnv<'_>) -> anyhow::Result<Plan>
         add(StepId::Start, format!("start container {}", q(&target.container)), vec![env.platform.describe(Op::Start, &ctx)]);
         add(
             StepId::Confirm,
-            format!("wait up to {} for the restore in the stream", env.cfg.confirm_timeout),
+            format!("wait up to {} for the restore in the stream", humantime::format_duration(env.cfg.confirm_timeout)),
             vec![format!("`restore_leader_if_missing> preparing patroni to restore this container from wal-e backups` and a completed wal-fetch from {tid_s}")],
         );
         if !req.bind_apps.is_empty() {
