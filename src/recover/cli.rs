@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::exec::{crash_from_env, new_recovery, Runner};
+use super::gather::{build, PlanEnv};
 use super::journal::{running_elsewhere, Event, Journal, Recovery, RecoveryStatus, StepStatus};
-use super::plan::{build, Plan, PlanEnv, PlanRequest, TargetSpec};
+use super::plan::{Plan, PlanRequest, TargetSpec};
 use crate::adapters::etcd::Etcd;
 use crate::adapters::s3::ObjectStore;
 use crate::config::Config;
@@ -125,7 +126,7 @@ fn recovery_line(r: &Recovery) -> String {
         "{}  {:<9} {:<7} {} -> {}  next {}  updated {}",
         r.id,
         r.status.as_str(),
-        r.mode,
+        r.mode.as_str(),
         r.source_id,
         r.target_id.as_deref().or(r.target_prefix.as_deref()).unwrap_or("(to be created)"),
         r.next_step().map_or("-", |s| s.as_str()),

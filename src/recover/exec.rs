@@ -80,7 +80,7 @@ pub fn new_recovery(plan: &Plan) -> Recovery {
         status: RecoveryStatus::Running,
         created_at: now,
         updated_at: now,
-        mode: plan.mode.clone(),
+        mode: plan.mode,
         source_id: plan.source.instance_id.clone(),
         source_prefix: plan.source.prefix.clone(),
         target_id: plan.target.instance_id.clone(),

@@ -1,12 +1,17 @@
 //! `safeguard recover <instance-id>`: the runbook for a deleted instance as one safe, resumable command.
-//! See docs/recover.md for the operator's view.
+//! See docs/recover.md for the operator's view. The command itself (arguments, prompts, output) is
+//! [`cli`]; this module is pure in the middle and has its effects at the edges:
 //!
-//! [`plan::build`] turns the stored record of the deleted (source) instance, a fresh S3 listing of its
-//! backups and the options into a [`plan::Plan`]: every step with the exact URIs, ids, hosts and
-//! commands, plus the guards' refusals. Nothing changes unless `--execute`; then [`exec`] runs the steps
-//! in order, recording each step's start and result in the journal ([`journal`], a sled database of its
-//! own at `<store>/recoveries/`, so recovery works while the watcher owns the main store) before and
-//! after it runs. `--resume <id>` continues from the first unfinished step; each step is idempotent.
+//! - [`gather::gather`] (effects) reads the stored record of the deleted (source) instance, fresh S3
+//!   listings of the source and target prefixes, the target's record and the settings into a
+//!   [`plan::PlanInputs`].
+//! - [`plan::plan`] (pure: no I/O, no clock) turns those inputs into a [`plan::Plan`]: the
+//!   [`plan::Mode`], every step with the exact URIs, ids, hosts and commands, and the guards' warnings
+//!   and refusals. [`gather::build`] is the two in a row.
+//! - [`exec`] (effects) runs an approved plan's steps in order, only with `--execute`, recording each
+//!   step's start and result in the journal ([`journal`], a sled database of its own at
+//!   `<store>/recoveries/`, so recovery works while the watcher owns the main store) before and after it
+//!   runs. `--resume <id>` continues from the first unfinished step; each step is idempotent.
 //!
 //! Steps (instance mode): 1 source, 2 target, 3 stop, 4a clear target, 4b copy, 4c verify copy,
 //! 5 etcd, 6 flush, 7 start, 8 confirm, 9 bind. `--to-prefix` runs 1, 4a, 4b, 4c only.
@@ -19,6 +24,7 @@
 
 pub mod cli;
 pub mod exec;
+pub mod gather;
 pub mod journal;
 pub mod keys;
 pub mod plan;
