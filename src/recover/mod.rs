@@ -1,6 +1,6 @@
 //! `safeguard recover <instance-id>`: the runbook for a deleted instance as one safe, resumable command.
 //! See docs/recover.md for the operator's view. The command itself (arguments, prompts, output) is
-//! [`cli`]; this module is pure in the middle and has its effects at the edges:
+//! `src/cmd/recover.rs`; this module is pure in the middle and has its effects at the edges:
 //!
 //! - [`gather::gather`] (effects) reads the stored record of the deleted (source) instance, fresh S3
 //!   listings of the source and target prefixes, the target's record and the settings into a
@@ -22,7 +22,6 @@
 //! Test-only crash injection: `SAFEGUARD_RECOVER_CRASH=after:<step>` makes the process exit with status
 //! 86 right after `<step>`'s result is journaled; `copy:<n>` exits once `n` objects have been copied.
 
-pub mod cli;
 pub mod exec;
 pub mod gather;
 pub mod journal;
