@@ -114,9 +114,9 @@ enum Cmd {
         json: bool,
     },
     /// Recover a deleted instance from its backups (plan only unless --execute); see docs/recover.md.
-    Recover(Box<safeguard::recover::cli::RecoverArgs>),
+    Recover(Box<cmd::recover::RecoverArgs>),
     /// List recoveries from the journal, or show one with its steps and events.
-    Recoveries(safeguard::recover::cli::RecoveriesArgs),
+    Recoveries(cmd::recover::RecoveriesArgs),
     /// Check every configured connection (store, Kafka, S3, etcd, SMTP, webhook, Cloud Controller,
     /// HTTP endpoint) with the same kind of call the real work makes; exit 1 if any fails.
     Doctor {
@@ -184,8 +184,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Alerts { action: Some(AlertsAction::Retry { id }), json, .. } => cmd::query::retry_alert(ctx, id, json),
         Cmd::Alerts { action: None, pending, failed, json } => cmd::query::alerts(ctx, pending, failed, json),
         Cmd::Status { json } => cmd::query::status(ctx, json),
-        Cmd::Recover(args) => safeguard::recover::cli::run_recover(&ctx.cfg, &ctx.store_path, ctx.cache, *args),
-        Cmd::Recoveries(args) => safeguard::recover::cli::run_recoveries(&ctx.store_path, args),
+        Cmd::Recover(args) => cmd::recover::run(ctx, *args),
+        Cmd::Recoveries(args) => cmd::recover::recoveries(ctx, args),
         Cmd::Doctor { timeout, json } => cmd::doctor::run(ctx, timeout, json),
         Cmd::Completions { shell } => {
             let mut out = Vec::new();

@@ -5,6 +5,7 @@
 pub mod doctor;
 pub mod ingest;
 pub mod query;
+pub mod recover;
 pub mod verify;
 pub mod watch;
 

@@ -18,19 +18,113 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use humantime::format_duration;
 use serde_json::{json, Value};
 
-use super::journal::{Event, Journal, Recovery, RecoveryStatus, StepRecord, StepStatus};
-use super::plan::{container_of, sibling_prefix, Plan, TargetSpec};
+use super::journal::{Event, Journal, JournalError, Recovery, RecoveryStatus, StepRecord, StepStatus};
+use super::plan::{container_of, sibling_prefix, Plan, Selection, TargetSpec};
 use super::progress::ProgressDisplay;
-use super::{dur, human_bytes, keys, RecoverConfig, StepId};
-use crate::adapters::etcd::{recovery_keys, Etcd};
+use super::{keys, RecoverConfig, StepId};
+use crate::adapters::etcd::{recovery_keys, DeleteOutcome, Etcd, EtcdError};
 use crate::adapters::platform::{ContainerRef, CreateRequest, Platform, PlatformError};
-use crate::adapters::s3::{CopyItem, ObjectStore, S3Url, SourcePrefix, TargetPrefix, TransferProgress};
-use crate::query::Access;
+use crate::adapters::s3::{CopyItem, CopyOptions, ObjectStore, S3Error, S3Url, S3UrlError, SourcePrefix, TargetPrefix, TransferProgress};
+use crate::query::{Access, QueryError};
 use crate::timeutil::{now_ms, rfc3339};
-use crate::verify::analyze;
+use crate::verify::{analyze, human_bytes};
+
+/// Why a step, or the run of a recovery, failed. Each message says what failed on what; a failed step
+/// is wrapped in [`ExecError::Step`], which adds how to resume or give up.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Store(#[from] QueryError),
+    #[error(transparent)]
+    S3(Box<S3Error>),
+    #[error(transparent)]
+    Url(#[from] S3UrlError),
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+    #[error("step {number} ({step}) of recovery {id} failed: {cause}\nNothing after it ran. Fix the cause, then `safeguard recover --resume {id}` continues from this step (or `safeguard recover --abandon {id}` gives it up)")]
+    Step { number: &'static str, step: &'static str, id: String, cause: String },
+    #[error("no target {what} recorded (step 2 did not finish?)")]
+    TargetUnknown { what: &'static str },
+    #[error("a --to-prefix recovery has no target instance")]
+    NoTargetInstance,
+    #[error("no {what} for the new instance in the plan; abandon this recovery and plan again with --{flag}")]
+    CreateIncomplete { what: &'static str, flag: &'static str },
+    #[error("the name {name:?} is taken in space {space} but no instance of that name was found; check the space in the Cloud Controller, then resume")]
+    NameTakenNotFound { name: String, space: String },
+    #[error("the container and cell of {tid} were not seen within {wait}: {seen}. Check that the watcher receives the broker's and the cells' syslog (`safeguard status`, `safeguard show {tid}`), then resume")]
+    TargetNotSeen { tid: String, wait: String, seen: String },
+    #[error("the source {url} changed since the plan was made: {count} planned object(s) are gone or changed size (e.g. {examples}); WAL-E retention may have deleted them. Abandon this recovery and plan again")]
+    SourceChanged { url: S3Url, count: usize, examples: String },
+    #[error("the source has no complete base backup and --force was not given; abandon this recovery and plan again (with --force to copy it anyway)")]
+    NoCompleteBackup,
+    #[error("new objects appeared in {url} since this step first listed it ({count} e.g. {examples}): something writes there. Check the target container is stopped and the target id is right")]
+    TargetWritten { url: S3Url, count: usize, examples: String },
+    #[error("refused: the target {url} holds complete base backup(s) {backups}; it is not a fresh instance. Nothing was deleted; check the target id")]
+    TargetHasBackups { url: S3Url, backups: String },
+    #[error("refused: the target {url} holds {count} objects, more than the bound of {bound}; nothing was deleted. Check the target id (raise --max-target-objects only if you are sure)")]
+    TargetTooFull { url: S3Url, count: usize, bound: u64 },
+    #[error("the target {url} holds {count} object(s) that are not part of this copy (e.g. {examples}): something else writes there. Check the target container is stopped; nothing was copied")]
+    ForeignObjects { url: S3Url, count: usize, examples: String },
+    #[error(transparent)]
+    CopyMismatch(Box<CopyMismatch>),
+    #[error(
+        "the target's latest complete base backup is {found:?}, not the chosen {chosen}: a restore would use the wrong one; resume to copy the sentinels again"
+    )]
+    WrongLatest { found: Option<String>, chosen: String },
+    #[error("no [etcd] section in the config; add [etcd] url = \"http://<etcd>:4001\", then resume")]
+    NoEtcd,
+    #[error(transparent)]
+    RestoreNotSeen(Box<RestoreNotSeen>),
+    #[error(
+        "the journal's record of step {step} holds an unreadable {key}: {cause}; abandon this recovery with `safeguard recover --abandon {id}` and plan again"
+    )]
+    CorruptOutput { step: &'static str, key: &'static str, id: String, cause: String },
+}
+
+impl From<S3Error> for ExecError {
+    fn from(e: S3Error) -> Self {
+        ExecError::S3(Box::new(e))
+    }
+}
+
+/// Step 4c: the target is not the copied set.
+#[derive(Debug, thiserror::Error)]
+#[error("the target {url} does not match the copy: {missing} missing (e.g. {missing_example}), {extra} unexpected (e.g. {extra_example}), {resized} with another size (e.g. {resized_example}); resume to copy again")]
+pub struct CopyMismatch {
+    pub url: S3Url,
+    pub missing: usize,
+    pub missing_example: String,
+    pub extra: usize,
+    pub extra_example: String,
+    pub resized: usize,
+    pub resized_example: String,
+}
+
+/// Step 8: the restore did not show in the stream in time.
+#[derive(Debug, thiserror::Error)]
+#[error("within {wait} the stream showed for {tid}: `preparing patroni to restore this container from wal-e backups`: {preparing}; completed wal-fetch: {fetched}. {hint}Check the container's log on cell {host} (`docker logs {container}`) and its etcd keys; then `safeguard recover --resume {id}` waits again")]
+pub struct RestoreNotSeen {
+    pub wait: String,
+    pub tid: String,
+    pub preparing: &'static str,
+    pub fetched: u64,
+    pub hint: &'static str,
+    pub host: String,
+    pub container: String,
+    pub id: String,
+}
+
+/// Up to three examples, for a message.
+fn examples<'a>(it: impl IntoIterator<Item = &'a str>) -> String {
+    it.into_iter().take(3).collect::<Vec<_>>().join(", ")
+}
 
 /// Exit status of an injected crash.
 pub const CRASH_EXIT: i32 = 86;
@@ -79,7 +173,7 @@ pub fn new_recovery(plan: &Plan) -> Recovery {
         status: RecoveryStatus::Running,
         created_at: now,
         updated_at: now,
-        mode: plan.mode.clone(),
+        mode: plan.mode,
         source_id: plan.source.instance_id.clone(),
         source_prefix: plan.source.prefix.clone(),
         target_id: plan.target.instance_id.clone(),
@@ -119,19 +213,19 @@ pub struct Runner<'a> {
     pub crash: Option<Crash>,
 }
 
-type StepResult = Result<(String, Value)>;
+type StepResult = Result<(String, Value), ExecError>;
 
 fn ev(step: StepId, what: &str, detail: String) -> Option<Event> {
     Some(Event { at: now_ms(), step: Some(step), what: what.into(), detail })
 }
 
 impl Runner<'_> {
-    fn access(&self) -> Result<Access> {
+    fn access(&self) -> Result<Access, ExecError> {
         Ok(Access::open(&self.store_path, self.cache_bytes)?)
     }
 
     /// Saves part of a step's output while it runs (what it is about to do), so a rerun knows.
-    fn save_output(&self, rec: &mut Recovery, step: StepId, key: &str, v: Value) -> Result<()> {
+    fn save_output(&self, rec: &mut Recovery, step: StepId, key: &str, v: Value) -> Result<(), ExecError> {
         if let Some(s) = rec.step_mut(step) {
             if !s.output.is_object() {
                 s.output = json!({});
@@ -143,7 +237,7 @@ impl Runner<'_> {
     }
 
     /// Runs every step not yet done, in order. On failure the recovery is left `failed` and resumable.
-    pub async fn run(&self, rec: &mut Recovery, plan: &Plan) -> Result<()> {
+    pub async fn run(&self, rec: &mut Recovery, plan: &Plan) -> Result<(), ExecError> {
         let resumed = rec.steps.iter().any(|s| s.attempts > 0);
         rec.status = RecoveryStatus::Running;
         rec.owner_pid = std::process::id();
@@ -179,7 +273,7 @@ impl Runner<'_> {
                     }
                 }
                 Err(e) => {
-                    let msg = format!("{e:#}");
+                    let msg = e.to_string();
                     let s = rec.step_mut(step).expect("planned step");
                     s.status = StepStatus::Failed;
                     s.finished_at = Some(now_ms());
@@ -187,14 +281,7 @@ impl Runner<'_> {
                     rec.status = RecoveryStatus::Failed;
                     rec.last_error = Some(format!("step {} {}: {msg}", step.number(), step.as_str()));
                     self.journal.save(rec, ev(step, "failed", msg.clone()))?;
-                    bail!(
-                        "step {} ({}) of recovery {} failed: {msg}\nNothing after it ran. Fix the cause, then `safeguard recover --resume {}` continues from this step (or `safeguard recover --abandon {}` gives it up)",
-                        step.number(),
-                        step.as_str(),
-                        rec.id,
-                        rec.id,
-                        rec.id
-                    );
+                    return Err(ExecError::Step { number: step.number(), step: step.as_str(), id: rec.id.clone(), cause: msg });
                 }
             }
         }
@@ -224,7 +311,7 @@ impl Runner<'_> {
             StepId::Start => self.start(rec).await,
             StepId::Confirm => self.confirm(rec).await,
             StepId::Bind => {
-                let tid = rec.target_id.clone().ok_or_else(|| anyhow!("no target instance recorded"))?;
+                let tid = target_id(rec)?;
                 let mut done = Vec::new();
                 for app in &plan.bind_apps {
                     done.push(self.platform.bind(&tid, plan.target.space_guid.as_deref(), app).await?);
@@ -234,9 +321,9 @@ impl Runner<'_> {
         }
     }
 
-    fn prefixes(&self, rec: &Recovery) -> Result<(SourcePrefix, TargetPrefix)> {
+    fn prefixes(&self, rec: &Recovery) -> Result<(SourcePrefix, TargetPrefix), ExecError> {
         let source = SourcePrefix::new(S3Url::parse(&rec.source_prefix)?);
-        let t = rec.target_prefix.as_deref().ok_or_else(|| anyhow!("no target prefix recorded (step 2 did not finish?)"))?;
+        let t = rec.target_prefix.as_deref().ok_or(ExecError::TargetUnknown { what: "prefix" })?;
         let target = TargetPrefix::new(S3Url::parse(t)?, &source)?;
         Ok((source, target))
     }
@@ -247,15 +334,14 @@ impl Runner<'_> {
         let have: BTreeMap<&str, u64> = listing.iter().filter_map(|o| source.url().relative(&o.key).map(|r| (r, o.size))).collect();
         let missing: Vec<&CopyItem> = plan.selection.items.iter().filter(|i| have.get(i.rel.as_str()) != Some(&i.size)).collect();
         if !missing.is_empty() {
-            bail!(
-                "the source {} changed since the plan was made: {} planned object(s) are gone or changed size (e.g. {}); WAL-E retention may have deleted them. Abandon this recovery and plan again",
-                source.url(),
-                missing.len(),
-                missing.iter().take(3).map(|i| i.rel.as_str()).collect::<Vec<_>>().join(", ")
-            );
+            return Err(ExecError::SourceChanged {
+                url: source.url().clone(),
+                count: missing.len(),
+                examples: examples(missing.iter().map(|i| i.rel.as_str())),
+            });
         }
         if plan.selection.base_backup.is_none() && !plan.options.force {
-            bail!("the source has no complete base backup and --force was not given");
+            return Err(ExecError::NoCompleteBackup);
         }
         let report = analyze(source.url(), &listing, now_ms());
         Ok((
@@ -269,8 +355,8 @@ impl Runner<'_> {
         let tid = match (&plan.target_spec, rec.target_id.clone()) {
             (_, Some(t)) => t,
             (TargetSpec::Create { .. }, None) => {
-                let name = plan.target.name.clone().ok_or_else(|| anyhow!("no name for the new instance"))?;
-                let space = plan.target.space_guid.clone().ok_or_else(|| anyhow!("no space for the new instance"))?;
+                let name = plan.target.name.clone().ok_or(ExecError::CreateIncomplete { what: "name", flag: "name" })?;
+                let space = plan.target.space_guid.clone().ok_or(ExecError::CreateIncomplete { what: "space", flag: "space-guid" })?;
                 let req = CreateRequest { name: name.clone(), space_guid: space.clone() };
                 let attempts = rec.step(StepId::Target).map_or(1, |s| s.attempts);
                 let id = match self.platform.create(&req).await {
@@ -284,7 +370,7 @@ impl Runner<'_> {
                             created = json!({"detail": format!("adopted {id}, created by an earlier attempt of this step")});
                             id
                         }
-                        None => bail!("the name {name:?} is taken in space {space} but no instance of that name was found"),
+                        None => return Err(ExecError::NameTakenNotFound { name, space }),
                     },
                     Err(e) => return Err(e.into()),
                 };
@@ -294,16 +380,14 @@ impl Runner<'_> {
                 id
             }
             (TargetSpec::Into { instance_id }, None) => instance_id.clone(),
-            (TargetSpec::Prefix { .. }, None) => bail!("a --to-prefix recovery has no target instance"),
+            (TargetSpec::Prefix { .. }, None) => return Err(ExecError::NoTargetInstance),
         };
         if rec.target_prefix.is_none() {
             let src = S3Url::parse(&rec.source_prefix)?;
             rec.target_prefix = Some(sibling_prefix(&src, &rec.source_id, &tid).to_string());
         }
         // The container and cell: from the store (the watcher sees the new instance come up).
-        let wait = dur(&self.cfg.target_wait);
-        let poll = dur(&self.cfg.poll_interval);
-        let deadline = Instant::now() + wait;
+        let deadline = Instant::now() + self.cfg.target_wait;
         let (container, host) = loop {
             let found = self.access()?.record(&tid)?.map(|r| container_of(&r));
             if let Some((Some(c), Some(h))) = &found {
@@ -314,12 +398,9 @@ impl Runner<'_> {
                     None => "the store has no record of it".to_string(),
                     Some((c, h)) => format!("the store knows container {} on cell {}", c.as_deref().unwrap_or("?"), h.as_deref().unwrap_or("?")),
                 };
-                bail!(
-                    "the container and cell of {tid} were not seen within {}: {seen}. Check that the watcher receives the broker's and the cells' syslog (`safeguard status`, `safeguard show {tid}`), then resume",
-                    self.cfg.target_wait
-                );
+                return Err(ExecError::TargetNotSeen { tid, wait: format_duration(self.cfg.target_wait).to_string(), seen });
             }
-            tokio::time::sleep(poll).await;
+            tokio::time::sleep(self.cfg.poll_interval).await;
         };
         rec.target_container = Some(container.clone());
         rec.target_host = Some(host.clone());
@@ -333,18 +414,15 @@ impl Runner<'_> {
         let (_, target) = self.prefixes(rec)?;
         let listing = self.s3.list_target(&target).await?;
         let current: Vec<String> = listing.iter().filter_map(|o| target.url().relative(&o.key).map(str::to_string)).collect();
-        let saved: Option<Vec<String>> =
-            rec.step(StepId::ClearTarget).and_then(|s| s.output.get("to_delete")).and_then(|v| serde_json::from_value(v.clone()).ok());
-        let to_delete = match saved {
+        let to_delete = match saved_list(rec, StepId::ClearTarget, "to_delete")? {
             Some(list) => {
                 let extra: Vec<&String> = current.iter().filter(|k| !list.contains(k)).collect();
                 if !extra.is_empty() {
-                    bail!(
-                        "new objects appeared in {} since this step first listed it ({} e.g. {}): something writes there. Check the target container is stopped and the target id is right",
-                        target.url(),
-                        extra.len(),
-                        extra.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                    );
+                    return Err(ExecError::TargetWritten {
+                        url: target.url().clone(),
+                        count: extra.len(),
+                        examples: examples(extra.iter().map(|s| s.as_str())),
+                    });
                 }
                 current
             }
@@ -352,19 +430,10 @@ impl Runner<'_> {
                 let rep = analyze(target.url(), &listing, now_ms());
                 let complete: Vec<&str> = rep.base_backups.iter().filter(|b| b.complete).map(|b| b.name.as_str()).collect();
                 if !complete.is_empty() {
-                    bail!(
-                        "refused: the target {} holds complete base backup(s) {}; it is not a fresh instance. Nothing was deleted; check the target id",
-                        target.url(),
-                        complete.join(", ")
-                    );
+                    return Err(ExecError::TargetHasBackups { url: target.url().clone(), backups: complete.join(", ") });
                 }
                 if listing.len() as u64 > plan.options.max_target_objects {
-                    bail!(
-                        "refused: the target {} holds {} objects, more than the bound of {}; nothing was deleted. Check the target id (raise --max-target-objects only if you are sure)",
-                        target.url(),
-                        listing.len(),
-                        plan.options.max_target_objects
-                    );
+                    return Err(ExecError::TargetTooFull { url: target.url().clone(), count: listing.len(), bound: plan.options.max_target_objects });
                 }
                 self.save_output(rec, StepId::ClearTarget, "to_delete", json!(current))?;
                 current
@@ -385,12 +454,7 @@ impl Runner<'_> {
         let planned: BTreeMap<&str, u64> = sel.items.iter().map(|i| (i.rel.as_str(), i.size)).collect();
         let foreign: Vec<&String> = have.keys().filter(|k| !planned.contains_key(k.as_str())).collect();
         if !foreign.is_empty() {
-            bail!(
-                "the target {} holds {} object(s) that are not part of this copy (e.g. {}): something else writes there. Check the target container is stopped; nothing was copied",
-                target.url(),
-                foreign.len(),
-                foreign.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-            );
+            return Err(ExecError::ForeignObjects { url: target.url().clone(), count: foreign.len(), examples: examples(foreign.iter().map(|s| s.as_str())) });
         }
         let is_sentinel = |r: &str| sel.sentinels.iter().any(|s| s == r);
         let todo: Vec<CopyItem> = sel.items.iter().filter(|i| !is_sentinel(&i.rel) && have.get(&i.rel).map(|h| h.0) != Some(i.size)).cloned().collect();
@@ -405,7 +469,7 @@ impl Runner<'_> {
             progress.clone(),
             todo.len() as u64,
             todo.iter().map(|i| i.size).sum(),
-            dur(&self.cfg.progress_interval),
+            self.cfg.progress_interval,
             self.quiet,
             crash,
         );
@@ -413,33 +477,7 @@ impl Runner<'_> {
         display.finish().await;
         res?;
 
-        // Sentinels last, in source order, the chosen backup's strictly newest.
-        let sentinel_items: Vec<&CopyItem> = sel.sentinels.iter().filter_map(|s| sel.items.iter().find(|i| &i.rel == s)).collect();
-        let missing = sentinel_items.iter().any(|i| have.get(&i.rel).map(|h| h.0) != Some(i.size));
-        let ordered = {
-            let lms: Vec<i64> = sentinel_items.iter().filter_map(|i| have.get(&i.rel).map(|h| h.1)).collect();
-            lms.len() == sentinel_items.len() && lms.last().is_none_or(|last| lms[..lms.len() - 1].iter().all(|x| x < last))
-        };
-        let mut sentinels_copied = 0;
-        if missing || !ordered {
-            let mut newest_other: Option<i64> = None;
-            for (n, item) in sentinel_items.iter().enumerate() {
-                let last = n + 1 == sentinel_items.len();
-                let mut lm = self.s3.copy_object(&source, item, &target, &opts, None).await?;
-                if last && sentinel_items.len() > 1 {
-                    let mut tries = 0;
-                    // LastModified has one-second resolution: copy again until it is strictly newer.
-                    while lm.zip(newest_other).is_none_or(|(a, b)| a <= b) && tries < 3 {
-                        tokio::time::sleep(Duration::from_millis(1100)).await;
-                        lm = self.s3.copy_object(&source, item, &target, &opts, None).await?;
-                        tries += 1;
-                    }
-                } else {
-                    newest_other = newest_other.max(lm);
-                }
-                sentinels_copied += 1;
-            }
-        }
+        let sentinels_copied = self.copy_sentinels(&source, &target, sel, &have, &opts).await?;
         let secs = started.elapsed().as_secs_f64();
         let copied = progress.objects.load(std::sync::atomic::Ordering::Relaxed) + sentinels_copied;
         let bytes = progress.bytes.load(std::sync::atomic::Ordering::Relaxed);
@@ -454,6 +492,46 @@ impl Runner<'_> {
         ))
     }
 
+    /// Copies the sentinels last, in source order, the chosen backup's strictly newest, unless the target
+    /// already holds them so; returns how many it copied.
+    async fn copy_sentinels(
+        &self,
+        source: &SourcePrefix,
+        target: &TargetPrefix,
+        sel: &Selection,
+        have: &BTreeMap<String, (u64, i64)>,
+        opts: &CopyOptions,
+    ) -> Result<u64, ExecError> {
+        let sentinel_items: Vec<&CopyItem> = sel.sentinels.iter().filter_map(|s| sel.items.iter().find(|i| &i.rel == s)).collect();
+        let missing = sentinel_items.iter().any(|i| have.get(&i.rel).map(|h| h.0) != Some(i.size));
+        let ordered = {
+            let lms: Vec<i64> = sentinel_items.iter().filter_map(|i| have.get(&i.rel).map(|h| h.1)).collect();
+            lms.len() == sentinel_items.len() && lms.last().is_none_or(|last| lms[..lms.len() - 1].iter().all(|x| x < last))
+        };
+        if !missing && ordered {
+            return Ok(0);
+        }
+        let mut copied = 0;
+        let mut newest_other: Option<i64> = None;
+        for (n, item) in sentinel_items.iter().enumerate() {
+            let last = n + 1 == sentinel_items.len();
+            let mut lm = self.s3.copy_object(source, item, target, opts, None).await?;
+            if last && sentinel_items.len() > 1 {
+                let mut tries = 0;
+                // LastModified has one-second resolution: copy again until it is strictly newer.
+                while lm.zip(newest_other).is_none_or(|(a, b)| a <= b) && tries < 3 {
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                    lm = self.s3.copy_object(source, item, target, opts, None).await?;
+                    tries += 1;
+                }
+            } else {
+                newest_other = newest_other.max(lm);
+            }
+            copied += 1;
+        }
+        Ok(copied)
+    }
+
     async fn verify_copy(&self, rec: &Recovery, plan: &Plan) -> StepResult {
         let (_, target) = self.prefixes(rec)?;
         let listing = self.s3.list_target(&target).await?;
@@ -463,21 +541,21 @@ impl Runner<'_> {
         let extra: Vec<&str> = got.keys().filter(|k| !want.contains_key(*k)).copied().collect();
         let size: Vec<&str> = want.iter().filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v)).map(|(k, _)| *k).collect();
         if !(missing.is_empty() && extra.is_empty() && size.is_empty()) {
-            bail!(
-                "the target {} does not match the copy: {} missing (e.g. {}), {} unexpected (e.g. {}), {} with another size (e.g. {}); resume to copy again",
-                target.url(),
-                missing.len(),
-                missing.first().unwrap_or(&"-"),
-                extra.len(),
-                extra.first().unwrap_or(&"-"),
-                size.len(),
-                size.first().unwrap_or(&"-")
-            );
+            let first = |v: &[&str]| v.first().unwrap_or(&"-").to_string();
+            return Err(ExecError::CopyMismatch(Box::new(CopyMismatch {
+                url: target.url().clone(),
+                missing: missing.len(),
+                missing_example: first(&missing),
+                extra: extra.len(),
+                extra_example: first(&extra),
+                resized: size.len(),
+                resized_example: first(&size),
+            })));
         }
         let rep = analyze(target.url(), &listing, now_ms());
         if let Some(b) = &plan.selection.base_backup {
             if rep.latest_complete_backup.as_ref() != Some(b) {
-                bail!("the target's latest complete base backup is {:?}, not the chosen {b}: a restore would use the wrong one; resume to copy the sentinels again", rep.latest_complete_backup);
+                return Err(ExecError::WrongLatest { found: rep.latest_complete_backup, chosen: b.clone() });
             }
         }
         Ok((
@@ -487,15 +565,15 @@ impl Runner<'_> {
     }
 
     async fn etcd(&self, rec: &Recovery) -> StepResult {
-        let etcd = self.etcd.ok_or_else(|| anyhow!("no [etcd] section in the config"))?;
-        let tid = rec.target_id.clone().ok_or_else(|| anyhow!("no target instance recorded"))?;
+        let etcd = self.etcd.ok_or(ExecError::NoEtcd)?;
+        let tid = target_id(rec)?;
         let mut results = Vec::new();
         for k in recovery_keys(&tid) {
             results.push(etcd.delete(&k).await?);
         }
         let summary = results
             .iter()
-            .map(|r| format!("{} {}", r.key, if r.outcome == crate::adapters::etcd::DeleteOutcome::Deleted { "deleted" } else { "was absent" }))
+            .map(|r| format!("{} {}", r.key, if r.outcome == DeleteOutcome::Deleted { "deleted" } else { "was absent" }))
             .collect::<Vec<_>>()
             .join(", ");
         Ok((summary, json!({"etcd": etcd.url(), "keys": results})))
@@ -522,12 +600,11 @@ impl Runner<'_> {
     }
 
     async fn confirm(&self, rec: &Recovery) -> StepResult {
-        let tid = rec.target_id.clone().ok_or_else(|| anyhow!("no target instance recorded"))?;
+        let tid = target_id(rec)?;
         let base = rec.step(StepId::Start).map(|s| s.output["baseline"].clone()).unwrap_or(Value::Null);
         let base_prep = base["preparing_at"].as_i64();
         let base_fetched = base["wal_fetched"].as_u64().unwrap_or(0);
-        let deadline = Instant::now() + dur(&self.cfg.confirm_timeout);
-        let poll = dur(&self.cfg.poll_interval);
+        let deadline = Instant::now() + self.cfg.confirm_timeout;
         let mut watcher_seen = false;
         loop {
             let access = self.access()?;
@@ -543,25 +620,36 @@ impl Runner<'_> {
                 ));
             }
             if Instant::now() >= deadline {
-                let c = rec.target_container.as_deref().unwrap_or("?");
-                let h = rec.target_host.as_deref().unwrap_or("?");
-                bail!(
-                    "within {} the stream showed for {tid}: `preparing patroni to restore this container from wal-e backups`: {}; completed wal-fetch: {fetched}. {}Check the container's log on cell {h} (`docker logs {c}`) and its etcd keys; then `safeguard recover --resume {}` waits again",
-                    self.cfg.confirm_timeout,
-                    if prep.is_some() { "seen" } else { "NOT seen" },
-                    if watcher_seen { "" } else { "No watcher was running on this store, so nothing new could be seen: start `safeguard watch`. " },
-                    rec.id
-                );
+                return Err(ExecError::RestoreNotSeen(Box::new(RestoreNotSeen {
+                    wait: format_duration(self.cfg.confirm_timeout).to_string(),
+                    tid,
+                    preparing: if prep.is_some() { "seen" } else { "NOT seen" },
+                    fetched,
+                    hint: if watcher_seen { "" } else { "No watcher was running on this store, so nothing new could be seen: start `safeguard watch`. " },
+                    host: rec.target_host.clone().unwrap_or_else(|| "?".into()),
+                    container: rec.target_container.clone().unwrap_or_else(|| "?".into()),
+                    id: rec.id.clone(),
+                })));
             }
-            tokio::time::sleep(poll).await;
+            tokio::time::sleep(self.cfg.poll_interval).await;
         }
     }
 }
 
-fn container(rec: &Recovery) -> Result<ContainerRef> {
+fn target_id(rec: &Recovery) -> Result<String, ExecError> {
+    rec.target_id.clone().ok_or(ExecError::TargetUnknown { what: "instance" })
+}
+
+fn container(rec: &Recovery) -> Result<ContainerRef, ExecError> {
     Ok(ContainerRef {
-        instance_id: rec.target_id.clone().context("no target instance recorded")?,
-        container: rec.target_container.clone().context("no target container recorded (step 2 did not finish?)")?,
+        instance_id: target_id(rec)?,
+        container: rec.target_container.clone().ok_or(ExecError::TargetUnknown { what: "container" })?,
         host: rec.target_host.clone(),
     })
+}
+
+/// A list a step saved in its output before acting (None when it saved none yet).
+fn saved_list(rec: &Recovery, step: StepId, key: &'static str) -> Result<Option<Vec<String>>, ExecError> {
+    let Some(v) = rec.step(step).and_then(|s| s.output.get(key)).filter(|v| !v.is_null()) else { return Ok(None) };
+    serde_json::from_value(v.clone()).map(Some).map_err(|e| ExecError::CorruptOutput { step: step.as_str(), key, id: rec.id.clone(), cause: e.to_string() })
 }

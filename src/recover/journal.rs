@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::keys;
-use super::plan::Plan;
+use super::plan::{Mode, Plan};
 use super::StepId;
 use crate::timeutil::{now_ms, serde_ms, serde_opt_ms};
 
@@ -97,7 +97,7 @@ pub struct Recovery {
     #[serde(with = "serde_ms")]
     pub updated_at: i64,
     /// `recover` (into an instance) or `clone` (`--to-prefix`).
-    pub mode: String,
+    pub mode: Mode,
     pub source_id: String,
     pub source_prefix: String,
     pub target_id: Option<String>,
@@ -228,7 +228,7 @@ impl Journal {
                 what: "created".into(),
                 detail: format!(
                     "{} {} -> {}",
-                    rec.mode,
+                    rec.mode.as_str(),
                     rec.source_id,
                     rec.target_id.as_deref().or(rec.target_prefix.as_deref()).unwrap_or("(target to be created)")
                 ),

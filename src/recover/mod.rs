@@ -1,12 +1,17 @@
 //! `safeguard recover <instance-id>`: the runbook for a deleted instance as one safe, resumable command.
-//! See docs/recover.md for the operator's view.
+//! See docs/recover.md for the operator's view. The command itself (arguments, prompts, output) is
+//! `src/cmd/recover.rs`; this module is pure in the middle and has its effects at the edges:
 //!
-//! [`plan::build`] turns the stored record of the deleted (source) instance, a fresh S3 listing of its
-//! backups and the options into a [`plan::Plan`]: every step with the exact URIs, ids, hosts and
-//! commands, plus the guards' refusals. Nothing changes unless `--execute`; then [`exec`] runs the steps
-//! in order, recording each step's start and result in the journal ([`journal`], a sled database of its
-//! own at `<store>/recoveries/`, so recovery works while the watcher owns the main store) before and
-//! after it runs. `--resume <id>` continues from the first unfinished step; each step is idempotent.
+//! - [`gather::gather`] (effects) reads the stored record of the deleted (source) instance, fresh S3
+//!   listings of the source and target prefixes, the target's record and the settings into a
+//!   [`plan::PlanInputs`].
+//! - [`plan::plan`] (pure: no I/O, no clock) turns those inputs into a [`plan::Plan`]: the
+//!   [`plan::Mode`], every step with the exact URIs, ids, hosts and commands, and the guards' warnings
+//!   and refusals. [`gather::build`] is the two in a row.
+//! - [`exec`] (effects) runs an approved plan's steps in order, only with `--execute`, recording each
+//!   step's start and result in the journal ([`journal`], a sled database of its own at
+//!   `<store>/recoveries/`, so recovery works while the watcher owns the main store) before and after it
+//!   runs. `--resume <id>` continues from the first unfinished step; each step is idempotent.
 //!
 //! Steps (instance mode): 1 source, 2 target, 3 stop, 4a clear target, 4b copy, 4c verify copy,
 //! 5 etcd, 6 flush, 7 start, 8 confirm, 9 bind. `--to-prefix` runs 1, 4a, 4b, 4c only.
@@ -17,8 +22,8 @@
 //! Test-only crash injection: `SAFEGUARD_RECOVER_CRASH=after:<step>` makes the process exit with status
 //! 86 right after `<step>`'s result is journaled; `copy:<n>` exits once `n` objects have been copied.
 
-pub mod cli;
 pub mod exec;
+pub mod gather;
 pub mod journal;
 pub mod keys;
 pub mod plan;
@@ -26,7 +31,10 @@ pub mod progress;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The one byte formatter lives in `verify`; this path stays for the callers that use it.
+pub use crate::verify::human_bytes;
 
 /// `[recover]` in the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,17 +50,17 @@ pub struct RecoverConfig {
     pub multipart_threshold_mb: u64,
     pub part_size_mb: u64,
     /// How long step 2 waits for the target's container and cell to appear in the store.
-    #[serde(deserialize_with = "de_duration")]
-    pub target_wait: String,
+    #[serde(deserialize_with = "de_target_wait", serialize_with = "ser_duration")]
+    pub target_wait: Duration,
     /// How long step 8 waits for the restore to show in the stream.
-    #[serde(deserialize_with = "de_duration")]
-    pub confirm_timeout: String,
+    #[serde(deserialize_with = "de_confirm_timeout", serialize_with = "ser_duration")]
+    pub confirm_timeout: Duration,
     /// How often steps 2 and 8 look at the store.
-    #[serde(deserialize_with = "de_duration")]
-    pub poll_interval: String,
+    #[serde(deserialize_with = "de_poll_interval", serialize_with = "ser_duration")]
+    pub poll_interval: Duration,
     /// Progress line interval when stderr is not a terminal.
-    #[serde(deserialize_with = "de_duration")]
-    pub progress_interval: String,
+    #[serde(deserialize_with = "de_progress_interval", serialize_with = "ser_duration")]
+    pub progress_interval: Duration,
 }
 
 impl Default for RecoverConfig {
@@ -63,22 +71,64 @@ impl Default for RecoverConfig {
             copy_attempts: 5,
             multipart_threshold_mb: 5 * 1024,
             part_size_mb: 512,
-            target_wait: "10m".into(),
-            confirm_timeout: "15m".into(),
-            poll_interval: "5s".into(),
-            progress_interval: "10s".into(),
+            target_wait: Duration::from_secs(10 * 60),
+            confirm_timeout: Duration::from_secs(15 * 60),
+            poll_interval: Duration::from_secs(5),
+            progress_interval: Duration::from_secs(10),
         }
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(s.trim()).map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"5s\" or \"15m\": {e}")))?;
-    Ok(s)
+/// The longest wait or interval accepted; anything longer is a typo, and far longer ones overflow the
+/// clock arithmetic of the steps that wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(3_155_760_000); // 100 years of 365.25 days, as humantime counts them
+
+/// A `[recover]` duration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("recover.{key} = {value:?} is not a duration like \"5s\" or \"15m\": {reason}")]
+    Unparsable { key: &'static str, value: String, reason: String },
+    #[error("recover.{key} = {value:?} is zero, so {consequence}; give a positive duration like \"5s\" or \"15m\"")]
+    Zero { key: &'static str, value: String, consequence: &'static str },
+    #[error("recover.{key} = {value:?} is longer than 100 years, the longest accepted; give a duration like \"5s\" or \"15m\"")]
+    TooLong { key: &'static str, value: String },
 }
 
-pub(crate) fn dur(s: &str) -> Duration {
-    humantime::parse_duration(s.trim()).unwrap_or(Duration::from_secs(5))
+/// Parses the value of `recover.<key>`; `zero` says what a zero would do (every key refuses it).
+fn parse_wait(key: &'static str, value: &str, zero: &'static str) -> Result<Duration, DurationError> {
+    let d = humantime::parse_duration(value.trim()).map_err(|e| DurationError::Unparsable { key, value: value.to_string(), reason: e.to_string() })?;
+    if d.is_zero() {
+        return Err(DurationError::Zero { key, value: value.to_string(), consequence: zero });
+    }
+    if d > MAX_WAIT {
+        return Err(DurationError::TooLong { key, value: value.to_string() });
+    }
+    Ok(d)
+}
+
+fn de_wait<'de, D: Deserializer<'de>>(d: D, key: &'static str, zero: &'static str) -> Result<Duration, D::Error> {
+    parse_wait(key, &String::deserialize(d)?, zero).map_err(serde::de::Error::custom)
+}
+
+fn de_target_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_wait(d, "target_wait", "step 2 would give up at once when the new instance's container is not known yet")
+}
+
+fn de_confirm_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_wait(d, "confirm_timeout", "step 8 would give up before the restore could show in the stream")
+}
+
+fn de_poll_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_wait(d, "poll_interval", "steps 2 and 8 would read the store in a busy loop")
+}
+
+fn de_progress_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    de_wait(d, "progress_interval", "a progress line would be written on every tick")
+}
+
+/// Writes a duration back in the form it is read in (`"10m"`).
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
 }
 
 impl RecoverConfig {
@@ -167,18 +217,40 @@ pub const ALL_STEPS: [StepId; 11] = [
     StepId::Bind,
 ];
 
-/// Bytes for people: `1.5 GiB`.
-pub fn human_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RecoverConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
     }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
+
+    #[test]
+    fn durations_load_from_the_strings_config_files_hold() {
+        let c = parse("target_wait = \"3s\"\nconfirm_timeout = \"20s\"\npoll_interval = \"200ms\"\nprogress_interval = \" 1m 30s \"\n").unwrap();
+        assert_eq!(c.target_wait, Duration::from_secs(3));
+        assert_eq!(c.confirm_timeout, Duration::from_secs(20));
+        assert_eq!(c.poll_interval, Duration::from_millis(200));
+        assert_eq!(c.progress_interval, Duration::from_secs(90));
+        assert_eq!(parse("").unwrap(), RecoverConfig::default());
+        // Written back as read.
+        let again: RecoverConfig = parse(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key_and_value() {
+        let e = parse("poll_interval = \"soon\"\n").unwrap_err();
+        assert!(e.contains("recover.poll_interval = \"soon\" is not a duration"), "{e}");
+        for key in ["target_wait", "confirm_timeout", "poll_interval", "progress_interval"] {
+            let e = parse(&format!("{key} = \"0s\"\n")).unwrap_err();
+            assert!(e.contains(&format!("recover.{key} = \"0s\" is zero, so ")), "{e}");
+        }
+        let e = parse("confirm_timeout = \"101years\"\n").unwrap_err();
+        assert!(e.contains("recover.confirm_timeout = \"101years\" is longer than 100 years"), "{e}");
+        let e = parse("target_wait = \"99999999999999999999s\"\n").unwrap_err();
+        assert!(e.contains("recover.target_wait = \"99999999999999999999s\" is not a duration"), "{e}");
+        assert!(parse("target_wait = \"100years\"\n").is_ok());
+        assert!(parse("tagret_wait = \"1s\"\n").unwrap_err().contains("tagret_wait"));
     }
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::human_bytes;
 use crate::adapters::s3::TransferProgress;
+use crate::verify::human_bytes;
 
 pub struct ProgressDisplay {
     stop: Arc<AtomicBool>,

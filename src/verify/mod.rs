@@ -1,33 +1,27 @@
 //! Backup verification: what an instance prefix in the object store really holds.
 //!
-//! [`analyze`] is pure: it classifies a listing of `s3://<bucket>/backups/<id>/wal/` (WAL-E 005 layout)
-//! and decides whether the instance can be restored. [`verify`] lists the store and never fails:
-//! a listing error becomes the [`Verdict::Unreachable`] verdict, so an alert can say so.
+//! [`analyze`] is pure: it classifies a listing of `s3://<bucket>/backups/<id>/wal/` (WAL-E 005 layout,
+//! read with [`crate::layout`], which spells every folder name, suffix and segment-name rule) and
+//! decides whether the instance can be restored. [`verify`] lists the store and never fails: a listing
+//! error becomes the [`Verdict::Unreachable`] verdict, so an alert can say so.
 //!
-//! Layout under the prefix:
-//! - `basebackups_005/base_<SEG24>_<OFF8>/extended_version.txt` and `.../tar_partitions/part_<N>.tar.lzo`
-//! - `basebackups_005/base_<SEG24>_<OFF8>_backup_stop_sentinel.json`: the backup is complete iff this
-//!   exists; its LastModified is the backup's time; SEG24 is the backup's start segment.
-//! - `wal_005/<SEG24>.lzo` segments, `<SEG24>.<OFF8>.backup.lzo` backup labels, `<TLI8>.history.lzo`
-//!   timeline histories, `<SEG24>.partial.lzo` partial segments (only segments count for continuity).
-//! - `sysids/sysid` (written by the platform).
-//!
-//! Segment names are TLI(8 hex) + log(8 hex) + seg(8 hex); with 16 MB segments (PostgreSQL >= 9.3)
-//! seg runs 00000000..000000FF and the segment after seg FF is log+1, seg 0.
+//! A base backup is complete iff its sentinel exists; the sentinel's LastModified is the backup's time
+//! and the backup's name carries its start segment. Only segments count for WAL continuity (backup
+//! labels, timeline histories and partial segments are counted, not checked).
 //!
 //! Which base backup: the latest complete one (newest sentinel LastModified, as WAL-E's `LATEST`) that
 //! also has at least one tar partition (a sentinel without partitions cannot be fetched).
 //!
 //! Timeline switches (the choice made here, from the listing alone, without reading any object):
-//! starting on the backup's timeline, recovery follows every higher timeline that has a
-//! `<TLI>.history.lzo` file and at least one segment, in ascending order. A followed timeline takes over
-//! at its lowest segment number (the segment holding the switch point: PostgreSQL writes that segment
-//! on the new timeline, and the old timeline's copy is at most a `.partial`). So segment n is expected
-//! on the highest followed timeline whose first segment is <= n; segments of older timelines at or past
-//! a switch are ignored, and the switch itself is never a gap. A history timeline whose first segment
-//! lies before the backup start or before the previous switch is not in the backup's lineage: it is
-//! ignored with a note. Segments on a higher timeline without a history file are not followed (PostgreSQL
-//! cannot follow them either) and are noted.
+//! starting on the backup's timeline, recovery follows every higher timeline that has a history file
+//! and at least one segment, in ascending order. A followed timeline takes over at its lowest segment
+//! number (the segment holding the switch point: PostgreSQL writes that segment on the new timeline,
+//! and the old timeline's copy is at most a partial one). So segment n is expected on the highest
+//! followed timeline whose first segment is <= n; segments of older timelines at or past a switch are
+//! ignored, and the switch itself is never a gap. A history timeline whose first segment lies before
+//! the backup start or before the previous switch is not in the backup's lineage: it is ignored with a
+//! note. Segments on a higher timeline without a history file are not followed (PostgreSQL cannot
+//! follow them either) and are noted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -35,63 +29,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::adapters::s3::{ObjectInfo, ObjectStore, S3Url};
-use crate::layout;
+use crate::layout::{self, BackupObject, Key, WalFile};
 use crate::timeutil::{rfc3339, serde_ms, serde_opt_ms};
+
+pub use crate::layout::Segment;
 
 /// How many unrecognised keys a report quotes.
 const OTHER_EXAMPLES: usize = 5;
-
-/// A WAL segment name, TLI + log + seg.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Segment {
-    pub tli: u32,
-    pub log: u32,
-    pub seg: u32,
-}
-
-fn hex8(s: &str) -> Option<u32> {
-    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        u32::from_str_radix(s, 16).ok()
-    } else {
-        None
-    }
-}
-
-impl Segment {
-    /// Parses 24 hex digits (either case). Rejects seg > 0xFF, which 16 MB segments never have.
-    pub fn parse(name: &str) -> Option<Segment> {
-        if name.len() != 24 || !name.is_ascii() {
-            return None;
-        }
-        let s = Segment { tli: hex8(&name[0..8])?, log: hex8(&name[8..16])?, seg: hex8(&name[16..24])? };
-        (s.seg <= 0xFF).then_some(s)
-    }
-
-    /// Position on its timeline: log * 256 + seg.
-    pub fn index(&self) -> u64 {
-        ((self.log as u64) << 8) | self.seg as u64
-    }
-
-    pub fn from_index(tli: u32, index: u64) -> Option<Segment> {
-        let log = u32::try_from(index >> 8).ok()?;
-        Some(Segment { tli, log, seg: (index & 0xFF) as u32 })
-    }
-
-    /// The following segment on the same timeline (seg FF wraps to the next log).
-    pub fn next(&self) -> Option<Segment> {
-        Segment::from_index(self.tli, self.index().checked_add(1)?)
-    }
-
-    pub fn name(&self) -> String {
-        format!("{:08X}{:08X}{:08X}", self.tli, self.log, self.seg)
-    }
-}
-
-impl std::fmt::Display for Segment {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name())
-    }
-}
 
 /// The overall answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -175,9 +119,9 @@ pub struct WalSummary {
     pub newest_segment: Option<String>,
     /// Timelines with at least one segment, ascending (8 hex digits).
     pub timelines: Vec<String>,
-    /// Timelines with a `.history` file.
+    /// Timelines with a history file.
     pub history_timelines: Vec<String>,
-    /// `.backup.lzo` labels.
+    /// Backup labels.
     pub backup_labels: u64,
     pub history_files: u64,
     pub partial_files: u64,
@@ -226,6 +170,7 @@ pub struct VerifyReport {
     pub notes: Vec<String>,
 }
 
+/// One base backup's objects, as the listing is walked.
 #[derive(Default)]
 struct BackupAcc {
     start: Option<Segment>,
@@ -237,152 +182,93 @@ struct BackupAcc {
     last_upload: Option<i64>,
 }
 
-/// `base_<SEG24>_<OFF8>` followed by `rest`; returns (normalised name, start, offset, rest).
-fn split_base(s: &str) -> Option<(String, Segment, String, &str)> {
-    let body = s.strip_prefix("base_")?;
-    if body.len() < 33 || !body.is_char_boundary(24) || !body.is_char_boundary(33) {
-        return None;
-    }
-    let seg = Segment::parse(&body[..24])?;
-    if body.as_bytes()[24] != b'_' {
-        return None;
-    }
-    let off = &body[25..33];
-    hex8(off)?;
-    let off = off.to_ascii_uppercase();
-    Some((format!("base_{}_{}", seg.name(), off), seg, off, &body[33..]))
-}
+/// Per timeline: segment index -> LastModified.
+type Segments = BTreeMap<u32, BTreeMap<u64, i64>>;
 
-fn is_partition(name: &str) -> bool {
-    name.strip_prefix("part_").and_then(|r| r.strip_suffix(".tar.lzo")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-}
-
-enum WalFile {
-    Segment(Segment),
-    BackupLabel,
-    History(u32),
-    Partial,
-}
-
-fn classify_wal(name: &str) -> Option<WalFile> {
-    let stem = name.strip_suffix(".lzo")?;
-    if let Some(s) = Segment::parse(stem) {
-        return Some(WalFile::Segment(s));
-    }
-    if let Some(t) = stem.strip_suffix(".history") {
-        return hex8(t).map(WalFile::History);
-    }
-    if let Some(p) = stem.strip_suffix(".partial") {
-        return Segment::parse(p).map(|_| WalFile::Partial);
-    }
-    if let Some(b) = stem.strip_suffix(".backup") {
-        let (seg, off) = b.split_once('.')?;
-        return (Segment::parse(seg).is_some() && hex8(off).is_some()).then_some(WalFile::BackupLabel);
-    }
-    None
+/// What a walk over the listing found, before any judgement.
+#[derive(Default)]
+struct Tally<'a> {
+    /// Distinct keys (a listing never repeats a key; a merged or retried one might).
+    keys: BTreeSet<&'a str>,
+    bytes: u64,
+    sysid_present: bool,
+    backups: BTreeMap<String, BackupAcc>,
+    segs: Segments,
+    histories: BTreeSet<u32>,
+    wal: WalSummary,
+    other_objects: u64,
+    other_examples: Vec<String>,
+    /// WAL names of 24 hex digits whose segment part is above FF.
+    odd_segments: u64,
 }
 
 fn max_opt(a: Option<i64>, b: i64) -> Option<i64> {
     Some(a.map_or(b, |a| a.max(b)))
 }
 
-/// Classifies a listing of `prefix` and decides whether it can be restored. Never panics.
-pub fn analyze(prefix: &S3Url, objects: &[ObjectInfo], checked_at_ms: i64) -> VerifyReport {
-    let mut backups: BTreeMap<String, BackupAcc> = BTreeMap::new();
-    // Per timeline: segment index -> LastModified.
-    let mut segs: BTreeMap<u32, BTreeMap<u64, i64>> = BTreeMap::new();
-    let mut histories: BTreeSet<u32> = BTreeSet::new();
-    let mut wal = WalSummary::default();
-    let mut sysid_present = false;
-    let mut other_objects = 0u64;
-    let mut other_examples = Vec::new();
-    let mut bytes = 0u64;
-    let mut seen_keys: BTreeSet<&str> = BTreeSet::new();
-    let mut notes = Vec::new();
-    let mut odd_segments = 0u64;
-
-    for o in objects {
-        // A listing never repeats a key; a merged or retried one might.
-        if !seen_keys.insert(o.key.as_str()) {
-            continue;
-        }
-        bytes = bytes.saturating_add(o.size);
-        let mut other = || {
-            other_objects += 1;
-            if other_examples.len() < OTHER_EXAMPLES {
-                other_examples.push(prefix.relative(&o.key).unwrap_or(&o.key).to_string());
-            }
-        };
-        let Some(rel) = prefix.relative(&o.key) else {
-            other();
-            continue;
-        };
-        if rel == layout::SYSID {
-            sysid_present = true;
-        } else if let Some(b) = rel.strip_prefix(layout::BASEBACKUPS) {
-            let Some((name, start, off, rest)) = split_base(b) else {
-                other();
+impl<'a> Tally<'a> {
+    /// Walks the listing once, sorting every object into what the layout says it is.
+    fn of(prefix: &S3Url, objects: &'a [ObjectInfo]) -> Tally<'a> {
+        let mut t = Tally::default();
+        for o in objects {
+            if !t.keys.insert(o.key.as_str()) {
                 continue;
-            };
-            let inside = rest.strip_prefix('/');
-            let kind = if rest == layout::SENTINEL_SUFFIX {
-                0
-            } else if inside == Some(layout::EXTENDED_VERSION) {
-                1
-            } else if inside.and_then(|r| r.strip_prefix(layout::PARTITIONS)).is_some_and(is_partition) {
-                2
-            } else {
-                other();
-                continue;
-            };
-            let acc = backups.entry(name).or_default();
-            acc.start = Some(start);
-            acc.start_offset = off;
-            acc.bytes = acc.bytes.saturating_add(o.size);
-            acc.last_upload = max_opt(acc.last_upload, o.last_modified_ms);
-            match kind {
-                0 => acc.sentinel = max_opt(acc.sentinel, o.last_modified_ms),
-                1 => acc.extended_version = true,
-                _ => acc.partitions += 1,
             }
-        } else if let Some(w) = rel.strip_prefix(layout::WAL) {
-            match classify_wal(w) {
-                Some(WalFile::Segment(s)) => {
-                    wal.segments += 1;
-                    wal.bytes = wal.bytes.saturating_add(o.size);
-                    segs.entry(s.tli).or_default().insert(s.index(), o.last_modified_ms);
-                }
-                Some(WalFile::BackupLabel) => wal.backup_labels += 1,
-                Some(WalFile::History(t)) => {
-                    wal.history_files += 1;
-                    histories.insert(t);
-                }
-                Some(WalFile::Partial) => wal.partial_files += 1,
-                None => {
-                    // 24 hex digits with seg > FF: not a 16 MB segment.
-                    if w.strip_suffix(".lzo").is_some_and(|s| s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit())) {
-                        odd_segments += 1;
-                    }
-                    other();
-                }
+            t.bytes = t.bytes.saturating_add(o.size);
+            match prefix.relative(&o.key) {
+                Some(rel) => t.add(rel, o),
+                None => t.other(&o.key),
             }
-        } else {
-            other();
         }
-    }
-    if odd_segments > 0 {
-        notes
-            .push(format!("{odd_segments} WAL name(s) have a segment part above 000000FF: this cluster may not use 16 MB segments, and they were not checked"));
+        t
     }
 
-    let idx_name = |tli: u32, i: u64| Segment::from_index(tli, i).map_or_else(String::new, |s| s.name());
-    wal.timelines = segs.keys().map(|t| format!("{t:08X}")).collect();
-    wal.history_timelines = histories.iter().map(|t| format!("{t:08X}")).collect();
-    let all_sorted = segs.iter().flat_map(|(t, m)| m.keys().map(move |i| (*t, *i)));
-    wal.oldest_segment = all_sorted.clone().next().map(|(t, i)| idx_name(t, i));
-    wal.newest_segment = all_sorted.last().map(|(t, i)| idx_name(t, i));
+    fn other(&mut self, rel: &str) {
+        self.other_objects += 1;
+        if self.other_examples.len() < OTHER_EXAMPLES {
+            self.other_examples.push(rel.to_string());
+        }
+    }
 
-    let mut base_backups: Vec<BaseBackup> = backups
+    fn add(&mut self, rel: &str, o: &ObjectInfo) {
+        match layout::classify(rel) {
+            Key::Sysid => self.sysid_present = true,
+            Key::Backup { object: BackupObject::Unknown, .. } | Key::Other => self.other(rel),
+            Key::Backup { backup, object } => {
+                let acc = self.backups.entry(backup.name).or_default();
+                acc.start = Some(backup.start);
+                acc.start_offset = backup.offset;
+                acc.bytes = acc.bytes.saturating_add(o.size);
+                acc.last_upload = max_opt(acc.last_upload, o.last_modified_ms);
+                match object {
+                    BackupObject::Sentinel => acc.sentinel = max_opt(acc.sentinel, o.last_modified_ms),
+                    BackupObject::ExtendedVersion => acc.extended_version = true,
+                    _ => acc.partitions += 1,
+                }
+            }
+            Key::Wal(WalFile::Segment(s)) => {
+                self.wal.segments += 1;
+                self.wal.bytes = self.wal.bytes.saturating_add(o.size);
+                self.segs.entry(s.tli).or_default().insert(s.index(), o.last_modified_ms);
+            }
+            Key::Wal(WalFile::BackupLabel) => self.wal.backup_labels += 1,
+            Key::Wal(WalFile::History(t)) => {
+                self.wal.history_files += 1;
+                self.histories.insert(t);
+            }
+            Key::Wal(WalFile::Partial) => self.wal.partial_files += 1,
+            Key::Wal(WalFile::OddSegment) => {
+                self.odd_segments += 1;
+                self.other(rel);
+            }
+            Key::Wal(WalFile::Unknown) => self.other(rel),
+        }
+    }
+}
+
+/// The backups found, ordered by start segment, oldest first.
+fn base_backups(backups: &BTreeMap<String, BackupAcc>) -> Vec<BaseBackup> {
+    let mut out: Vec<BaseBackup> = backups
         .iter()
         .filter_map(|(name, a)| {
             let start = a.start?;
@@ -399,82 +285,102 @@ pub fn analyze(prefix: &S3Url, objects: &[ObjectInfo], checked_at_ms: i64) -> Ve
             })
         })
         .collect();
-    base_backups.sort_by(|a, b| (&a.start_segment, &a.start_offset).cmp(&(&b.start_segment, &b.start_offset)));
-    for b in &base_backups {
-        if b.complete && b.partitions == 0 {
-            notes.push(format!("{} has a sentinel but no tar partitions: it cannot be fetched", b.name));
-        }
-    }
+    out.sort_by(|a, b| (&a.start_segment, &a.start_offset).cmp(&(&b.start_segment, &b.start_offset)));
+    out
+}
 
-    // WAL-E's LATEST: newest sentinel; ties broken by position.
-    let chosen = base_backups
-        .iter()
-        .filter(|b| b.complete && b.partitions > 0)
-        .max_by_key(|b| (b.completed_at, b.start_segment.clone(), b.start_offset.clone()))
-        .cloned();
+/// Fills the summary's names: timelines and the oldest and newest segment on any timeline.
+fn name_wal(wal: &mut WalSummary, segs: &Segments, histories: &BTreeSet<u32>) {
+    let idx_name = |tli: u32, i: u64| Segment::from_index(tli, i).map_or_else(String::new, |s| s.name());
+    wal.timelines = segs.keys().map(|t| format!("{t:08X}")).collect();
+    wal.history_timelines = histories.iter().map(|t| format!("{t:08X}")).collect();
+    let all_sorted = segs.iter().flat_map(|(t, m)| m.keys().map(move |i| (*t, *i)));
+    wal.oldest_segment = all_sorted.clone().next().map(|(t, i)| idx_name(t, i));
+    wal.newest_segment = all_sorted.last().map(|(t, i)| idx_name(t, i));
+}
 
-    let mut continuity = None;
-    let mut recovery_point = None;
-    let verdict = if objects.is_empty() {
-        Verdict::Empty
-    } else if let Some(base) = &chosen {
-        let (c, newest_ms) = continuity_from(&base.name, base.start_segment.as_str(), &segs, &histories, &mut notes);
-        let v = if c.gaps.first().is_some_and(|g| g.first == c.from_segment) {
-            Verdict::BaseBackupWalMissing
-        } else if c.gaps.is_empty() {
-            Verdict::Recoverable
-        } else {
-            Verdict::RecoverableWithGaps
-        };
-        // A backup that cannot reach consistency has no recovery point.
-        if v != Verdict::BaseBackupWalMissing {
-            recovery_point = match (newest_ms, base.completed_at) {
-                (Some(w), Some(s)) => Some(w.max(s)),
-                (w, s) => w.or(s),
-            };
-        }
-        continuity = Some(c);
-        v
-    } else {
+/// WAL-E's LATEST among the backups that can be fetched: newest sentinel; ties broken by position.
+fn latest_complete(base_backups: &[BaseBackup]) -> Option<&BaseBackup> {
+    base_backups.iter().filter(|b| b.complete && b.partitions > 0).max_by_key(|b| (b.completed_at, b.start_segment.clone(), b.start_offset.clone()))
+}
+
+/// The verdict on the chosen backup (if any), with its continuity and recovery point.
+struct Judgement {
+    verdict: Verdict,
+    continuity: Option<Continuity>,
+    recovery_point: Option<i64>,
+}
+
+fn judge(chosen: Option<&BaseBackup>, base_backups: &[BaseBackup], segs: &Segments, histories: &BTreeSet<u32>, notes: &mut Vec<String>) -> Judgement {
+    let Some(base) = chosen else {
         if base_backups.iter().any(|b| !b.complete) {
             notes.push("base backup(s) without a backup_stop_sentinel: backup-push did not finish".into());
         }
-        Verdict::NoCompleteBaseBackup
+        return Judgement { verdict: Verdict::NoCompleteBaseBackup, continuity: None, recovery_point: None };
     };
+    let (c, newest_ms) = continuity_from(&base.name, &base.start_segment, segs, histories, notes);
+    let verdict = if c.gaps.first().is_some_and(|g| g.first == c.from_segment) {
+        Verdict::BaseBackupWalMissing
+    } else if c.gaps.is_empty() {
+        Verdict::Recoverable
+    } else {
+        Verdict::RecoverableWithGaps
+    };
+    // A backup that cannot reach consistency has no recovery point.
+    let recovery_point = match (verdict != Verdict::BaseBackupWalMissing, newest_ms, base.completed_at) {
+        (false, _, _) => None,
+        (true, Some(w), Some(s)) => Some(w.max(s)),
+        (true, w, s) => w.or(s),
+    };
+    Judgement { verdict, continuity: Some(c), recovery_point }
+}
 
+/// Classifies a listing of `prefix` and decides whether it can be restored. Never panics.
+pub fn analyze(prefix: &S3Url, objects: &[ObjectInfo], checked_at_ms: i64) -> VerifyReport {
+    let mut t = Tally::of(prefix, objects);
+    let mut notes = Vec::new();
+    if t.odd_segments > 0 {
+        notes.push(format!(
+            "{} WAL name(s) have a segment part above 000000FF: this cluster may not use 16 MB segments, and they were not checked",
+            t.odd_segments
+        ));
+    }
+    name_wal(&mut t.wal, &t.segs, &t.histories);
+    let base_backups = base_backups(&t.backups);
+    for b in base_backups.iter().filter(|b| b.complete && b.partitions == 0) {
+        notes.push(format!("{} has a sentinel but no tar partitions: it cannot be fetched", b.name));
+    }
+    let chosen = latest_complete(&base_backups);
+    let judgement = if objects.is_empty() {
+        Judgement { verdict: Verdict::Empty, continuity: None, recovery_point: None }
+    } else {
+        judge(chosen, &base_backups, &t.segs, &t.histories, &mut notes)
+    };
     VerifyReport {
         prefix: prefix.clone(),
         checked_at: checked_at_ms,
-        verdict,
-        objects: seen_keys.len() as u64,
-        bytes,
-        sysid_present,
-        latest_complete_backup: chosen.map(|b| b.name),
+        verdict: judgement.verdict,
+        objects: t.keys.len() as u64,
+        bytes: t.bytes,
+        sysid_present: t.sysid_present,
+        latest_complete_backup: chosen.map(|b| b.name.clone()),
         base_backups,
-        wal,
-        continuity,
-        recovery_point,
-        other_objects,
-        other_examples,
+        wal: t.wal,
+        continuity: judgement.continuity,
+        recovery_point: judgement.recovery_point,
+        other_objects: t.other_objects,
+        other_examples: t.other_examples,
         notes,
     }
 }
 
-/// Continuity from `start_name` along its timeline lineage; also returns the newest segment's LastModified.
-fn continuity_from(
-    base_name: &str,
-    start_name: &str,
-    segs: &BTreeMap<u32, BTreeMap<u64, i64>>,
-    histories: &BTreeSet<u32>,
-    notes: &mut Vec<String>,
-) -> (Continuity, Option<i64>) {
-    let empty = BTreeMap::new();
-    // start_name came from Segment::name, so it parses.
-    let start = Segment::parse(start_name).unwrap_or(Segment { tli: 1, log: 0, seg: 0 });
-    let start_idx = start.index();
+/// A timeline of the lineage and the segment index where it takes over.
+type Link = (u32, u64);
 
-    // (timeline, index where it takes over)
-    let mut chain: Vec<(u32, u64)> = vec![(start.tli, start_idx)];
+/// The timelines recovery follows from `start` (see the module docs), noting those it does not.
+fn lineage(base_name: &str, start: Segment, segs: &Segments, histories: &BTreeSet<u32>, notes: &mut Vec<String>) -> Vec<Link> {
+    let start_idx = start.index();
+    let mut chain: Vec<Link> = vec![(start.tli, start_idx)];
     for &t in histories.range(start.tli.saturating_add(1)..) {
         let first = segs.get(&t).and_then(|m| m.keys().next().copied());
         let prev_from = chain.last().map_or(start_idx, |c| c.1);
@@ -492,14 +398,22 @@ fn continuity_from(
             notes.push(format!("{} segment(s) on timeline {t:08X} without a {t:08X}.history file: not followed", m.len()));
         }
     }
+    chain
+}
 
-    // Each chain element owns [from, next_from - 1]; find the newest segment present in its own range.
-    let ranges: Vec<(u32, u64, Option<u64>)> =
-        chain.iter().enumerate().map(|(i, &(t, from))| (t, from, chain.get(i + 1).map(|n| n.1.saturating_sub(1)))).collect();
-    let mut end: (u32, u64) = (start.tli, start_idx);
+/// The segment range each timeline of the lineage owns: (timeline, from, to inclusive or open).
+type Range = (u32, u64, Option<u64>);
+
+fn owned_ranges(chain: &[Link]) -> Vec<Range> {
+    chain.iter().enumerate().map(|(i, &(t, from))| (t, from, chain.get(i + 1).map(|n| n.1.saturating_sub(1)))).collect()
+}
+
+/// The newest segment present in its own timeline's range, and its LastModified.
+fn lineage_end(start: Segment, ranges: &[Range], segs: &Segments) -> ((u32, u64), Option<i64>) {
+    let mut end = (start.tli, start.index());
     let mut newest_ms = None;
-    for &(t, from, to) in &ranges {
-        let m = segs.get(&t).unwrap_or(&empty);
+    for &(t, from, to) in ranges {
+        let Some(m) = segs.get(&t) else { continue };
         if let Some((&i, &ms)) = m.range(from..=to.unwrap_or(u64::MAX)).next_back() {
             if i >= end.1 {
                 end = (t, i);
@@ -507,15 +421,30 @@ fn continuity_from(
             }
         }
     }
-    let end_idx = end.1;
+    (end, newest_ms)
+}
 
-    let mut gaps = Vec::new();
-    let mut expected = 0u64;
-    let mut missing = 0u64;
-    // Last present segment before the first gap.
-    let mut replayable: Option<(u32, u64, i64)> = None;
-    let mut gap_seen = false;
-    for &(t, from, to) in &ranges {
+/// What walking the lineage up to its end found missing.
+#[derive(Default)]
+struct Walk {
+    gaps: Vec<Gap>,
+    expected: u64,
+    missing: u64,
+    /// The last present segment before the first gap: (timeline, index, LastModified).
+    replayable: Option<(u32, u64, i64)>,
+}
+
+impl Walk {
+    fn gap(&mut self, t: u32, first: u64, last: u64) {
+        self.gaps.push(Gap { first: name_at(t, first), last: name_at(t, last), missing: last - first + 1 });
+        self.missing += last - first + 1;
+    }
+}
+
+fn walk_gaps(ranges: &[Range], end_idx: u64, segs: &Segments) -> Walk {
+    let empty = BTreeMap::new();
+    let mut w = Walk::default();
+    for &(t, from, to) in ranges {
         if from > end_idx {
             break;
         }
@@ -523,37 +452,42 @@ fn continuity_from(
         if hi < from {
             continue;
         }
-        expected += hi - from + 1;
-        let m = segs.get(&t).unwrap_or(&empty);
+        w.expected += hi - from + 1;
         let mut cursor = from;
-        for (&i, &ms) in m.range(from..=hi) {
+        for (&i, &ms) in segs.get(&t).unwrap_or(&empty).range(from..=hi) {
             if i > cursor {
-                gaps.push(Gap { first: name_at(t, cursor), last: name_at(t, i - 1), missing: i - cursor });
-                missing += i - cursor;
-                gap_seen = true;
+                w.gap(t, cursor, i - 1);
             }
-            if !gap_seen {
-                replayable = Some((t, i, ms));
+            if w.gaps.is_empty() {
+                w.replayable = Some((t, i, ms));
             }
             cursor = i + 1;
         }
         if cursor <= hi {
-            gaps.push(Gap { first: name_at(t, cursor), last: name_at(t, hi), missing: hi - cursor + 1 });
-            missing += hi - cursor + 1;
-            gap_seen = true;
+            w.gap(t, cursor, hi);
         }
     }
+    w
+}
 
+/// Continuity from `start_name` along its timeline lineage; also returns the newest segment's LastModified.
+fn continuity_from(base_name: &str, start_name: &str, segs: &Segments, histories: &BTreeSet<u32>, notes: &mut Vec<String>) -> (Continuity, Option<i64>) {
+    // start_name came from Segment::name, so it parses.
+    let start = Segment::parse(start_name).unwrap_or(Segment { tli: 1, log: 0, seg: 0 });
+    let chain = lineage(base_name, start, segs, histories, notes);
+    let ranges = owned_ranges(&chain);
+    let (end, newest_ms) = lineage_end(start, &ranges, segs);
+    let walk = walk_gaps(&ranges, end.1, segs);
     let c = Continuity {
         base_backup: base_name.to_string(),
-        timelines: chain.iter().filter(|c| c.1 <= end_idx).map(|c| format!("{:08X}", c.0)).collect(),
+        timelines: chain.iter().filter(|c| c.1 <= end.1).map(|c| format!("{:08X}", c.0)).collect(),
         from_segment: start.name(),
-        to_segment: name_at(end.0, end_idx),
-        expected_segments: expected,
-        missing_segments: missing,
-        replayable_until_segment: replayable.map(|r| name_at(r.0, r.1)),
-        replayable_until: replayable.map(|r| r.2),
-        gaps,
+        to_segment: name_at(end.0, end.1),
+        expected_segments: walk.expected,
+        missing_segments: walk.missing,
+        replayable_until_segment: walk.replayable.map(|r| name_at(r.0, r.1)),
+        replayable_until: walk.replayable.map(|r| r.2),
+        gaps: walk.gaps,
     };
     (c, newest_ms)
 }
@@ -715,7 +649,8 @@ impl VerifyReport {
     }
 }
 
-fn human_bytes(b: u64) -> String {
+/// Bytes for people: `1.5 GiB`. The one formatter of sizes in reports, plans and progress lines.
+pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;
@@ -749,34 +684,23 @@ mod tests {
     }
 
     fn backup(start: &str, ms: i64, sentinel: bool) -> Vec<ObjectInfo> {
-        let base = format!("basebackups_005/base_{start}_00000028");
-        let mut v = vec![obj(&format!("{base}/extended_version.txt"), ms - 2), obj(&format!("{base}/tar_partitions/part_00000000.tar.lzo"), ms - 1)];
+        let name = layout::backup_name(&Segment::parse(start).unwrap(), "00000028");
+        let mut v = vec![obj(&layout::extended_version(&name), ms - 2), obj(&layout::partition(&name, 0), ms - 1)];
         if sentinel {
-            v.push(obj(&format!("{base}_backup_stop_sentinel.json"), ms));
+            v.push(obj(&layout::sentinel(&name), ms));
         }
         v
     }
 
     fn wal(names: &[String], ms: i64) -> Vec<ObjectInfo> {
-        names.iter().enumerate().map(|(i, n)| obj(&format!("wal_005/{n}.lzo"), ms + i as i64)).collect()
-    }
-
-    #[test]
-    fn segment_arithmetic_crosses_ff() {
-        let s = Segment::parse("0000000100000000000000FF").unwrap();
-        assert_eq!(s.next().unwrap().name(), "000000010000000100000000");
-        assert_eq!(Segment::parse("00000001000000010000000a").unwrap().name(), "00000001000000010000000A");
-        assert_eq!(Segment::parse("000000010000000000000100"), None);
-        assert_eq!(Segment::parse("00000001000000000000000G"), None);
-        assert_eq!(Segment::parse("ÄÄÄÄÄÄÄÄÄÄÄÄ"), None);
-        assert_eq!(Segment::parse("00000001FFFFFFFF000000FF").unwrap().next(), None);
+        names.iter().enumerate().map(|(i, n)| obj(&layout::wal_segment(&Segment::parse(n).unwrap()), ms + i as i64)).collect()
     }
 
     #[test]
     fn continuous_across_log_boundary_is_recoverable() {
         let mut o = backup(&seg(1, 0, 0xFE), T0, true);
         o.extend(wal(&[seg(1, 0, 0xFE), seg(1, 0, 0xFF), seg(1, 1, 0), seg(1, 1, 1)], T0 + 10));
-        o.push(obj("sysids/sysid", T0 - 100));
+        o.push(obj(layout::SYSID, T0 - 100));
         let r = analyze(&prefix(), &o, T0 + 1000);
         assert_eq!(r.verdict, Verdict::Recoverable);
         let c = r.continuity.as_ref().unwrap();
@@ -838,7 +762,7 @@ mod tests {
         o.extend(backup(&seg(1, 0, 9), T0 + 90, false)); // in progress
         o.extend(wal(&[seg(1, 0, 2), seg(1, 0, 6), seg(1, 0, 7), seg(1, 0, 8), seg(1, 0, 9)], T0 + 100));
         let r = analyze(&prefix(), &o, T0);
-        assert_eq!(r.latest_complete_backup.as_deref(), Some(format!("base_{}_00000028", seg(1, 0, 6)).as_str()));
+        assert_eq!(r.latest_complete_backup.as_deref(), Some(layout::backup_name(&Segment { tli: 1, log: 0, seg: 6 }, "00000028").as_str()));
         assert_eq!(r.verdict, Verdict::Recoverable);
         assert_eq!(r.base_backups.len(), 3);
     }
@@ -848,8 +772,8 @@ mod tests {
         // Backup on TLI 1 at 03; TLI 2 starts at 06 (switch point inside 06), history present.
         let mut o = backup(&seg(1, 0, 3), T0, true);
         o.extend(wal(&[seg(1, 0, 3), seg(1, 0, 4), seg(1, 0, 5)], T0 + 10));
-        o.push(obj(&format!("wal_005/{}.partial.lzo", seg(1, 0, 6)), T0 + 20));
-        o.push(obj("wal_005/00000002.history.lzo", T0 + 21));
+        o.push(obj(&layout::partial(&Segment { tli: 1, log: 0, seg: 6 }), T0 + 20));
+        o.push(obj(&layout::history(2), T0 + 21));
         o.extend(wal(&[seg(2, 0, 6), seg(2, 0, 7)], T0 + 30));
         let r = analyze(&prefix(), &o, T0);
         assert_eq!(r.verdict, Verdict::Recoverable, "{}", r.render_text());
@@ -865,7 +789,7 @@ mod tests {
         // A hole on the old timeline before the switch is still a gap, named on that timeline.
         let mut o = backup(&seg(1, 0, 3), T0, true);
         o.extend(wal(&[seg(1, 0, 3)], T0 + 10));
-        o.push(obj("wal_005/00000002.history.lzo", T0 + 21));
+        o.push(obj(&layout::history(2), T0 + 21));
         o.extend(wal(&[seg(2, 0, 6), seg(2, 0, 7)], T0 + 30));
         let c = analyze(&prefix(), &o, T0).continuity.unwrap();
         assert_eq!(c.gaps, vec![Gap { first: seg(1, 0, 4), last: seg(1, 0, 5), missing: 2 }]);
@@ -876,7 +800,7 @@ mod tests {
         let mut o = backup(&seg(1, 0, 3), T0, true);
         o.extend(wal(&[seg(1, 0, 3), seg(1, 0, 4)], T0 + 10));
         o.extend(wal(&[seg(3, 0, 5)], T0 + 20)); // no 00000003.history
-        o.push(obj("wal_005/00000002.history.lzo", T0 + 21));
+        o.push(obj(&layout::history(2), T0 + 21));
         o.extend(wal(&[seg(2, 0, 1)], T0 + 30)); // branched before the backup
         let r = analyze(&prefix(), &o, T0);
         assert_eq!(r.verdict, Verdict::Recoverable);
@@ -889,27 +813,32 @@ mod tests {
     #[test]
     fn garbage_keys_never_panic_and_are_counted() {
         let p = prefix();
-        let mut o: Vec<ObjectInfo> = [
-            "",
-            "wal_005/",
-            "wal_005/.lzo",
-            "wal_005/zzzzzzzzzzzzzzzzzzzzzzzz.lzo",
-            "wal_005/000000010000000000000100.lzo",
-            "wal_005/0000000100000000000000ÄÄ.lzo",
-            "wal_005/00000001.history",
-            "wal_005/000000010000000000000003.backup.lzo",
-            "basebackups_005/",
-            "basebackups_005/base_",
-            "basebackups_005/base_ÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄÄ",
-            "basebackups_005/base_000000010000000000000003_0000002",
-            "basebackups_005/base_000000010000000000000003_00000028/tar_partitions/part_x.tar.lzo",
-            "basebackups_005/base_000000010000000000000003_00000028_backup_stop_sentinel.jso",
-            "sysids/",
-            "random.txt",
-        ]
-        .iter()
-        .map(|k| obj(k, T0))
-        .collect();
+        // Keys near the layout's, each broken in one way (layout's own tests name them literally).
+        let (w, b) = (layout::WAL, layout::BASEBACKUPS);
+        let seg3 = Segment::parse("000000010000000000000003").unwrap();
+        let name = layout::backup_name(&seg3, "00000028");
+        let sentinel = layout::sentinel(&name);
+        let segment_named = |n: &str| layout::wal_segment(&seg3).replace(&seg3.name(), n);
+        let not_a_number = |k: &str| k.rfind("00000000").map(|i| format!("{}x{}", &k[..i], &k[i + 8..])).unwrap();
+        let keys: Vec<String> = vec![
+            String::new(),
+            w.to_string(),
+            segment_named(""),
+            segment_named(&"z".repeat(24)),
+            segment_named("000000010000000000000100"), // segment part above FF
+            segment_named(&format!("{}ÄÄ", &seg3.name()[..22])),
+            layout::history(1).rsplit_once('.').unwrap().0.to_string(),       // not compressed
+            layout::backup_label(&seg3, "00000028").replace(".00000028", ""), // no offset
+            b.to_string(),
+            format!("{b}{}", &name[..5]),
+            format!("{b}{}{}", &name[..5], "Ä".repeat(35)),
+            sentinel[..b.len() + name.len() - 1].to_string(), // name cut short
+            not_a_number(&layout::partition(&name, 0)),       // partition number not digits
+            sentinel[..sentinel.len() - 1].to_string(),       // suffix cut short
+            format!("{}/", layout::SYSID.rsplit_once('/').unwrap().0),
+            "random.txt".into(),
+        ];
+        let mut o: Vec<ObjectInfo> = keys.iter().map(|k| obj(k, T0)).collect();
         o.push(ObjectInfo { key: "elsewhere/x".into(), size: 1, last_modified_ms: 0 });
         o.push(obj("random.txt", T0)); // duplicate
         let r = analyze(&p, &o, T0);
