@@ -490,6 +490,13 @@ fn plan_shows_every_step_with_exact_uris_ids_hosts_and_changes_nothing() {
     for s in [SECRET, CC_SECRET] {
         assert!(!out.contains(s) && !err.contains(s));
     }
+    // Ids typed as unique prefixes (as `show` takes them) plan with the full ids: the same plan.
+    let (code, short, err) = w.run(&cfg, &["recover", &w.source[..8], "--into", &w.target[..8], "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let short: Value = serde_json::from_str(&short).unwrap();
+    for field in ["source", "target", "selection", "steps"] {
+        assert_eq!(short["plan"][field], plan[field], "{field} differs when the ids are typed short");
+    }
     // Nothing changed: the target's objects, the etcd keys, no journal entry, no command ran.
     assert_eq!(w.list(&w.prefix(&w.target)), before);
     assert!(etcd_get(&format!("/service/{}/initialize", w.target)).is_some());

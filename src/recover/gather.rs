@@ -46,9 +46,16 @@ pub async fn gather<'a>(req: &PlanRequest, env: &PlanEnv<'a>) -> Result<PlanInpu
         TargetSpec::Into { instance_id } => env.access.record(&instance_id.to_ascii_lowercase())?,
         TargetSpec::Create { .. } | TargetSpec::Prefix { .. } => None,
     };
-    let target_listing = target_listing(&req.target, &source, target_record.as_ref(), env.s3).await?;
+    // Ids may be typed as unique prefixes (as `show` takes them); the plan, its prefixes and its locks
+    // use the full ids the store resolved them to.
+    let mut request = req.clone();
+    request.source_id = source.id.clone();
+    if let (TargetSpec::Into { instance_id }, Some(r)) = (&mut request.target, &target_record) {
+        *instance_id = r.instance_id.clone();
+    }
+    let target_listing = target_listing(&request.target, &source, target_record.as_ref(), env.s3).await?;
     Ok(PlanInputs {
-        request: req.clone(),
+        request,
         now: env.now,
         source,
         target_record,
@@ -75,7 +82,7 @@ async fn source_facts(id: &str, env: &PlanEnv<'_>) -> Result<SourceFacts, PlanEr
     let recorded = record.backup_prefix.clone().ok_or_else(|| PlanError::NoBackupPrefix { id: id.to_string() })?;
     let prefix = S3Url::parse(&recorded).map_err(|cause| PlanError::BadSourcePrefix { id: id.to_string(), prefix: recorded.clone(), cause })?;
     let listing = env.s3.list_source(&SourcePrefix::new(prefix.clone())).await.map_err(|cause| PlanError::ListSource { url: prefix.clone(), cause })?;
-    Ok(SourceFacts { id: id.to_string(), record, prefix, listing })
+    Ok(SourceFacts { id: record.instance_id.clone(), record, prefix, listing })
 }
 
 /// The listing of the target prefix, when there is one and it is a valid target (the plan refuses the
