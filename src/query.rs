@@ -332,30 +332,100 @@ fn answer(store: &Store, line: &str) -> Response {
     res.unwrap_or_else(|e| Response::Error(e.to_string()))
 }
 
+/// Bounds of the query socket: a request is one JSON line of a few hundred bytes, the CLI asks one
+/// question and hangs up.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
+pub const MAX_QUERY_CONNECTIONS: usize = 64;
+pub const QUERY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves queries for the CLI while the watcher owns the store. Reads see what has been committed.
+/// The socket is the owner's only (0600, in the store's 0700 directory); connections, request size and
+/// idle time are bounded, and a failed `accept` (EMFILE when file descriptors run out) is waited out, not
+/// fatal: the socket must outlive a burst of connections elsewhere in the process.
 pub async fn serve(store: Store) -> std::io::Result<()> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use std::os::unix::fs::PermissionsExt;
     let path = store.path().join(SOCKET_NAME);
     // We hold the store's lock, so a socket file left here is from a process that is gone.
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_QUERY_CONNECTIONS));
     loop {
-        let (conn, _) = listener.accept().await?;
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                metrics::counter!("safeguard_query_accept_errors_total").increment(1);
+                tracing::warn!(error = %e, socket = %path.display(), "accepting a query connection failed (out of file descriptors?); retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics::counter!("safeguard_query_connections_refused_total").increment(1);
+            tracing::debug!("query connection refused: {MAX_QUERY_CONNECTIONS} already open");
+            continue;
+        };
         let store = store.clone();
         tokio::spawn(async move {
-            let (r, mut w) = conn.into_split();
-            let mut lines = tokio::io::BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let s = store.clone();
-                let resp = tokio::task::spawn_blocking(move || answer(&s, &line)).await.unwrap_or_else(|e| Response::Error(format!("query failed: {e}")));
-                // An answer that cannot be encoded still gets an answer: the error, which always encodes.
-                let mut out = serde_json::to_vec(&resp)
-                    .unwrap_or_else(|e| serde_json::to_vec(&Response::Error(format!("cannot encode the answer: {e}"))).unwrap_or_else(|_| b"{}".to_vec()));
-                out.push(b'\n');
-                if w.write_all(&out).await.is_err() {
-                    break;
-                }
-            }
+            let _permit = permit;
+            serve_conn(conn, store).await;
         });
+    }
+}
+
+/// Answers one connection's requests, one JSON line each.
+async fn serve_conn(conn: tokio::net::UnixStream, store: Store) {
+    use tokio::io::AsyncWriteExt;
+    let (r, mut w) = conn.into_split();
+    let mut r = tokio::io::BufReader::new(r);
+    loop {
+        let line = match tokio::time::timeout(QUERY_IDLE_TIMEOUT, read_request(&mut r)).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None)) | Err(_) => return,
+            Ok(Err(too_long)) => {
+                let mut out = serde_json::to_vec(&Response::Error(too_long)).unwrap_or_else(|_| b"{}".to_vec());
+                out.push(b'\n');
+                let _ = w.write_all(&out).await;
+                return;
+            }
+        };
+        let s = store.clone();
+        let resp = tokio::task::spawn_blocking(move || answer(&s, &line)).await.unwrap_or_else(|e| Response::Error(format!("query failed: {e}")));
+        // An answer that cannot be encoded still gets an answer: the error, which always encodes.
+        let mut out = serde_json::to_vec(&resp)
+            .unwrap_or_else(|e| serde_json::to_vec(&Response::Error(format!("cannot encode the answer: {e}"))).unwrap_or_else(|_| b"{}".to_vec()));
+        out.push(b'\n');
+        if w.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One request line, at most [`MAX_REQUEST_BYTES`]; `Ok(None)` at the end of the connection (or on a
+/// read error), `Err` with the answer to send when the line is too long.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<String>, String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = Vec::new();
+    loop {
+        let buf = match r.fill_buf().await {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        };
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let (take, done) = match memchr::memchr(b'\n', buf) {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > MAX_REQUEST_BYTES {
+            return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if done {
+            line.pop();
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
     }
 }

@@ -176,13 +176,16 @@ impl Drop for SnapshotKeeper {
 impl Store {
     /// Opens (creating if needed) the store. `cache_bytes` bounds sled's page cache.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(path).map_err(|e| StoreError::Open { path: path.to_path_buf(), source: e.into() })?;
+        owner_only_dir(path).map_err(|e| StoreError::Open { path: path.to_path_buf(), source: e.into() })?;
         let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open().map_err(|e| match &e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 StoreError::Locked { path: path.to_path_buf() }
             }
             _ => StoreError::Open { path: path.to_path_buf(), source: e },
         })?;
+        // sled creates its files with the caller's umask; the directory's mode already shuts others
+        // out, and the files follow so that a copy of the directory does not open up again.
+        owner_only_files(path, 3);
         let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false) });
         match db.get(keys::SCHEMA)? {
             None => {
@@ -434,6 +437,40 @@ pub fn compact_json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
 
 /// Bytes of the files under `dir`, recursively: one figure for the store whether sled is open (the
 /// watcher answers) or not (the snapshot answers). Unreadable entries count as 0.
+/// Creates the store directory (and its parents) if needed and makes it the owner's only (0700),
+/// whatever the umask: it holds every instance's history, the alert outbox and the query socket. The
+/// one place store permissions are decided.
+pub fn owner_only_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let m = std::fs::metadata(dir)?;
+    if m.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Takes group and other permissions off everything under `dir` (files 0600, directories 0700), `depth`
+/// levels down. Best effort: a file that vanished or is not ours is left alone.
+pub fn owner_only_files(dir: &Path, depth: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        let mode = m.permissions().mode();
+        if m.is_dir() {
+            if mode & 0o077 != 0 {
+                let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o700));
+            }
+            if depth > 1 {
+                owner_only_files(&e.path(), depth - 1);
+            }
+        } else if m.is_file() && mode & 0o077 != 0 {
+            let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode & 0o700));
+        }
+    }
+}
+
 pub fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     entries

@@ -61,7 +61,9 @@ pub fn write(store_dir: &Path, schema: u32, db: &sled::Db) -> std::io::Result<u6
 }
 
 fn write_to(tmp: &Path, store_dir: &Path, schema: u32, db: &sled::Db) -> std::io::Result<u64> {
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(tmp)?);
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
     w.write_all(&[0u8; HEADER as usize])?;
     let mut index: Vec<u8> = Vec::new();
     let mut off = HEADER;

@@ -1,0 +1,134 @@
+//! Hostile local conditions against the real binary (issue 13): a caller's loose umask, a query client
+//! that never sends a newline, more connections than the socket serves, and a watcher that runs out of
+//! file descriptors. Each is bounded in count and time.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, fixture, free_port, run, wait_until, KillOnDrop};
+use serde_json::Value;
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// `safeguard ARGS` under `umask`, through sh.
+fn under_umask(umask: &str, args: &str) -> Command {
+    let mut c = Command::new("sh");
+    c.args(["-c", &format!("umask {umask}; exec {} {args}", bin())]);
+    c
+}
+
+fn watcher(store: &Path, extra_sh: &str) -> (KillOnDrop, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new("sh")
+        .args(["-c", &format!("{extra_sh} exec {} watch --syslog {addr} --store {}", bin(), store.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = KillOnDrop(child);
+    wait_until("the watcher's socket", Duration::from_secs(20), || UnixStream::connect(store.join("safeguard.sock")).is_ok());
+    (w, addr)
+}
+
+fn status(store: &Path) -> Value {
+    let (code, out, err) = run(&["status", "--json", "--store", store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn the_store_and_its_socket_are_the_owners_only_whatever_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let seed = fixture("scenarios/seed.log");
+    let out = under_umask("000", &format!("ingest {} --store {}", seed.display(), store.display())).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // A query writes the read snapshot under the same rule.
+    let out = under_umask("000", &format!("status --store {}", store.display())).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(mode(&store), 0o700);
+    let mut files = 0;
+    for e in std::fs::read_dir(&store).unwrap().flatten() {
+        let m = mode(&e.path());
+        assert_eq!(m & 0o077, 0, "{} is {m:o}", e.path().display());
+        files += 1;
+    }
+    assert!(files >= 3 && store.join("snapshot").exists(), "db, conf and the snapshot should be there");
+    // A store made earlier with open modes is closed up when it is next opened.
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(store.join("db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (w, _) = watcher(&store, "umask 000;");
+    assert_eq!(mode(&store), 0o700);
+    assert_eq!(mode(&store.join("db")), 0o600);
+    assert_eq!(mode(&store.join("safeguard.sock")), 0o600);
+    drop(w);
+}
+
+#[test]
+fn the_query_socket_bounds_requests_and_connections_and_keeps_answering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (_w, _) = watcher(&store, "");
+    let sock = store.join("safeguard.sock");
+    // A request without a newline: cut at 64 KiB with an error answer, not buffered without end.
+    let mut c = UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let junk = vec![b'x'; 1 << 20];
+    let _ = c.write_all(&junk);
+    let mut answer = String::new();
+    let _ = c.read_to_string(&mut answer);
+    assert!(answer.contains("request longer than"), "{answer:?}");
+    // More connections than it serves: the extra ones are closed at once; the held ones do not stop
+    // queries for longer than the idle timeout... and a freed slot serves again right away.
+    let held: Vec<UnixStream> = (0..64).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = UnixStream::connect(&sock).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let t = Instant::now();
+    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "a 65th connection is closed");
+    assert!(t.elapsed() < Duration::from_secs(4));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(&store)["watcher_running"], true);
+}
+
+#[test]
+fn the_query_socket_survives_running_out_of_file_descriptors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    // Few descriptors: syslog connections use them all up, and accepting a query fails meanwhile.
+    let (w, addr) = watcher(&store, "ulimit -n 64;");
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", w.0.id())).map_or(0, |d| d.count());
+    let mut conns = Vec::new();
+    for _ in 0..100 {
+        match TcpStream::connect(&addr) {
+            Ok(c) => conns.push(c),
+            Err(_) => break,
+        }
+    }
+    wait_until("the watcher to run out of descriptors", Duration::from_secs(10), || fds() >= 62);
+    // These reach the watcher only while it has no descriptor left: its accept fails.
+    let mut pending = Vec::new();
+    for _ in 0..5 {
+        pending.extend(UnixStream::connect(store.join("safeguard.sock")).ok());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(conns);
+    drop(pending);
+    // Once descriptors are free again, queries are answered by the watcher (not refused for good).
+    wait_until("a query answered by the watcher", Duration::from_secs(20), || {
+        let (code, out, _) = run(&["status", "--json", "--store", store.to_str().unwrap()]);
+        code == 0 && serde_json::from_str::<Value>(&out).is_ok_and(|v| v["watcher_running"] == true)
+    });
+}
