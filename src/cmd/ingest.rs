@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use safeguard::report;
+use safeguard::app::report;
 use safeguard::store::Store;
 
 use super::{print_json, Ctx};

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::engine::pipeline::{Engine, EngineConfig, Resume, SourceHandle};
+use crate::engine::pipeline::{Engine, EngineConfig, Resume, SourceHandle, SourceId};
 use crate::parse::YearClock;
 use crate::sources::file::{read_file, read_stream, LineSink, StreamOptions};
 use crate::state::Effect;
@@ -43,7 +43,7 @@ struct Direct<'a> {
 }
 
 impl LineSink for Direct<'_> {
-    fn register(&mut self, id: &str, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)> {
+    fn register(&mut self, id: SourceId, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)> {
         self.engine.add_source_with(id, name, true, clock).map_err(io::Error::other)
     }
 
