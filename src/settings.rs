@@ -33,6 +33,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(v)
 }
 
+/// Serializes a duration as it is configured (`"2m"`), for sections that are also written out.
+pub fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
 /// `Err` naming the key and its value when a duration that must be positive is zero (a timer that
 /// would spin or panic, a timeout that fails every call).
 pub fn check_nonzero(key: &str, d: Duration, why: &str) -> Result<(), String> {

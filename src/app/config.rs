@@ -81,7 +81,16 @@ impl Config {
         if let Some(a) = &self.alerts {
             a.validate()?;
         }
-        Ok(())
+        if let Some(s3) = &self.s3 {
+            s3.timeout_duration().map_err(|e| e.to_string())?;
+        }
+        if let Some(e) = &self.etcd {
+            e.validate()?;
+        }
+        if let Some(cc) = &self.cloud_controller {
+            cc.validate()?;
+        }
+        self.platform.validate()
     }
 
     pub fn sources(&self) -> Vec<SourceConfig> {
@@ -219,6 +228,11 @@ session_timeout = "15s"
             ("[watch]\nstats_interval = \"0ms\"\n", "watch.stats_interval"),
             ("[alerts]\nabsence_scan_interval = \"0s\"\n", "alerts.absence_scan_interval"),
             ("[alerts.webhook]\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"0s\"\n", "alerts.webhook.timeout"),
+            ("[s3]\ntimeout = \"0s\"\n", "s3.timeout"),
+            ("[etcd]\ntimeout = \"0s\"\n", "etcd.timeout"),
+            ("[cloud_controller]\napi_url = \"https://api.x\"\npoll_interval = \"0s\"\n", "cloud_controller.poll_interval"),
+            ("[platform.commands]\ntimeout = \"0s\"\n", "platform.commands.timeout"),
+            ("[platform.docker]\ntimeout = \"0s\"\n", "platform.docker.timeout"),
             ("[[sources]]\ntype = \"kafka\"\nbrokers = \"k:1\"\ntopics = [\"t\"]\ngroup_id = \"g\"\nsession_timeout = \"0s\"\n", "session_timeout"),
         ] {
             let e = Config::parse(text).unwrap_err();
@@ -344,5 +358,7 @@ etcd_key = "/service"
         assert_eq!((k.session_timeout, k.start, k.brokers.len()), (std::time::Duration::from_secs(6), KafkaStart::Earliest, 2));
         assert_eq!(c.doctor_targets().kafka, vec![k.clone()]);
         assert_eq!(c.alerts.unwrap().webhook.unwrap().timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.s3.unwrap().timeout, std::time::Duration::from_secs(20));
+        assert_eq!(c.etcd.unwrap().timeout, std::time::Duration::from_secs(10));
     }
 }

@@ -493,7 +493,7 @@ async fn check_cloud_controller(cfg: &crate::adapters::platform::cloud_controlle
         }
         t
     };
-    let timeout = humantime::parse_duration(cfg.timeout.trim()).unwrap_or(Duration::from_secs(30));
+    let timeout = cfg.timeout;
     let http = match reqwest::Client::builder().timeout(timeout).danger_accept_invalid_certs(cfg.skip_tls_verify).build() {
         Ok(h) => h,
         Err(e) => return fail(format!("cannot build an HTTP client: {e}"), "this is a bug in safeguard; please report it"),
