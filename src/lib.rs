@@ -5,12 +5,13 @@
 //! [`sources`] -> `parse` -> [`engine`] (attribute, park, `state::apply`, commit) -> [`store`] ->
 //! [`alerts`] (what to say) -> [`sinks`] (email, webhook); beside it [`verify`] and [`recover`], which
 //! reach the outside world through [`adapters`] (S3, etcd, the platform, the HTTP endpoint). The CLI
-//! (`main.rs`) reads through [`query`] and prints with [`report`]; [`config`] composes every section and
-//! [`doctor`] checks each connection.
+//! (`main.rs`) reads through [`store::query`] and prints with [`app::report`]; [`app::config`] composes
+//! every component's config section and [`app::doctor`] checks each connection. [`settings`] is what the
+//! sections share (durations, lists).
 //!
 //! `parse`, `state`, `timeutil`, `layout` and `gen` live in the `safeguard-core` crate, which has no I/O
 //! dependency at all; they are re-exported here under their old paths, as are the modules that moved
-//! into `engine/` and `adapters/`.
+//! into `engine/`, `adapters/`, `app/` and `store/`.
 
 pub mod sources;
 pub use safeguard_core::{gen, layout, parse, state, timeutil};
@@ -23,10 +24,10 @@ pub mod sinks;
 pub mod store;
 pub mod verify;
 pub use adapters::{etcd, http, platform, s3};
-pub mod config;
-pub mod doctor;
-pub mod query;
-pub mod report;
+pub mod app;
+pub mod settings;
+pub use app::{config, doctor, report};
+pub use store::query;
 
 /// "a: b: c" from an error and its sources, for operator-facing messages: without the Debug dumps of
 /// the SDKs' own context printers, and without repeating a layer that already quotes its source.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
-use safeguard::config::Config;
+use safeguard::app::config::Config;
 use safeguard::timeutil::now_ms;
 
 mod cmd;

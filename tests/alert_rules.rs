@@ -2,7 +2,7 @@
 //! twice for one episode: deletions within the backfill window, and the absence rules of a scan.
 
 use safeguard::alerts::{AlertsConfig, Delivery, Kind, Rule};
-use safeguard::pipeline::{Engine, EngineConfig};
+use safeguard::pipeline::{Engine, EngineConfig, SourceId};
 use safeguard::state::Rules;
 use safeguard::store::Store;
 use safeguard::timeutil::{now_ms, rfc3339};
@@ -33,7 +33,7 @@ fn engine(dir: &std::path::Path) -> Engine {
 fn absence_scan_raises_each_episode_once() {
     let tmp = tempfile::tempdir().unwrap();
     let mut e = engine(tmp.path());
-    let h = e.add_source("lines:t", "t", true).unwrap();
+    let h = e.add_source(SourceId::stream(b"t"), "t", true).unwrap();
     let now = now_ms();
     let (live, node) = ("aaaa0001-0000-4000-8000-000000000001", "bbbb0001-0000-4000-8000-000000000001");
     let (failing, node2) = ("aaaa0002-0000-4000-8000-000000000002", "bbbb0002-0000-4000-8000-000000000002");
@@ -70,7 +70,7 @@ fn absence_scan_raises_each_episode_once() {
 fn deletion_alert_commits_with_the_deletion_and_old_deletions_are_history() {
     let tmp = tempfile::tempdir().unwrap();
     let mut e = engine(tmp.path());
-    let h = e.add_source("lines:d", "d", true).unwrap();
+    let h = e.add_source(SourceId::stream(b"d"), "d", true).unwrap();
     let now = now_ms();
     let (recent, old) = ("cccc0001-0000-4000-8000-000000000001", "cccc0002-0000-4000-8000-000000000002");
     let lines = [

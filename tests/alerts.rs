@@ -43,7 +43,7 @@ fn s3_config() -> S3Config {
         path_style: true,
         access_key_id: Some("test".into()),
         secret_access_key: Some("test-secret-key".into()),
-        timeout: "5s".into(),
+        timeout: Duration::from_secs(5),
         max_attempts: 2,
         ..S3Config::default()
     }

@@ -117,7 +117,9 @@ fn kubernetes_manifests_parse_with_the_expected_kinds_and_agree_with_each_other(
     assert!(http.listen.ip().is_unspecified(), "in a pod [http] must listen on 0.0.0.0");
     let store_path = cfg.store.path.clone().expect("the ConfigMap sets store.path").display().to_string();
     assert!(
-        cfg.sources().iter().all(|s| !matches!(s, safeguard::config::SourceConfig::Syslog { udp: Some(a), .. } if a.ip().is_loopback())),
+        cfg.sources()
+            .iter()
+            .all(|s| !matches!(s, safeguard::config::SourceConfig::Syslog(safeguard::config::SyslogConfig { udp: Some(a), .. }) if a.ip().is_loopback())),
         "syslog must not listen on loopback in a pod"
     );
     let in_config = cm["data"]["safeguard.toml"].as_str().unwrap();

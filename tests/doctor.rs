@@ -35,7 +35,7 @@ fn create_bucket_with_backup(bucket: &str) {
         path_style: true,
         access_key_id: Some("test".into()),
         secret_access_key: Some(S3_SECRET.into()),
-        timeout: "5s".into(),
+        timeout: Duration::from_secs(5),
         max_attempts: 2,
         ..Default::default()
     };

@@ -426,7 +426,7 @@ fn creating(node: &str) -> String {
 
 #[test]
 fn parked_lines_survive_a_restart_and_are_bounded_by_count_and_age() {
-    use safeguard::pipeline::Engine;
+    use safeguard::pipeline::{Engine, SourceId};
     let tmp = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(99);
     let nodes: Vec<String> = (0..5).map(|_| rng.uuid()).collect();
@@ -434,7 +434,7 @@ fn parked_lines_survive_a_restart_and_are_bounded_by_count_and_age() {
     {
         let store = Store::open(tmp.path(), 16 << 20).unwrap();
         let mut e = Engine::new(store, EngineConfig { parked_max: 3, ..EngineConfig::default() }).unwrap();
-        let h = e.add_source("syslog", "syslog", false).unwrap();
+        let h = e.add_source(SourceId::Syslog, "syslog", false).unwrap();
         for (i, n) in nodes.iter().enumerate() {
             e.feed_line(h, i as u64 + 1, creating(n).as_bytes());
         }
@@ -447,7 +447,7 @@ fn parked_lines_survive_a_restart_and_are_bounded_by_count_and_age() {
         let store = Store::open_waiting(tmp.path(), 16 << 20, Duration::from_secs(10)).unwrap();
         let mut e = Engine::new(store.clone(), EngineConfig::default()).unwrap();
         assert_eq!(e.counters().lines_parked, 3);
-        let h = e.add_source("syslog", "syslog", false).unwrap();
+        let h = e.add_source(SourceId::Syslog, "syslog", false).unwrap();
         let add = lager(now_ms(), "add-node.perform", &format!(r#""instance-id":"{id}","node-uuid":"{}""#, nodes[4]));
         e.feed_line(h, 1, add.as_bytes());
         e.commit(None).unwrap();

@@ -9,6 +9,7 @@ mod common;
 mod fake_http;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use fake_http::{cloud_controller, docker_handler, CcState, DockerState, Server};
 use safeguard::platform::cloud_controller::{CloudController, CloudControllerConfig};
@@ -23,9 +24,9 @@ fn cc_config(url: &str) -> CloudControllerConfig {
         api_url: url.into(),
         client_id: Some("safeguard".into()),
         client_secret: Some("uaa-client-secret-Pw7".into()),
-        poll_interval: "20ms".into(),
-        create_timeout: "5s".into(),
-        timeout: "5s".into(),
+        poll_interval: Duration::from_millis(20),
+        create_timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(5),
         ..CloudControllerConfig::default()
     }
 }
@@ -156,7 +157,8 @@ async fn docker_cycle(docker: &Docker, state: &Arc<Mutex<DockerState>>) {
 fn docker_engine_api_over_tcp() {
     let state = Arc::new(Mutex::new(DockerState::new(&["cf-target"])));
     let server = Server::tcp(docker_handler(state.clone()));
-    let docker = Docker::new(&DockerConfig { url: server.url.replace("http://", "tcp://"), timeout: "5s".into(), ..DockerConfig::default() }).unwrap();
+    let docker =
+        Docker::new(&DockerConfig { url: server.url.replace("http://", "tcp://"), timeout: Duration::from_secs(5), ..DockerConfig::default() }).unwrap();
     rt().block_on(docker_cycle(&docker, &state));
     let reqs = server.requests();
     let create = reqs.iter().find(|r| r.path.starts_with("/containers/create")).unwrap();
@@ -174,7 +176,7 @@ fn docker_engine_api_over_a_unix_socket_with_a_cell_url_template() {
     let sock = dir.path().join("docker.sock");
     let state = Arc::new(Mutex::new(DockerState::new(&["cf-target"])));
     let server = Server::unix(&sock, docker_handler(state.clone()));
-    let docker = Docker::new(&DockerConfig { url: server.url.clone(), timeout: "5s".into(), ..DockerConfig::default() }).unwrap();
+    let docker = Docker::new(&DockerConfig { url: server.url.clone(), timeout: Duration::from_secs(5), ..DockerConfig::default() }).unwrap();
     rt().block_on(docker_cycle(&docker, &state));
     assert!(server.requests().len() > 10);
     // A per-cell TCP URL needs the cell.
@@ -221,7 +223,7 @@ fn command_templates_run_real_commands_with_quoted_values() {
             start: format!("rm -f '{d}'/stopped-{{container}}"),
             create: Some("echo creating {name} in {space_guid}; echo 0AB1C2D3-0000-4000-8000-00000000000F".into()),
             bind: Some(format!("echo {{app}} {{instance_id}} >> '{d}/binds'")),
-            timeout: "5s".into(),
+            timeout: Duration::from_secs(5),
         },
         ..PlatformConfig::default()
     };

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use safeguard::parse::{parse_line, YearClock};
-use safeguard::pipeline::{Engine, EngineConfig};
+use safeguard::pipeline::{Engine, EngineConfig, SourceId};
 use safeguard::store::Store;
 
 const REAL: &[&str] = &[
@@ -46,7 +46,7 @@ proptest! {
         mangled in proptest::collection::vec((0usize..64, 0usize..2000, 0usize..2000, any::<u8>()), 0..40),
     ) {
         let (_dir, mut e) = engine();
-        let h = e.add_source("lines:prop", "prop", true).unwrap();
+        let h = e.add_source(SourceId::stream(b"prop"), "prop", true).unwrap();
         let mut lines: Vec<Vec<u8>> = random.into_iter().map(|l| l.into_iter().filter(|c| *c != b'\n').collect()).collect();
         lines.extend(mangled.into_iter().map(|(i, c, f, w)| mangle(i, c, f, w)).map(|l| l.into_iter().filter(|c| *c != b'\n').collect()));
         let mut buf = Vec::new();
@@ -56,7 +56,7 @@ proptest! {
         }
         e.feed_chunk(h, 0, &buf);
         // The same lines one by one through the message path (as the syslog listener feeds them).
-        let n = e.add_source("syslog", "syslog", false).unwrap();
+        let n = e.add_source(SourceId::Syslog, "syslog", false).unwrap();
         for (i, l) in lines.iter().enumerate() {
             e.feed_line(n, i as u64 + 1, l);
         }
@@ -75,7 +75,7 @@ proptest! {
 #[test]
 fn crafted_bad_lines_are_counted_as_rejected_by_reason() {
     let (_dir, mut e) = engine();
-    let h = e.add_source("syslog", "syslog", false).unwrap();
+    let h = e.add_source(SourceId::Syslog, "syslog", false).unwrap();
     let mut megabyte = b"Mar 16 19:11:48 cell docker/cf-c8ce128e:  patroni> DETAIL: Uploading s3://".to_vec();
     megabyte.resize(1 << 20, b'x');
     let mut bad_utf8 = b"Mar 16 19:11:48 cell docker/cf-c8ce128e:  patroni> DETAIL: s3://b/\xff\xfe".to_vec();

@@ -252,7 +252,7 @@ async fn closed_port_is_unreachable_quickly() {
     // A port that was just free: nothing listens, connections are refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("ephemeral port").port();
     let ep = format!("http://127.0.0.1:{port}");
-    let cfg = S3Config { timeout: "2s".into(), max_attempts: 2, ..config(ep.clone()) };
+    let cfg = S3Config { timeout: Duration::from_secs(2), max_attempts: 2, ..config(ep.clone()) };
     let store = ObjectStore::connect(&cfg).expect("valid config");
     let t = Instant::now();
     let r = verify(&store, &instance_prefix("bkt", ID)).await;
@@ -265,7 +265,7 @@ async fn silent_endpoint_times_out_within_bound() {
     // Accepts TCP (kernel backlog) but never answers: only the timeouts end the call.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let ep = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
-    let cfg = S3Config { timeout: "1s".into(), max_attempts: 2, ..config(ep.clone()) };
+    let cfg = S3Config { timeout: Duration::from_secs(1), max_attempts: 2, ..config(ep.clone()) };
     let store = ObjectStore::connect(&cfg).expect("valid config");
     let t = Instant::now();
     let r = verify(&store, &instance_prefix("bkt", ID)).await;

@@ -21,13 +21,21 @@ pub struct EtcdConfig {
     /// Never serialized, never printed.
     #[serde(skip_serializing)]
     pub password: Option<String>,
-    /// humantime duration for each request, e.g. "10s".
-    pub timeout: String,
+    /// Each request's bound, e.g. "10s".
+    #[serde(deserialize_with = "crate::settings::duration", serialize_with = "crate::settings::serialize_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for EtcdConfig {
     fn default() -> Self {
-        EtcdConfig { url: "http://127.0.0.1:4001".into(), username: None, password: None, timeout: "10s".into() }
+        EtcdConfig { url: "http://127.0.0.1:4001".into(), username: None, password: None, timeout: Duration::from_secs(10) }
+    }
+}
+
+impl EtcdConfig {
+    /// Checks what serde cannot; errors name the key and its value.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::settings::check_nonzero("etcd.timeout", self.timeout, "every etcd request would time out at once")
     }
 }
 
@@ -84,8 +92,8 @@ pub fn recovery_keys(id: &str) -> [String; 2] {
 
 impl Etcd {
     pub fn new(config: &EtcdConfig) -> Result<Etcd, EtcdError> {
-        let timeout = humantime::parse_duration(config.timeout.trim())
-            .map_err(|e| EtcdError::Config(format!("etcd.timeout {:?} is not a duration like \"10s\" ({e})", config.timeout)))?;
+        config.validate().map_err(EtcdError::Config)?;
+        let timeout = config.timeout;
         let base = config.url.trim().trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
             return Err(EtcdError::Config(format!("etcd.url {:?} must be a URL like http://10.0.0.5:4001", config.url)));
@@ -203,7 +211,7 @@ mod tests {
     #[test]
     fn validates() {
         assert!(Etcd::new(&EtcdConfig { url: "10.0.0.1:4001".into(), ..EtcdConfig::default() }).is_err());
-        assert!(Etcd::new(&EtcdConfig { timeout: "x".into(), ..EtcdConfig::default() }).is_err());
+        assert!(Etcd::new(&EtcdConfig { timeout: Duration::ZERO, ..EtcdConfig::default() }).is_err());
         assert_eq!(recovery_keys("a")[1], "/service/a/optime/leader");
     }
 }

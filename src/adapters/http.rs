@@ -32,8 +32,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::config::{Config, SourceConfig};
-use crate::sources::Durable;
+use crate::sources::kafka::probe::WatermarkProbe;
+use crate::sources::{Durable, SourceConfig, SourceId};
+use crate::state::risk::RiskRules;
 use crate::store::Store;
 use crate::timeutil::{now_ms, rfc3339};
 
@@ -141,20 +142,6 @@ fn describe() {
 
 // ------------------------------------------------------------------------------------------- state
 
-struct KafkaProbe {
-    /// The source, for labels and messages: its topics.
-    label: String,
-    state: Mutex<ProbeState>,
-}
-
-#[derive(Default)]
-struct ProbeState {
-    ok_at: Option<Instant>,
-    error: Option<String>,
-    /// (topic, partition, low, high) from the last successful probe.
-    marks: Vec<(String, i32, i64, i64)>,
-}
-
 #[derive(Default, Clone)]
 struct InstanceStats {
     live: u64,
@@ -168,7 +155,7 @@ type CachedStats = (Instant, (u64, u64), InstanceStats);
 
 struct Shared {
     store: Store,
-    cfg: Config,
+    risk: RiskRules,
     started_ms: i64,
     stall_after_ms: i64,
     /// Wall time of the engine's last commit (0: none yet).
@@ -177,17 +164,39 @@ struct Shared {
     sources_started: AtomicBool,
     stopping: AtomicBool,
     source_labels: Vec<String>,
-    kafka: Vec<Arc<KafkaProbe>>,
+    kafka: Vec<Arc<WatermarkProbe>>,
     /// The last instance scan: when, and the (events applied, effects) it saw.
     instances: Mutex<Option<CachedStats>>,
     recoveries: Mutex<Option<BTreeMap<&'static str, u64>>>,
+}
+
+/// Counts the recovery journal's entries by outcome (running, failed, succeeded, abandoned), for
+/// `safeguard_recoveries`; called off the scrape path. The watcher hands it in: this module does not
+/// read the journal itself.
+pub type RecoveryCounts = Arc<dyn Fn() -> Result<Vec<&'static str>, String> + Send + Sync>;
+
+/// What the endpoint reports on, from the rest of the watcher's setup.
+pub struct Watched {
+    /// The running sources (labels for `/readyz`; Kafka ones are probed for watermarks).
+    pub sources: Vec<SourceConfig>,
+    /// The engine commits at least this often; far longer without a commit is a stall.
+    pub commit_interval: Duration,
+    /// What "at risk" means in the instance gauges.
+    pub risk: RiskRules,
+    /// The recovery journal's outcomes; None leaves `safeguard_recoveries` out.
+    pub recoveries: Option<RecoveryCounts>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot listen for HTTP on {addr}: {source}; is another process using the port? change [http] listen in the config")]
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// The running endpoint; [`Server::stop`] ends it.
 pub struct Server {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    probe_stop: Arc<AtomicBool>,
     /// The bound address (useful when `listen` has port 0).
     pub local_addr: SocketAddr,
 }
@@ -195,38 +204,27 @@ pub struct Server {
 impl Server {
     /// Binds `[http] listen` (failing at start-up, with the address, when it cannot) and serves until
     /// [`Server::stop`]. `durable` is the engine's commit notification.
-    pub async fn start(cfg: &Config, http: &HttpConfig, store: Store, durable: watch::Receiver<Durable>) -> anyhow::Result<Server> {
-        let listener = tokio::net::TcpListener::bind(http.listen).await.map_err(|e| {
-            anyhow::anyhow!("cannot listen for HTTP on {}: {e}; is another process using the port? change [http] listen in the config", http.listen)
-        })?;
-        let local_addr = listener.local_addr()?;
+    pub async fn start(http: &HttpConfig, watched: Watched, store: Store, durable: watch::Receiver<Durable>) -> Result<Server, HttpError> {
+        let bind = |source| HttpError::Bind { addr: http.listen, source };
+        let listener = tokio::net::TcpListener::bind(http.listen).await.map_err(bind)?;
+        let local_addr = listener.local_addr().map_err(bind)?;
         let ex = exporter();
         ex.record(|| gauge!("safeguard_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0));
 
-        let probe_stop = Arc::new(AtomicBool::new(false));
         let mut kafka = Vec::new();
         let mut source_labels = Vec::new();
-        for s in cfg.sources() {
-            match &s {
-                SourceConfig::Syslog { udp, tcp } => {
-                    let a: Vec<String> = [udp.map(|a| format!("udp {a}")), tcp.map(|a| format!("tcp {a}"))].into_iter().flatten().collect();
-                    source_labels.push(format!("syslog {}", a.join(", ")));
-                }
-                SourceConfig::File { path, .. } => source_labels.push(format!("file {}", path.display())),
-                SourceConfig::Stdin => source_labels.push("stdin".into()),
-                SourceConfig::Kafka { .. } => {
-                    if let Some(settings) = crate::sources::kafka::KafkaSettings::from_source(&s, crate::doctor::PROBE_STATS_INTERVAL) {
-                        kafka.push(spawn_kafka_probe(settings, probe_stop.clone()));
-                    }
-                }
+        for s in &watched.sources {
+            match s {
+                SourceConfig::Kafka(k) => kafka.push(WatermarkProbe::spawn(k, KAFKA_PROBE_EVERY)),
+                other => source_labels.push(other.label()),
             }
         }
-        let commit_every = cfg.watch.commit_interval.as_millis() as i64;
+        let commit_every = crate::settings::millis(watched.commit_interval);
         let shared = Arc::new(Shared {
             store,
-            cfg: cfg.clone(),
+            risk: watched.risk,
             started_ms: now_ms(),
-            stall_after_ms: (commit_every * 30).max(60_000),
+            stall_after_ms: commit_every.saturating_mul(30).max(60_000),
             last_commit_ms: AtomicI64::new(0),
             engine_gone: AtomicBool::new(false),
             sources_started: AtomicBool::new(false),
@@ -251,25 +249,26 @@ impl Server {
             }
         }));
         // The recovery journal is opened briefly by each reader; read it off the scrape path.
-        let sh = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let path = sh.store.path().to_path_buf();
-                let res = tokio::task::spawn_blocking(move || crate::recover::journal::Journal::for_store(&path).list()).await;
-                match res {
-                    Ok(Ok(list)) => {
-                        let mut by: BTreeMap<&'static str, u64> = ["running", "failed", "succeeded", "abandoned"].into_iter().map(|s| (s, 0)).collect();
-                        for r in list {
-                            *by.entry(r.status.as_str()).or_default() += 1;
+        if let Some(count) = watched.recoveries {
+            let sh = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let count = count.clone();
+                    match tokio::task::spawn_blocking(move || count()).await {
+                        Ok(Ok(list)) => {
+                            let mut by: BTreeMap<&'static str, u64> = ["running", "failed", "succeeded", "abandoned"].into_iter().map(|s| (s, 0)).collect();
+                            for status in list {
+                                *by.entry(status).or_default() += 1;
+                            }
+                            *sh.recoveries.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
                         }
-                        *sh.recoveries.lock().unwrap_or_else(|p| p.into_inner()) = Some(by);
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the recovery journal for /metrics"),
+                        Err(_) => {}
                     }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the recovery journal for /metrics"),
-                    Err(_) => {}
+                    tokio::time::sleep(RECOVERIES_EVERY).await;
                 }
-                tokio::time::sleep(RECOVERIES_EVERY).await;
-            }
-        }));
+            }));
+        }
         let app =
             Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics_endpoint)).with_state(shared.clone());
         tasks.push(tokio::spawn(async move {
@@ -278,7 +277,7 @@ impl Server {
             }
         }));
         tracing::info!(addr = %local_addr, "serving /healthz, /readyz and /metrics");
-        Ok(Server { shared, tasks, probe_stop, local_addr })
+        Ok(Server { shared, tasks, local_addr })
     }
 
     /// Every configured source has started (listeners bound, consumers created).
@@ -288,49 +287,13 @@ impl Server {
 
     pub fn stop(self) {
         self.shared.stopping.store(true, Ordering::Relaxed);
-        self.probe_stop.store(true, Ordering::Relaxed);
+        for k in &self.shared.kafka {
+            k.stop();
+        }
         for t in self.tasks {
             t.abort();
         }
     }
-}
-
-fn spawn_kafka_probe(settings: crate::sources::kafka::KafkaSettings, stop: Arc<AtomicBool>) -> Arc<KafkaProbe> {
-    let probe = Arc::new(KafkaProbe { label: settings.topics.join(","), state: Mutex::new(ProbeState::default()) });
-    let p = probe.clone();
-    let spawned = std::thread::Builder::new().name("kafka-probe".into()).spawn(move || {
-        let client = match crate::doctor::kafka_client(&settings) {
-            Ok(c) => c,
-            Err(e) => {
-                p.state.lock().unwrap_or_else(|x| x.into_inner()).error = Some(format!("{e:#}"));
-                return;
-            }
-        };
-        while !stop.load(Ordering::Relaxed) {
-            // Drains librdkafka's event queue (errors, logs) so it does not grow while brokers are down.
-            let _ = client.poll(Duration::ZERO);
-            let res = crate::doctor::kafka_watermarks(&client, &settings.topics, Duration::from_secs(5));
-            {
-                let mut st = p.state.lock().unwrap_or_else(|x| x.into_inner());
-                match res {
-                    Ok(marks) => {
-                        st.ok_at = Some(Instant::now());
-                        st.error = None;
-                        st.marks = marks;
-                    }
-                    Err(e) => st.error = Some(settings.client.redact(&e)),
-                }
-            }
-            let until = Instant::now() + KAFKA_PROBE_EVERY;
-            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        probe.state.lock().unwrap_or_else(|x| x.into_inner()).error = Some(format!("cannot start the Kafka probe thread: {e}"));
-    }
-    probe
 }
 
 // ------------------------------------------------------------------------------------------- health
@@ -388,8 +351,8 @@ async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
     }
     let mut sources: Vec<serde_json::Value> = sh.source_labels.iter().map(|l| json!({ "source": l, "connected": started })).collect();
     for k in &sh.kafka {
-        let st = k.state.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = st.ok_at.is_some_and(|t| t.elapsed() <= KAFKA_READY_WITHIN);
+        let st = k.status();
+        let fresh = st.fresh(KAFKA_READY_WITHIN);
         if !fresh {
             let why = st.error.clone().unwrap_or_else(|| "no answer from the brokers yet".into());
             reasons.push(format!("kafka {}: {why}", k.label));
@@ -463,14 +426,13 @@ fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
     alert_metrics(sh)?;
 
     // Lag: what the brokers hold beyond the store's durable position for each partition.
-    let positions: BTreeMap<String, u64> = store.positions()?.into_iter().filter(|(id, _)| id.starts_with("kafka:")).map(|(id, p)| (id, p.offset)).collect();
+    // A position under an id this release does not know (a newer release's store) is not a Kafka one here.
+    let positions: BTreeMap<SourceId, u64> = store.positions()?.into_iter().filter_map(|(id, p)| Some((id.parse().ok()?, p.offset))).collect();
     for k in &sh.kafka {
-        let st = k.state.lock().unwrap_or_else(|p| p.into_inner());
-        gauge!("safeguard_kafka_brokers_up", "source" => k.label.clone()).set(if st.error.is_none() && st.ok_at.is_some() { 1.0 } else { 0.0 });
-        for (topic, partition, low, high) in &st.marks {
-            let applied = positions.get(&crate::sources::kafka::source_id(topic, *partition)).map(|&p| crate::sources::kafka::decode_position(p).1);
-            let from = applied.unwrap_or(*low).max(*low);
-            gauge!("safeguard_kafka_consumer_lag", "topic" => topic.clone(), "partition" => partition.to_string()).set((high - from).max(0) as f64);
+        let st = k.status();
+        gauge!("safeguard_kafka_brokers_up", "source" => k.label.clone()).set(if st.up() { 1.0 } else { 0.0 });
+        for (topic, partition, lag) in st.lags(&positions) {
+            gauge!("safeguard_kafka_consumer_lag", "topic" => topic, "partition" => partition.to_string()).set(lag as f64);
         }
     }
 
@@ -495,7 +457,7 @@ fn instance_stats(sh: &Shared, generation: (u64, u64)) -> Result<InstanceStats, 
             return Ok(s.clone());
         }
     }
-    let rules = sh.cfg.risk_rules();
+    let rules = sh.risk;
     let now = now_ms();
     let mut s = InstanceStats::default();
     for r in [
@@ -559,13 +521,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_section_is_off_by_default_and_parses() {
-        assert!(Config::default().http.is_none());
-        let c = Config::parse("[http]\nlisten = \"0.0.0.0:9187\"\n").unwrap();
-        assert_eq!(c.http.unwrap().listen, "0.0.0.0:9187".parse().unwrap());
-        let c = Config::parse("[http]\n").unwrap();
-        assert_eq!(c.http.unwrap().listen, DEFAULT_LISTEN.parse().unwrap());
-        let e = Config::parse("[http]\nlisten = \"0.0.0.0:9187\"\nport = 1\n").unwrap_err();
+    fn http_section_parses_and_rejects_unknown_keys() {
+        let c: HttpConfig = toml::from_str("listen = \"0.0.0.0:9187\"\n").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9187".parse().unwrap());
+        let c: HttpConfig = toml::from_str("").unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        let e = toml::from_str::<HttpConfig>("listen = \"0.0.0.0:9187\"\nport = 1\n").unwrap_err().to_string();
         assert!(e.contains("port"), "{e}");
     }
 }

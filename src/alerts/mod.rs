@@ -24,20 +24,35 @@ pub struct AlertsConfig {
     pub rules: RuleConfig,
     /// A deletion older than this (by its log time) when first seen raises no alert: a backfill of old
     /// logs records history, it does not page anyone. Absence rules skip instances not seen for this long.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub backfill_window: Duration,
     /// An undelivered alert is retried (exponential backoff) until this long after it was raised, then
     /// marked failed.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub give_up_after: Duration,
     /// Longest wait between two delivery attempts.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub max_retry_interval: Duration,
     /// How often live instances are checked for missing base backups and silent WAL.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub absence_scan_interval: Duration,
     pub email: Option<email::EmailConfig>,
     pub webhook: Option<webhook::WebhookConfig>,
+}
+
+impl AlertsConfig {
+    /// Checks what serde cannot; errors name the key and its value.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::settings::check_nonzero;
+        check_nonzero("alerts.absence_scan_interval", self.absence_scan_interval, "every live instance would be scanned at every commit")?;
+        if let Some(e) = &self.email {
+            check_nonzero("alerts.email.timeout", e.timeout, "every SMTP call would time out at once")?;
+        }
+        if let Some(w) = &self.webhook {
+            check_nonzero("alerts.webhook.timeout", w.timeout, "every webhook call would time out at once")?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for AlertsConfig {
@@ -63,13 +78,13 @@ pub struct RuleConfig {
     pub no_recent_base_backup: bool,
     pub wal_archiving_failing: bool,
     /// A live instance whose newest complete base backup is older than this.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub max_base_backup_age: Duration,
     /// A live instance that never completed a base backup this long after it was first seen.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub first_base_backup_within: Duration,
     /// A live instance that pushed no WAL for this long.
-    #[serde(deserialize_with = "crate::config::duration")]
+    #[serde(deserialize_with = "crate::settings::duration")]
     pub wal_silence: Duration,
 }
 

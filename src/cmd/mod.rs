@@ -12,7 +12,7 @@ pub mod watch;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use safeguard::config::Config;
+use safeguard::app::config::Config;
 use safeguard::state::risk::RiskRules;
 
 /// What every command starts from: the loaded config and the store it works on.

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use safeguard::alerts::Delivery;
-use safeguard::query::{Access, Filter};
-use safeguard::report;
+use safeguard::app::report;
+use safeguard::store::query::{Access, Filter};
 
 use super::{print_json, Ctx};
 

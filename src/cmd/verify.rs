@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use safeguard::query::Access;
+use safeguard::store::query::Access;
 
 use super::{print_json, Ctx};
 

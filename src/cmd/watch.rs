@@ -5,16 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use safeguard::config::SourceConfig;
-use safeguard::report;
+use safeguard::app::config::{FileConfig, SourceConfig, SyslogConfig};
+use safeguard::app::report;
 use safeguard::store::Store;
 
 use super::Ctx;
 
 pub fn run(mut ctx: Ctx, syslog: Vec<SocketAddr>, file: Vec<PathBuf>, stdin: bool) -> Result<ExitCode> {
     if !syslog.is_empty() || !file.is_empty() || stdin {
-        ctx.cfg.sources = syslog.into_iter().map(|a| SourceConfig::Syslog { udp: Some(a), tcp: Some(a) }).collect();
-        ctx.cfg.sources.extend(file.into_iter().map(|path| SourceConfig::File { path, follow: true }));
+        ctx.cfg.sources = syslog.into_iter().map(|a| SourceConfig::Syslog(SyslogConfig { udp: Some(a), tcp: Some(a) })).collect();
+        ctx.cfg.sources.extend(file.into_iter().map(|path| SourceConfig::File(FileConfig { path, follow: true })));
         if stdin {
             ctx.cfg.sources.push(SourceConfig::Stdin);
         }
@@ -22,7 +22,7 @@ pub fn run(mut ctx: Ctx, syslog: Vec<SocketAddr>, file: Vec<PathBuf>, stdin: boo
     let store = Store::open_waiting(&ctx.store_path, ctx.cache, std::time::Duration::from_secs(5))?;
     tracing::info!(store = %ctx.store_path.display(), "safeguard watch starting");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let counters = rt.block_on(safeguard::engine::watch::run(ctx.cfg, store, shutdown_signal()))?;
+    let counters = rt.block_on(safeguard::engine::watch::run(ctx.cfg.watch_setup(), store, shutdown_signal()))?;
     tracing::info!("stopped; {}", report::counters_text(&counters));
     Ok(ExitCode::SUCCESS)
 }

@@ -118,7 +118,7 @@ pub fn ingest_with(store: &Store, cfg: EngineConfig, paths: &[PathBuf], mut opts
     let mut last_progress = Instant::now();
     let mut current = None;
     loop {
-        let mut register = |i: usize, id: &str, name: &str, clock| -> io::Result<_> {
+        let mut register = |i: usize, id, name: &str, clock| -> io::Result<_> {
             let (h, resume) = engine.add_source_with(id, name, true, clock).map_err(io::Error::other)?;
             handles[i] = Some(h);
             Ok(resume)

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::alerts::{self, Alert, AlertsConfig};
 use crate::parse::{parse_line, place_year, Event, EventKind, Prefilter, Reject, YearClock};
+pub use crate::sources::protocol::{Resume, SourceHandle, SourceId, StreamTail};
 use crate::state::{self, Effect, InstanceRecord, Rules};
 use crate::store::{Counters, Parked, Position, SourceCounters, Store, StoreError, Tail, WriteSet};
 use crate::timeutil::now_ms;
@@ -37,22 +38,11 @@ impl Default for EngineConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SourceHandle(usize);
-
 /// Bytes before a position whose hash identifies the stream there ([`Tail`]).
 pub const TAIL_BYTES: usize = 4096;
 
-/// Where a replayable source stands in the store: it resumes after `offset` if the bytes before it are
-/// still `tail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resume {
-    pub offset: u64,
-    pub tail: Option<Tail>,
-}
-
 struct Cursor {
-    id: String,
+    id: SourceId,
     name: String,
     /// Low-cardinality label for per-source counters.
     label: String,
@@ -225,20 +215,21 @@ impl Engine {
 
     /// Registers a live source (its clock is the wall clock). `id` must be stable across restarts for a
     /// replayable source.
-    pub fn add_source(&mut self, id: &str, name: &str, replayable: bool) -> Result<SourceHandle, StoreError> {
+    pub fn add_source(&mut self, id: SourceId, name: &str, replayable: bool) -> Result<SourceHandle, StoreError> {
         Ok(self.add_source_with(id, name, replayable, YearClock::live())?.0)
     }
 
     /// Registers a source whose RFC 3164 years start from `clock` unless the store holds the clock of an
     /// earlier run at its position. Returns where a replayable source stands.
-    pub fn add_source_with(&mut self, id: &str, name: &str, replayable: bool, clock: YearClock) -> Result<(SourceHandle, Option<Resume>), StoreError> {
-        let pos = if replayable { self.store.position(id)? } else { None };
-        let resume = pos.as_ref().map(|p| Resume { offset: p.offset, tail: p.tail });
+    pub fn add_source_with(&mut self, id: SourceId, name: &str, replayable: bool, clock: YearClock) -> Result<(SourceHandle, Option<Resume>), StoreError> {
+        let pos = if replayable { self.store.position(&id.to_string())? } else { None };
+        let resume = pos.as_ref().map(|p| Resume { offset: p.offset, tail: p.tail.map(|t| StreamTail { len: t.len, hash: t.hash }) });
         let resumed_clock = pos.as_ref().and_then(|p| p.clock.clone());
+        let label = source_label(&id, name);
         self.cursors.push(Cursor {
-            id: id.to_string(),
+            id,
             name: name.to_string(),
-            label: source_label(id, name),
+            label,
             delta: SourceCounters::default(),
             run: SourceRun::default(),
             replayable,
@@ -249,13 +240,13 @@ impl Engine {
             // Refilled by what the source feeds; a position is only written after it fed something.
             tail: Vec::new(),
         });
-        Ok((SourceHandle(self.cursors.len() - 1), resume))
+        Ok((SourceHandle::new(self.cursors.len() - 1), resume))
     }
 
     /// The source turned out to be another stream than the one at its stored position (its bytes
     /// differ): read it from the start. Nothing is lost: applying a fact again changes nothing.
     pub fn restart(&mut self, h: SourceHandle) {
-        let c = &mut self.cursors[h.0];
+        let c = &mut self.cursors[h.index()];
         c.committed = None;
         c.clock = c.initial_clock.clone();
         c.tail.clear();
@@ -265,16 +256,16 @@ impl Engine {
     /// them): counted as replayed.
     pub fn note_skipped(&mut self, h: SourceHandle, lines: u64) {
         self.counters.lines_replayed_skipped += lines;
-        self.cursors[h.0].run.lines_skipped_replay += lines;
+        self.cursors[h.index()].run.lines_skipped_replay += lines;
     }
 
     /// What a source contributed since it was registered.
     pub fn source_run(&self, h: SourceHandle) -> SourceRun {
-        self.cursors[h.0].run
+        self.cursors[h.index()].run
     }
 
     /// Every replayable source's durable position, by source id: what a Kafka source may commit.
-    pub fn committed_positions(&self) -> std::collections::HashMap<String, u64> {
+    pub fn committed_positions(&self) -> std::collections::HashMap<SourceId, u64> {
         self.cursors.iter().filter(|c| c.replayable).filter_map(|c| Some((c.id.clone(), c.committed?))).collect()
     }
 
@@ -282,7 +273,7 @@ impl Engine {
     pub fn feed_line(&mut self, h: SourceHandle, end_offset: u64, line: &[u8]) {
         self.counters.lines_read += 1;
         self.uncommitted_lines += 1;
-        let cur = &mut self.cursors[h.0];
+        let cur = &mut self.cursors[h.index()];
         cur.delta.lines_read += 1;
         cur.run.lines_read += 1;
         if cur.replayable && cur.committed.is_some_and(|c| end_offset <= c) {
@@ -300,7 +291,7 @@ impl Engine {
     /// newline counts as a line. Unrelated lines cost one prefilter scan and a newline count.
     pub fn feed_chunk(&mut self, h: SourceHandle, base: u64, chunk: &[u8]) {
         let lines = count_lines(chunk);
-        let cur = &mut self.cursors[h.0];
+        let cur = &mut self.cursors[h.index()];
         let mut from = 0usize;
         if cur.replayable {
             if let Some(c) = cur.committed {
@@ -333,8 +324,8 @@ impl Engine {
     }
 
     fn reject(&mut self, h: SourceHandle, r: Reject) {
-        self.cursors[h.0].delta.lines_rejected += 1;
-        self.cursors[h.0].run.lines_rejected += 1;
+        self.cursors[h.index()].delta.lines_rejected += 1;
+        self.cursors[h.index()].run.lines_rejected += 1;
         self.counters.lines_rejected += 1;
         *self.counters.rejected_by_reason.entry(r.as_str().to_string()).or_default() += 1;
         tracing::debug!(reason = r.as_str(), "rejected a line");
@@ -348,14 +339,14 @@ impl Engine {
             return self.reject(h, Reject::Utf8);
         };
         let now = self.now;
-        let parsed = parse_line(text, &mut self.cursors[h.0].clock, now);
+        let parsed = parse_line(text, &mut self.cursors[h.index()].clock, now);
         match parsed {
             Err(r) => self.reject(h, r),
             Ok(None) => {}
             Ok(Some(ev)) => {
                 self.counters.lines_relevant += 1;
-                self.cursors[h.0].delta.lines_relevant += 1;
-                self.cursors[h.0].run.lines_relevant += 1;
+                self.cursors[h.index()].delta.lines_relevant += 1;
+                self.cursors[h.index()].run.lines_relevant += 1;
                 // A line dated ahead of the wall clock must not make every pending deletion final at once.
                 if let (Some(t), false) = (ev.time, ev.weak_year) {
                     if t <= self.now.saturating_add(crate::parse::FUTURE_SKEW_MS) {
@@ -587,7 +578,7 @@ impl Engine {
                     let last = &c.tail[c.tail.len().saturating_sub(TAIL_BYTES)..];
                     let tail = (!last.is_empty()).then(|| Tail { len: last.len() as u32, hash: safeguard_core::fnv1a(last) });
                     let pos = Position { offset: p, name: c.name.clone(), updated_at: now, clock: Some(c.clock.clone()), tail };
-                    positions.push((c.id.clone(), pos));
+                    positions.push((c.id.to_string(), pos));
                 }
             }
         }
@@ -696,14 +687,13 @@ fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
 }
 
 /// The per-source counter label: the kind of source, not the rotating stream, so metrics stay few.
-fn source_label(id: &str, name: &str) -> String {
-    if let Some(rest) = id.strip_prefix("kafka:") {
-        return format!("kafka:{}", rest.rsplit_once(':').map_or(rest, |(topic, _)| topic));
+fn source_label(id: &SourceId, name: &str) -> String {
+    match id {
+        SourceId::Kafka { topic, .. } => format!("kafka:{topic}"),
+        SourceId::Lines { .. } if name == "stdin" => "stdin".into(),
+        SourceId::Lines { .. } => "file".into(),
+        SourceId::Syslog => "syslog".into(),
     }
-    if id.starts_with("lines:") {
-        return if name == "stdin" { "stdin".into() } else { "file".into() };
-    }
-    id.split(':').next().unwrap_or(id).to_string()
 }
 
 /// Lines in a buffer: newlines, plus a final unterminated line.

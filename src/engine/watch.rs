@@ -5,16 +5,111 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, SourceConfig};
-use crate::engine::pipeline::{Committed, Engine};
-use crate::sources::{Durable, Msg, Sink};
-use crate::state::Effect;
-use crate::store::{Counters, Store};
+use crate::adapters::http::{HttpConfig, HttpError};
+use crate::adapters::s3::{S3Config, S3Error};
+use crate::alerts::AlertsConfig;
+use crate::engine::pipeline::{Committed, Engine, EngineConfig};
+use crate::settings::{check_nonzero, millis};
+use crate::sources::{Durable, Msg, Sink, SourceConfig, StartError};
+use crate::state::risk::RiskRules;
+use crate::state::{Effect, Rules};
+use crate::store::{Counters, Store, StoreError};
 use crate::timeutil::{now_ms, rfc3339};
+
+/// `[watch]`: how the engine judges and commits, and how often the watcher reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// A node added again within this long cancels a deletion (recreate, plan change).
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub deletion_grace: Duration,
+    /// Longest time between store commits while lines arrive.
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub commit_interval: Duration,
+    /// Most lines between store commits.
+    pub commit_lines: u64,
+    pub max_line_bytes: usize,
+    /// How often the watcher logs its counters.
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub stats_interval: Duration,
+    /// Most lines kept waiting for their instance (a container's line before the line that names its
+    /// instance); past it the oldest is given up and counted unattributed.
+    pub parked_max: usize,
+    /// How long (wall clock) a parked line waits for its instance before it is given up.
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub parked_ttl: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            deletion_grace: Duration::from_secs(120),
+            commit_interval: Duration::from_secs(1),
+            commit_lines: 50_000,
+            max_line_bytes: 64 * 1024,
+            stats_interval: Duration::from_secs(60),
+            parked_max: 100_000,
+            parked_ttl: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+impl WatchConfig {
+    /// Checks what serde cannot; errors name the key and its value.
+    pub fn validate(&self) -> Result<(), String> {
+        check_nonzero("watch.commit_interval", self.commit_interval, "the commit timer cannot tick every 0s")?;
+        check_nonzero("watch.stats_interval", self.stats_interval, "the counters would be logged continuously")
+    }
+
+    /// The engine's settings; with `alerts`, deletions and absence scans raise outbox entries.
+    pub fn engine(&self, alerts: Option<AlertsConfig>) -> EngineConfig {
+        EngineConfig {
+            rules: Rules { deletion_grace_ms: millis(self.deletion_grace), ..Rules::default() },
+            max_line_bytes: self.max_line_bytes,
+            alerts,
+            parked_max: self.parked_max,
+            parked_ttl_ms: millis(self.parked_ttl),
+        }
+    }
+}
+
+/// Everything the watcher starts, each part as its component defines it.
+pub struct Setup {
+    pub watch: WatchConfig,
+    pub engine: EngineConfig,
+    /// Where lines come from (never empty: the composed config supplies the default listener).
+    pub sources: Vec<SourceConfig>,
+    pub http: Option<HttpConfig>,
+    pub alerts: Option<AlertsConfig>,
+    /// For the sender's check that a deleted instance's backups are there.
+    pub s3: Option<S3Config>,
+    pub risk: RiskRules,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the engine thread: {0}; the host is out of threads or memory")]
+    Thread(std::io::Error),
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error(transparent)]
+    Sources(#[from] StartError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    #[error(transparent)]
+    Alerts(#[from] crate::sinks::sender::SenderError),
+    #[error("the engine thread panicked; the store keeps what it last committed and a restart resumes from there; please report the panic in the log above")]
+    EnginePanicked,
+    #[error("the engine did not finish within 30s of shutdown; the store keeps what it last committed and a restart resumes from there")]
+    ShutdownTimeout,
+}
 
 /// Logs what a commit made durable; these lines are what an operator greps for before alerts exist.
 fn log_effects(c: &Committed) {
@@ -42,16 +137,16 @@ fn log_effects(c: &Committed) {
 fn engine_loop(
     mut engine: Engine,
     mut rx: mpsc::Receiver<Msg>,
-    cfg: Config,
+    cfg: WatchConfig,
+    scan_every: Option<Duration>,
     sources_total: usize,
     durable: tokio::sync::watch::Sender<Durable>,
-) -> anyhow::Result<Counters> {
+) -> Result<Counters, StoreError> {
     let mut finished = 0usize;
     let mut last_stats = Instant::now();
-    let scan_every = cfg.alerts.as_ref().map(|a| a.absence_scan_interval);
     let mut last_scan = Instant::now();
     let mut stats_base = engine.counters().clone();
-    let commit = |engine: &mut Engine, tick: bool| -> anyhow::Result<()> {
+    let commit = |engine: &mut Engine, tick: bool| -> Result<(), StoreError> {
         let c = engine.commit(tick.then(now_ms))?;
         log_effects(&c);
         // Only now may sources acknowledge upstream (Kafka offsets) what these positions cover.
@@ -61,7 +156,7 @@ fn engine_loop(
     while let Some(msg) = rx.blocking_recv() {
         match msg {
             Msg::Register { id, name, replayable, clock, reply } => {
-                let r = engine.add_source_with(&id, &name, replayable, clock)?;
+                let r = engine.add_source_with(id, &name, replayable, clock)?;
                 let _ = reply.send(r);
             }
             Msg::Restart { h } => engine.restart(h),
@@ -85,16 +180,16 @@ fn engine_loop(
                     }
                 }
                 commit(&mut engine, true)?;
-                if last_stats.elapsed() >= cfg.watch.stats_interval {
-                    let d = crate::report::delta(&stats_base, engine.counters());
+                if last_stats.elapsed() >= cfg.stats_interval {
+                    let d = crate::app::report::delta(&stats_base, engine.counters());
                     let secs = last_stats.elapsed().as_secs_f64();
-                    tracing::info!(rate = format!("{:.0} lines/s", d.lines_read as f64 / secs), "{}", crate::report::counters_text(&d));
+                    tracing::info!(rate = format!("{:.0} lines/s", d.lines_read as f64 / secs), "{}", crate::app::report::counters_text(&d));
                     stats_base = engine.counters().clone();
                     last_stats = Instant::now();
                 }
             }
         }
-        if engine.uncommitted_lines() >= cfg.watch.commit_lines {
+        if engine.uncommitted_lines() >= cfg.commit_lines {
             commit(&mut engine, false)?;
         }
     }
@@ -103,44 +198,55 @@ fn engine_loop(
 }
 
 /// Runs until `shutdown` resolves or every source has finished (stdin or a non-followed file).
-pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<Counters> {
-    let engine = Engine::new(store.clone(), cfg.engine())?;
+pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<Output = ()>) -> Result<Counters, WatchError> {
+    let Setup { watch, engine, sources, http, alerts, s3, risk } = setup;
+    let engine = Engine::new(store.clone(), engine)?;
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let sink = Sink::new(tx.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    let sources = cfg.sources();
-    let finite = sources.iter().filter(|s| matches!(s, SourceConfig::Stdin | SourceConfig::File { follow: false, .. })).count();
+    let finite = sources.iter().filter(|s| s.is_finite()).count();
     let all_finite = finite == sources.len();
 
-    let ecfg = cfg.clone();
     let (durable_tx, durable_rx) = tokio::sync::watch::channel(Arc::new(HashMap::new()));
+    let (wcfg, scan_every) = (watch.clone(), alerts.as_ref().map(|a| a.absence_scan_interval));
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine_loop(engine, rx, ecfg, if all_finite { finite } else { usize::MAX }, durable_tx))?;
+        .spawn(move || engine_loop(engine, rx, wcfg, scan_every, if all_finite { finite } else { usize::MAX }, durable_tx))
+        .map_err(WatchError::Thread)?;
 
     // [http]: health and metrics, up before the sources so /readyz can say they are starting.
-    let mut http = match &cfg.http {
-        Some(h) => Some(crate::adapters::http::Server::start(&cfg, h, store.clone(), durable_rx.clone()).await?),
+    let mut http = match &http {
+        Some(h) => {
+            let journal = store.path().to_path_buf();
+            let recoveries: crate::adapters::http::RecoveryCounts = Arc::new(move || {
+                let list = crate::recover::journal::Journal::for_store(&journal).list().map_err(|e| e.to_string())?;
+                Ok(list.into_iter().map(|r| r.status.as_str()).collect())
+            });
+            let watched =
+                crate::adapters::http::Watched { sources: sources.clone(), commit_interval: watch.commit_interval, risk, recoveries: Some(recoveries) };
+            Some(crate::adapters::http::Server::start(h, watched, store.clone(), durable_rx.clone()).await?)
+        }
         None => None,
     };
-    let opts = crate::sources::SourceOptions { stats_interval: cfg.watch.stats_interval };
+    let opts = crate::sources::SourceOptions { stats_interval: watch.stats_interval };
     let running = crate::sources::start(&sources, &sink, durable_rx, stop.clone(), &opts).await?;
     if let Some(h) = &http {
         h.sources_started();
     }
 
-    let control = tokio::spawn(crate::query::serve(store.clone()));
-    let sender = match &cfg.alerts {
+    let control = tokio::spawn(crate::store::query::serve(store.clone()));
+    let sender = match alerts {
         Some(a) => {
-            let s3 = cfg.s3.as_ref().map(crate::adapters::s3::ObjectStore::connect).transpose()?;
-            let sender = crate::sinks::sender::Sender::new(store.clone(), a.clone(), s3)?;
-            Some(tokio::spawn(sender.run(std::time::Duration::from_secs(1))))
+            let s3 = s3.as_ref().map(crate::adapters::s3::ObjectStore::connect).transpose()?;
+            let sender = crate::sinks::sender::Sender::new(store.clone(), a, s3)?;
+            Some(tokio::spawn(sender.run(Duration::from_secs(1))))
         }
         None => None,
     };
     let ticker = {
         let tx = tx.clone();
-        let every = cfg.watch.commit_interval;
+        // Never zero: `WatchConfig::validate` refuses it, and tokio's interval would panic.
+        let every = watch.commit_interval.max(Duration::from_millis(1));
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(every);
             loop {
@@ -166,7 +272,7 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
             if let Some(h) = http.take() {
                 h.stop();
             }
-            return res?.map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+            return Ok(res.map_err(|_| WatchError::EnginePanicked)?.map_err(|_| WatchError::EnginePanicked)??);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -181,10 +287,10 @@ pub async fn run(cfg: Config, store: Store, shutdown: impl std::future::Future<O
     ticker.abort();
     control.abort();
     // The engine applies everything queued before Shutdown, commits and returns.
-    let res = tokio::time::timeout(std::time::Duration::from_secs(30), engine_done).await;
-    let _ = std::fs::remove_file(store.path().join(crate::query::SOCKET_NAME));
+    let res = tokio::time::timeout(Duration::from_secs(30), engine_done).await;
+    let _ = std::fs::remove_file(store.path().join(crate::store::query::SOCKET_NAME));
     match res {
-        Ok(r) => r?.map_err(|_| anyhow::anyhow!("the engine thread panicked"))?,
-        Err(_) => anyhow::bail!("the engine did not finish within 30s of shutdown"),
+        Ok(r) => Ok(r.map_err(|_| WatchError::EnginePanicked)?.map_err(|_| WatchError::EnginePanicked)??),
+        Err(_) => Err(WatchError::ShutdownTimeout),
     }
 }

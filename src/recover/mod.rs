@@ -31,7 +31,7 @@ pub mod progress;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The one byte formatter lives in `verify`; this path stays for the callers that use it.
 pub use crate::verify::human_bytes;
@@ -50,16 +50,16 @@ pub struct RecoverConfig {
     pub multipart_threshold_mb: u64,
     pub part_size_mb: u64,
     /// How long step 2 waits for the target's container and cell to appear in the store.
-    #[serde(deserialize_with = "de_target_wait", serialize_with = "ser_duration")]
+    #[serde(deserialize_with = "de_target_wait", serialize_with = "crate::settings::serialize_duration")]
     pub target_wait: Duration,
     /// How long step 8 waits for the restore to show in the stream.
-    #[serde(deserialize_with = "de_confirm_timeout", serialize_with = "ser_duration")]
+    #[serde(deserialize_with = "de_confirm_timeout", serialize_with = "crate::settings::serialize_duration")]
     pub confirm_timeout: Duration,
     /// How often steps 2 and 8 look at the store.
-    #[serde(deserialize_with = "de_poll_interval", serialize_with = "ser_duration")]
+    #[serde(deserialize_with = "de_poll_interval", serialize_with = "crate::settings::serialize_duration")]
     pub poll_interval: Duration,
     /// Progress line interval when stderr is not a terminal.
-    #[serde(deserialize_with = "de_progress_interval", serialize_with = "ser_duration")]
+    #[serde(deserialize_with = "de_progress_interval", serialize_with = "crate::settings::serialize_duration")]
     pub progress_interval: Duration,
 }
 
@@ -79,9 +79,8 @@ impl Default for RecoverConfig {
     }
 }
 
-/// The longest wait or interval accepted; anything longer is a typo, and far longer ones overflow the
-/// clock arithmetic of the steps that wait.
-pub const MAX_WAIT: Duration = Duration::from_secs(3_155_760_000); // 100 years of 365.25 days, as humantime counts them
+/// The longest wait or interval accepted: the bound every configured duration has.
+pub const MAX_WAIT: Duration = crate::settings::MAX_DURATION;
 
 /// A `[recover]` duration that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,11 +123,6 @@ fn de_poll_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Erro
 
 fn de_progress_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     de_wait(d, "progress_interval", "a progress line would be written on every tick")
-}
-
-/// Writes a duration back in the form it is read in (`"10m"`).
-fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
 }
 
 impl RecoverConfig {

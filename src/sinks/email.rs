@@ -41,7 +41,7 @@ pub struct EmailConfig {
     /// Recipients for warnings (default: `to`).
     #[serde(default)]
     pub to_warning: Vec<String>,
-    #[serde(default = "default_timeout", deserialize_with = "crate::config::duration")]
+    #[serde(default = "default_timeout", deserialize_with = "crate::settings::duration")]
     pub timeout: Duration,
 }
 

@@ -11,6 +11,15 @@ use crate::alerts::{compose, Alert, AlertsConfig, Delivery, Kind, Rule};
 use crate::store::{Store, StoreError};
 use crate::timeutil::now_ms;
 
+/// A delivery channel that cannot be set up; the message names its config section.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    #[error(transparent)]
+    Email(#[from] super::email::EmailError),
+    #[error(transparent)]
+    Webhook(#[from] super::webhook::WebhookError),
+}
+
 pub struct Sender {
     store: Store,
     cfg: AlertsConfig,
@@ -21,7 +30,7 @@ pub struct Sender {
 
 impl Sender {
     /// Fails on a misconfigured channel, at start-up rather than at the first deletion.
-    pub fn new(store: Store, cfg: AlertsConfig, s3: Option<ObjectStore>) -> anyhow::Result<Sender> {
+    pub fn new(store: Store, cfg: AlertsConfig, s3: Option<ObjectStore>) -> Result<Sender, SenderError> {
         let mailer = cfg.email.as_ref().map(Mailer::new).transpose()?;
         let webhook = cfg.webhook.as_ref().map(Webhook::new).transpose()?;
         if mailer.is_none() && webhook.is_none() {

@@ -14,7 +14,7 @@ pub struct WebhookConfig {
     /// Extra headers (e.g. Authorization); their values are never logged.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    #[serde(default = "default_timeout", deserialize_with = "crate::config::duration")]
+    #[serde(default = "default_timeout", deserialize_with = "crate::settings::duration")]
     pub timeout: Duration,
 }
 

@@ -26,8 +26,7 @@ use serde::Serialize;
 
 use super::decode::{self, Format};
 use super::file::{archive_clock, file_tail_matches, first_anchor, first_line, mtime_ms, tail_matches, Chunker, StreamOptions, ANCHOR_SCAN, STDIN_VERIFY_MAX};
-use super::{fnv1a, stream_id};
-use crate::engine::pipeline::Resume;
+use super::protocol::{Resume, SourceId};
 use crate::parse::envelope::time_of;
 use crate::parse::{EnvTime, YearClock};
 use crate::timeutil::now_ms;
@@ -183,7 +182,7 @@ type BoxRead = Box<dyn Read + Send>;
 /// What the probe learned of an input.
 struct Probe {
     format: Format,
-    id: String,
+    id: SourceId,
     clock: YearClock,
     /// Sort key of the input's first line (its first time; lines before it go with it).
     first_key: i64,
@@ -239,8 +238,8 @@ fn probe(input: &Input, opts: &MergeOptions, counter: &Arc<AtomicU64>, now: i64)
     }
     let clock = archive_clock(&head, bound, opts.stream);
     let first = first_line(&head);
-    let id = stream_id("lines", first);
-    let tiebreak = fnv1a(&first[..first.len().min(4096)]);
+    let id = SourceId::stream(first);
+    let SourceId::Lines { first_line: tiebreak } = id else { unreachable!("a stream id is a lines id") };
     let mut c = clock.clone();
     let first_key = head.split(|&b| b == b'\n').take(10_000).find_map(|l| line_time(l, &mut c, now)).unwrap_or(i64::MIN);
     let stdin = match input.kind {
@@ -436,7 +435,7 @@ pub enum Step<'a> {
 }
 
 /// Registers an input's stream (`input`, stream id, name, clock) and returns its stored position.
-pub type Register<'r> = dyn FnMut(usize, &str, &str, YearClock) -> io::Result<Option<Resume>> + 'r;
+pub type Register<'r> = dyn FnMut(usize, SourceId, &str, YearClock) -> io::Result<Option<Resume>> + 'r;
 
 type Key = (i64, u64, usize);
 
@@ -591,7 +590,7 @@ impl Merger {
     fn activate(&mut self, i: usize, reg: &mut Register<'_>) -> io::Result<()> {
         let slot = &mut self.slots[i];
         let Some(mut probe) = slot.probe.take() else { return Ok(()) };
-        let resume = reg(i, &probe.id, &slot.input.name, probe.clock.clone())?;
+        let resume = reg(i, probe.id.clone(), &slot.input.name, probe.clock.clone())?;
         let clock = probe.clock.clone();
         let compressed = probe.format.is_compressed();
         let threaded = compressed && self.threads < self.opts.threads.max(1);
@@ -766,7 +765,7 @@ mod tests {
         assert!(failed.is_empty(), "{failed:?}");
         let mut m = Merger::new(inputs, opts);
         let mut out = Vec::new();
-        let mut reg = |_: usize, _: &str, _: &str, _: YearClock| Ok(None);
+        let mut reg = |_: usize, _: SourceId, _: &str, _: YearClock| Ok(None);
         while let Some(s) = m.next(&mut reg).unwrap() {
             if let Step::Lines { bytes, .. } = s {
                 out.extend(String::from_utf8(bytes.to_vec()).unwrap().lines().map(str::to_string));
@@ -849,7 +848,7 @@ mod tests {
         assert!(failed[0].error.as_deref().unwrap().contains("holds no files"));
         assert!(failed[1].error.as_deref().unwrap().contains("cannot read it"));
         let mut m = Merger::new(inputs, MergeOptions::default());
-        let mut reg = |_: usize, _: &str, _: &str, _: YearClock| Ok(None);
+        let mut reg = |_: usize, _: SourceId, _: &str, _: YearClock| Ok(None);
         let mut n = 0;
         while let Some(s) = m.next(&mut reg).unwrap() {
             if let Step::Lines { bytes, .. } = s {

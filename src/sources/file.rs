@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{fnv1a, stream_id, Msg, Sink};
-use crate::engine::pipeline::{Resume, SourceHandle};
+use super::{fnv1a, Msg, Resume, Sink, SourceHandle, SourceId};
 use crate::parse::{line_anchor, YearClock};
 
 /// Small enough that what read() copied is still in L2 when the newline count and the prefilter scan
@@ -203,14 +202,14 @@ impl<R: Read> Chunker<R> {
 /// Where a stream consumer puts what it read: straight into an engine (`safeguard ingest`) or onto the
 /// watcher's channel.
 pub trait LineSink {
-    fn register(&mut self, id: &str, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)>;
+    fn register(&mut self, id: SourceId, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)>;
     /// The stream is not the one stored at its position: it is read from its start.
     fn restart(&mut self, h: SourceHandle) -> io::Result<()>;
     fn lines(&mut self, h: SourceHandle, base: u64, bytes: &[u8]) -> io::Result<()>;
 }
 
 impl LineSink for Sink {
-    fn register(&mut self, id: &str, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)> {
+    fn register(&mut self, id: SourceId, name: &str, clock: YearClock) -> io::Result<(SourceHandle, Option<Resume>)> {
         self.register_blocking(id, name, true, clock).map_err(|e| io::Error::other(e.to_string()))
     }
     fn restart(&mut self, h: SourceHandle) -> io::Result<()> {
@@ -247,7 +246,7 @@ fn register_file(f: &mut File, path: &Path, sink: &mut dyn LineSink, bound: Opti
     if head.is_empty() {
         return Ok(None);
     }
-    let (h, resume) = sink.register(&stream_id("lines", first_line(&head)), &path.display().to_string(), archive_clock(&head, bound, opts))?;
+    let (h, resume) = sink.register(SourceId::stream(first_line(&head)), &path.display().to_string(), archive_clock(&head, bound, opts))?;
     drop(head);
     let start = match resume {
         Some(r) if file_tail_matches(f, &r)? => r.offset,
@@ -270,7 +269,7 @@ pub fn read_stream<R: Read>(mut r: R, name: &str, sink: &mut dyn LineSink, opts:
     if head.is_empty() {
         return Ok(0);
     }
-    let (h, resume) = sink.register(&stream_id("lines", first_line(&head)), name, archive_clock(&head, None, opts))?;
+    let (h, resume) = sink.register(SourceId::stream(first_line(&head)), name, archive_clock(&head, None, opts))?;
     if let Some(res) = resume {
         if res.offset > head.len() as u64 && res.offset <= STDIN_VERIFY_MAX {
             (&mut r).take(res.offset - head.len() as u64).read_to_end(&mut head)?;

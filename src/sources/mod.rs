@@ -1,89 +1,101 @@
 //! Where lines come from. Every source turns its input into [`Msg`]s for the engine thread, which owns
 //! the store; sources never touch state. A source that can be replayed (file, stdin, Kafka partition)
-//! registers a stable id so the engine can skip what it already applied.
+//! registers a stable [`SourceId`] so the engine can skip what it already applied.
+//!
+//! Each source owns its config section: [`syslog::SyslogConfig`], [`FileConfig`] (files and stdin are
+//! read by `file.rs`), [`kafka::KafkaConfig`]; [`SourceConfig`] is one `[[sources]]` entry.
 
 pub mod archive;
 pub mod decode;
 pub mod file;
 pub mod kafka;
+pub mod protocol;
 pub mod syslog;
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use serde::Deserialize;
+use tokio::sync::watch;
 
-use crate::config::SourceConfig;
-use crate::engine::pipeline::{Resume, SourceHandle};
-use crate::parse::YearClock;
-
-/// Source positions the store has durably committed, by source id; published after every commit.
-pub type Durable = Arc<HashMap<String, u64>>;
-
-pub enum Msg {
-    /// `clock`: how the source's RFC 3164 years start when the store has no clock of an earlier run.
-    Register { id: String, name: String, replayable: bool, clock: YearClock, reply: oneshot::Sender<(SourceHandle, Option<Resume>)> },
-    /// The source is another stream than the one its stored position belongs to: read it from the start.
-    Restart { h: SourceHandle },
-    /// One message (a datagram, a framed TCP message), ending at `end` in its source.
-    Line { h: SourceHandle, end: u64, bytes: Vec<u8> },
-    /// Whole lines read from a file or stdin, starting at byte `base`.
-    Chunk { h: SourceHandle, base: u64, bytes: Vec<u8> },
-    /// A source stopped for good (stdin closed, a non-followed file read to its end).
-    Finished { name: String },
-    /// Time passed: commit what is pending and advance deletion graces to the wall clock.
-    Tick,
-    /// Commit everything received so far and stop.
-    Shutdown,
-}
-
-/// The sending side every source holds.
-#[derive(Clone)]
-pub struct Sink {
-    tx: mpsc::Sender<Msg>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("the engine stopped")]
-pub struct EngineGone;
-
-impl Sink {
-    pub fn new(tx: mpsc::Sender<Msg>) -> Self {
-        Sink { tx }
-    }
-
-    pub async fn register(&self, id: &str, name: &str, replayable: bool) -> Result<(SourceHandle, Option<Resume>), EngineGone> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Register { id: id.to_string(), name: name.to_string(), replayable, clock: YearClock::live(), reply })
-            .await
-            .map_err(|_| EngineGone)?;
-        rx.await.map_err(|_| EngineGone)
-    }
-
-    pub fn register_blocking(&self, id: &str, name: &str, replayable: bool, clock: YearClock) -> Result<(SourceHandle, Option<Resume>), EngineGone> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.blocking_send(Msg::Register { id: id.to_string(), name: name.to_string(), replayable, clock, reply }).map_err(|_| EngineGone)?;
-        rx.blocking_recv().map_err(|_| EngineGone)
-    }
-
-    pub async fn send(&self, m: Msg) -> Result<(), EngineGone> {
-        self.tx.send(m).await.map_err(|_| EngineGone)
-    }
-
-    pub fn send_blocking(&self, m: Msg) -> Result<(), EngineGone> {
-        self.tx.blocking_send(m).map_err(|_| EngineGone)
-    }
-}
+pub use protocol::{Durable, EngineGone, Msg, Resume, Sink, SourceHandle, SourceId, StreamTail};
 
 pub use safeguard_core::fnv1a;
 
-/// A line stream's name in the store: its first line, so the same archived log ingested twice (or from
-/// another path, or through stdin) resumes where it stopped, and a rotated file is a new stream. Two
-/// streams that share a first line are told apart by the bytes before the stored position ([`Resume`]).
-pub fn stream_id(kind: &str, first_line: &[u8]) -> String {
-    format!("{kind}:{:016x}", fnv1a(&first_line[..first_line.len().min(4096)]))
+/// One `[[sources]]` entry, by its `type`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Local syslog listener; either address may be left out to disable that protocol.
+    Syslog(syslog::SyslogConfig),
+    /// A log file, followed across rotation when `follow` (the default).
+    File(FileConfig),
+    Stdin,
+    /// Kafka topics carrying the platform's syslog, one syslog message per record (see docs/kafka.md).
+    Kafka(kafka::KafkaConfig),
+}
+
+impl SourceConfig {
+    /// Checks what serde cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            SourceConfig::Kafka(k) => k.validate().map_err(|e| e.to_string()),
+            SourceConfig::Syslog(_) | SourceConfig::File(_) | SourceConfig::Stdin => Ok(()),
+        }
+    }
+
+    /// Its `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Syslog(_) => "syslog",
+            SourceConfig::File(_) => "file",
+            SourceConfig::Stdin => "stdin",
+            SourceConfig::Kafka(_) => "kafka",
+        }
+    }
+
+    /// A source that ends by itself (stdin, a file read once) rather than running until shutdown.
+    pub fn is_finite(&self) -> bool {
+        matches!(self, SourceConfig::Stdin | SourceConfig::File(FileConfig { follow: false, .. }))
+    }
+
+    /// How `/readyz` and logs name the source.
+    pub fn label(&self) -> String {
+        match self {
+            SourceConfig::Syslog(s) => {
+                let a: Vec<String> = [s.udp.map(|a| format!("udp {a}")), s.tcp.map(|a| format!("tcp {a}"))].into_iter().flatten().collect();
+                format!("syslog {}", a.join(", "))
+            }
+            SourceConfig::File(f) => format!("file {}", f.path.display()),
+            SourceConfig::Stdin => "stdin".into(),
+            SourceConfig::Kafka(k) => format!("kafka {}", k.topics.join(",")),
+        }
+    }
+}
+
+/// `type = "file"`: a log file, read from where the store stopped.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub path: PathBuf,
+    /// Follow the file like `tail -F` (across rotation and truncation); false reads it once to its end.
+    #[serde(default = "yes")]
+    pub follow: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the sources: {0}")]
+    Engine(#[from] EngineGone),
+    #[error(transparent)]
+    Listen(#[from] syslog::ListenError),
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSourceError),
 }
 
 /// What [`start`] started; dropped or aborted on shutdown.
@@ -134,26 +146,14 @@ pub async fn start(
     durable: watch::Receiver<Durable>,
     stop: Arc<AtomicBool>,
     opts: &SourceOptions,
-) -> anyhow::Result<Running> {
+) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
     let mut finishing = Vec::new();
     for src in sources {
-        match src.clone() {
-            SourceConfig::Syslog { udp, tcp } => {
-                let (h, _) = sink.register("syslog", "syslog listener", false).await?;
-                if let Some(a) = udp {
-                    let sock = syslog::bind_udp(a).await?;
-                    tracing::info!(addr = %sock.local_addr()?, "listening for syslog on UDP");
-                    tasks.push(tokio::spawn(syslog::run_udp(sock, h, sink.clone())));
-                }
-                if let Some(a) = tcp {
-                    let l = syslog::bind_tcp(a).await?;
-                    tracing::info!(addr = %l.local_addr()?, "listening for syslog on TCP");
-                    tasks.push(tokio::spawn(syslog::run_tcp(l, h, sink.clone())));
-                }
-            }
-            SourceConfig::File { path, follow } => {
-                let (sink, stop) = (sink.clone(), stop.clone());
+        match src {
+            SourceConfig::Syslog(s) => tasks.extend(syslog::start(s, sink).await?),
+            SourceConfig::File(FileConfig { path, follow }) => {
+                let (sink, stop, path, follow) = (sink.clone(), stop.clone(), path.clone(), *follow);
                 std::thread::spawn(move || {
                     let res = if follow {
                         file::follow_file(path.clone(), sink.clone(), std::time::Duration::from_millis(250), stop)
@@ -175,11 +175,7 @@ pub async fn start(
                     let _ = sink.send_blocking(Msg::Finished { name: "stdin".into() });
                 });
             }
-            SourceConfig::Kafka { .. } => {
-                if let Some(settings) = kafka::KafkaSettings::from_source(src, opts.stats_interval) {
-                    finishing.push(kafka::start(settings, sink.clone(), durable.clone(), stop.clone())?);
-                }
-            }
+            SourceConfig::Kafka(k) => finishing.push(kafka::start(k, opts.stats_interval, sink.clone(), durable.clone(), stop.clone())?),
         }
     }
     Ok(Running { tasks, finishing, stop })

@@ -3,11 +3,30 @@
 
 use std::net::SocketAddr;
 
+use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use super::{Msg, Sink};
-use crate::engine::pipeline::SourceHandle;
+use super::{Msg, Sink, SourceHandle, SourceId, StartError};
+
+/// Where `safeguard watch` listens (UDP and TCP) when the config names no source.
+pub const DEFAULT_SYSLOG: &str = "127.0.0.1:5514";
+
+/// `type = "syslog"`: either address may be left out to disable that protocol.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    pub udp: Option<SocketAddr>,
+    pub tcp: Option<SocketAddr>,
+}
+
+impl SyslogConfig {
+    /// The embedded default: UDP and TCP on [`DEFAULT_SYSLOG`].
+    pub fn default_listener() -> SyslogConfig {
+        let a: SocketAddr = DEFAULT_SYSLOG.parse().expect("static address");
+        SyslogConfig { udp: Some(a), tcp: Some(a) }
+    }
+}
 
 /// Frames longer than this are cut off (and will be rejected as too long).
 const MAX_FRAME: usize = 1 << 20;
@@ -24,6 +43,24 @@ pub async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, ListenError> {
 
 pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     TcpListener::bind(addr).await.map_err(|source| ListenError::Bind { proto: "TCP", addr, source })
+}
+
+/// Registers the listener and binds its sockets (a port in use fails here, at start-up); returns the
+/// tasks that serve them.
+pub async fn start(cfg: &SyslogConfig, sink: &Sink) -> Result<Vec<tokio::task::JoinHandle<()>>, StartError> {
+    let (h, _) = sink.register(SourceId::Syslog, "syslog listener", false).await?;
+    let mut tasks = Vec::new();
+    if let Some(a) = cfg.udp {
+        let sock = bind_udp(a).await?;
+        tracing::info!(addr = %sock.local_addr().unwrap_or(a), "listening for syslog on UDP");
+        tasks.push(tokio::spawn(run_udp(sock, h, sink.clone())));
+    }
+    if let Some(a) = cfg.tcp {
+        let l = bind_tcp(a).await?;
+        tracing::info!(addr = %l.local_addr().unwrap_or(a), "listening for syslog on TCP");
+        tasks.push(tokio::spawn(run_tcp(l, h, sink.clone())));
+    }
+    Ok(tasks)
 }
 
 /// Counter that orders network messages; they are not replayable, so it is only informational.

@@ -2,6 +2,7 @@
 //! Every write goes through [`Store::commit`], one atomic batch followed by a flush.
 
 pub mod keys;
+pub mod query;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,21 @@ use crate::state::InstanceRecord;
 
 /// 2: records carry the facts behind their fields (`state::Facts`); schema 1 stores are migrated on open.
 pub const SCHEMA_VERSION: u32 = 2;
+
+/// `[store]`: where the store lives (`--store` / `SAFEGUARD_STORE` win) and how much it caches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub path: Option<PathBuf>,
+    /// sled's page cache; bounds the watcher's memory.
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: None, cache_mb: 64 }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -151,7 +151,7 @@ pub fn s3_config(endpoint: String, secret: &str) -> safeguard::s3::S3Config {
         path_style: true,
         access_key_id: Some("testing-key".into()),
         secret_access_key: Some(secret.into()),
-        timeout: "10s".into(),
+        timeout: Duration::from_secs(10),
         max_attempts: 2,
         ..safeguard::s3::S3Config::default()
     }

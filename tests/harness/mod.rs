@@ -91,7 +91,7 @@ impl Services {
             path_style: true,
             access_key_id: Some(S3_KEY.into()),
             secret_access_key: Some(S3_SECRET.into()),
-            timeout: "10s".into(),
+            timeout: Duration::from_secs(10),
             max_attempts: 3,
             ..S3Config::default()
         }

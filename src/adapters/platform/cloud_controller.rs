@@ -39,15 +39,25 @@ pub struct CloudControllerConfig {
     /// The broker plan id recovery creates instances on (the runbook requires `solo`).
     pub plan_unique_id: String,
     /// Per request (humantime).
-    #[serde(deserialize_with = "super::de_duration_string")]
-    pub timeout: String,
+    #[serde(deserialize_with = "crate::settings::duration", serialize_with = "crate::settings::serialize_duration")]
+    pub timeout: Duration,
     /// How long to wait for the broker to finish creating the instance.
-    #[serde(deserialize_with = "super::de_duration_string")]
-    pub create_timeout: String,
-    #[serde(deserialize_with = "super::de_duration_string")]
-    pub poll_interval: String,
+    #[serde(deserialize_with = "crate::settings::duration", serialize_with = "crate::settings::serialize_duration")]
+    pub create_timeout: Duration,
+    #[serde(deserialize_with = "crate::settings::duration", serialize_with = "crate::settings::serialize_duration")]
+    pub poll_interval: Duration,
     /// Accept any TLS certificate (test foundations with self-signed certificates only).
     pub skip_tls_verify: bool,
+}
+
+impl CloudControllerConfig {
+    /// Checks what serde cannot; errors name the key and its value.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::settings::check_nonzero;
+        check_nonzero("cloud_controller.timeout", self.timeout, "every Cloud Controller request would time out at once")?;
+        check_nonzero("cloud_controller.create_timeout", self.create_timeout, "no instance could be created in time")?;
+        check_nonzero("cloud_controller.poll_interval", self.poll_interval, "the wait for a new instance would poll without pause")
+    }
 }
 
 impl Default for CloudControllerConfig {
@@ -60,9 +70,9 @@ impl Default for CloudControllerConfig {
             username: None,
             password: None,
             plan_unique_id: SOLO_PLAN_ID.into(),
-            timeout: "30s".into(),
-            create_timeout: "10m".into(),
-            poll_interval: "5s".into(),
+            timeout: Duration::from_secs(30),
+            create_timeout: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(5),
             skip_tls_verify: false,
         }
     }
@@ -108,20 +118,14 @@ impl CloudController {
                     .into(),
             ));
         }
-        let timeout = super::parse_duration("cloud_controller.timeout", &cfg.timeout)?;
+        cfg.validate().map_err(PlatformError::Config)?;
+        let timeout = cfg.timeout;
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .danger_accept_invalid_certs(cfg.skip_tls_verify)
             .build()
             .map_err(|e| PlatformError::Config(format!("cannot build the Cloud Controller HTTP client: {e}")))?;
-        Ok(CloudController {
-            cfg: cfg.clone(),
-            http,
-            api,
-            create_timeout: super::parse_duration("cloud_controller.create_timeout", &cfg.create_timeout)?,
-            poll: super::parse_duration("cloud_controller.poll_interval", &cfg.poll_interval)?,
-            token: tokio::sync::Mutex::new(None),
-        })
+        Ok(CloudController { cfg: cfg.clone(), http, api, create_timeout: cfg.create_timeout, poll: cfg.poll_interval, token: tokio::sync::Mutex::new(None) })
     }
 
     pub fn describe(&self, op: Op, ctx: &OpContext<'_>) -> String {
@@ -132,7 +136,7 @@ impl CloudController {
                 ctx.name.unwrap_or("?"),
                 ctx.space_guid.unwrap_or("?"),
                 self.cfg.plan_unique_id,
-                self.cfg.create_timeout
+                humantime::format_duration(self.cfg.create_timeout)
             ),
             Op::Bind => format!(
                 "Cloud Controller {}: POST /v2/service_bindings {{service_instance_guid: {}, app_guid: <guid of app {:?} in space {}>}}",
@@ -304,7 +308,10 @@ impl CloudController {
                     return Err(PlatformError::Failed {
                         op: "create",
                         what: what.to_string(),
-                        detail: format!("{guid} is still {state:?} after {}; resume later with `safeguard recover --resume`", self.cfg.create_timeout),
+                        detail: format!(
+                            "{guid} is still {state:?} after {}; resume later with `safeguard recover --resume`",
+                            humantime::format_duration(self.cfg.create_timeout)
+                        ),
                     })
                 }
                 _ => tokio::time::sleep(self.poll).await,

@@ -34,8 +34,8 @@ pub struct CommandsConfig {
     /// Binds app `{app}` to `{instance_id}`. When unset, bind uses `[cloud_controller]`.
     pub bind: Option<String>,
     /// Longest a command may run (humantime).
-    #[serde(deserialize_with = "super::de_duration_string")]
-    pub timeout: String,
+    #[serde(deserialize_with = "crate::settings::duration", serialize_with = "crate::settings::serialize_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for CommandsConfig {
@@ -48,7 +48,7 @@ impl Default for CommandsConfig {
             start: format!("bosh -d {{deployment}} ssh {{host}} -c \"{DOCKER} start {{container}}\""),
             create: None,
             bind: None,
-            timeout: "10m".into(),
+            timeout: Duration::from_secs(600),
         }
     }
 }
@@ -153,7 +153,8 @@ pub fn last_guid(s: &str) -> Option<String> {
 
 impl CommandPlatform {
     pub fn new(cfg: &PlatformConfig, cc: Option<CloudController>) -> Result<CommandPlatform, PlatformError> {
-        let timeout = super::parse_duration("platform.commands.timeout", &cfg.commands.timeout)?;
+        cfg.validate().map_err(PlatformError::Config)?;
+        let timeout = cfg.commands.timeout;
         let p = CommandPlatform { cfg: cfg.commands.clone(), deployment: cfg.deployment.clone(), timeout, cc };
         // Catch template typos at start-up, not halfway through a recovery.
         let probe = OpContext { instance_id: Some("i"), container: Some("c"), host: Some("h"), name: Some("n"), space_guid: Some("s"), app: Some("a") };
@@ -209,7 +210,7 @@ impl CommandPlatform {
                 op: op.as_str(),
                 what,
                 command: cmd,
-                outcome: format!("did not finish within {} and was killed", self.cfg.timeout),
+                outcome: format!("did not finish within {} and was killed", humantime::format_duration(self.cfg.timeout)),
                 tail: tail(&both, 400),
             });
         }

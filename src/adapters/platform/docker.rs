@@ -30,8 +30,8 @@ pub struct DockerConfig {
     /// Seconds Docker waits for the container to stop before killing it.
     pub stop_timeout_secs: u64,
     /// Per request (humantime); flush waits up to four times this for the helper.
-    #[serde(deserialize_with = "super::de_duration_string")]
-    pub timeout: String,
+    #[serde(deserialize_with = "crate::settings::duration", serialize_with = "crate::settings::serialize_duration")]
+    pub timeout: Duration,
 }
 
 impl Default for DockerConfig {
@@ -42,7 +42,7 @@ impl Default for DockerConfig {
             data_dir: "/data".into(),
             flush_image: None,
             stop_timeout_secs: 30,
-            timeout: "60s".into(),
+            timeout: Duration::from_secs(60),
         }
     }
 }
@@ -60,7 +60,9 @@ struct Conn {
 
 impl Docker {
     pub fn new(cfg: &DockerConfig) -> Result<Docker, PlatformError> {
-        let timeout = super::parse_duration("platform.docker.timeout", &cfg.timeout)?;
+        crate::settings::check_nonzero("platform.docker.timeout", cfg.timeout, "every Docker API call would time out at once")
+            .map_err(PlatformError::Config)?;
+        let timeout = cfg.timeout;
         let u = cfg.url.trim();
         if !(u.starts_with("unix://") || u.starts_with("tcp://") || u.starts_with("http://") || u.starts_with("https://")) {
             return Err(PlatformError::Config(format!("platform.docker.url {u:?} must start with unix://, tcp://, http:// or https://")));

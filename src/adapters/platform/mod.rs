@@ -19,9 +19,8 @@ pub mod docker;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
 use cloud_controller::{CloudController, CloudControllerConfig};
 
@@ -36,6 +35,14 @@ pub struct PlatformConfig {
     pub deployment: String,
     pub commands: command::CommandsConfig,
     pub docker: docker::DockerConfig,
+}
+
+impl PlatformConfig {
+    /// Checks what serde cannot; errors name the key and its value.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::settings::check_nonzero("platform.commands.timeout", self.commands.timeout, "every platform command would be killed at once")?;
+        crate::settings::check_nonzero("platform.docker.timeout", self.docker.timeout, "every Docker API call would time out at once")
+    }
 }
 
 impl Default for PlatformConfig {
@@ -255,10 +262,6 @@ pub(crate) fn urlencode(s: &str) -> String {
     out
 }
 
-pub(crate) fn parse_duration(key: &str, v: &str) -> Result<Duration, PlatformError> {
-    humantime::parse_duration(v.trim()).map_err(|e| PlatformError::Config(format!("{key} {v:?} is not a duration like \"30s\" ({e})")))
-}
-
 /// Last `n` characters of a command's or server's output, on one line.
 pub(crate) fn tail(s: &str, n: usize) -> String {
     let s = s.trim();
@@ -269,13 +272,6 @@ pub(crate) fn tail(s: &str, n: usize) -> String {
     } else {
         t
     }
-}
-
-/// A humantime duration string field.
-pub(crate) fn de_duration_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(s.trim()).map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"30s\": {e}")))?;
-    Ok(s)
 }
 
 #[cfg(test)]

@@ -31,8 +31,9 @@ pub struct S3Config {
     /// Never serialized, never printed.
     #[serde(skip_serializing)]
     pub secret_access_key: Option<String>,
-    /// humantime duration allowed for each attempt of each call, e.g. "20s".
-    pub timeout: String,
+    /// Allowed for each attempt of each call, e.g. "20s".
+    #[serde(deserialize_with = "crate::settings::duration", serialize_with = "crate::settings::serialize_duration")]
+    pub timeout: Duration,
     /// Attempts per call, including the first.
     pub max_attempts: u32,
 }
@@ -45,7 +46,7 @@ impl Default for S3Config {
             path_style: false,
             access_key_id: None,
             secret_access_key: None,
-            timeout: "20s".to_string(),
+            timeout: Duration::from_secs(20),
             max_attempts: 3,
         }
     }
@@ -68,12 +69,8 @@ impl fmt::Debug for S3Config {
 impl S3Config {
     /// The per-attempt timeout, validated.
     pub fn timeout_duration(&self) -> Result<Duration, S3Error> {
-        let d = humantime::parse_duration(self.timeout.trim())
-            .map_err(|e| S3Error::Config { reason: format!("s3.timeout {:?} is not a duration like \"20s\" ({e})", self.timeout) })?;
-        if d.is_zero() {
-            return Err(S3Error::Config { reason: "s3.timeout must be greater than zero".into() });
-        }
-        Ok(d)
+        crate::settings::check_nonzero("s3.timeout", self.timeout, "every S3 call would time out at once").map_err(|reason| S3Error::Config { reason })?;
+        Ok(self.timeout)
     }
 
     /// Where requests go, for messages: the endpoint, or "AWS S3 (<region>)".
@@ -427,8 +424,10 @@ impl ObjectStore {
         let credentials = detail.to_ascii_lowercase().contains("credentials");
         match &err {
             SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) if credentials => S3Error::NoCredentials { endpoint, url, detail },
-            SdkError::TimeoutError(_) => S3Error::Timeout { endpoint, url, timeout: c.timeout.clone(), attempts, detail },
-            SdkError::DispatchFailure(d) if d.is_timeout() => S3Error::Timeout { endpoint, url, timeout: c.timeout.clone(), attempts, detail },
+            SdkError::TimeoutError(_) => S3Error::Timeout { endpoint, url, timeout: humantime::format_duration(c.timeout).to_string(), attempts, detail },
+            SdkError::DispatchFailure(d) if d.is_timeout() => {
+                S3Error::Timeout { endpoint, url, timeout: humantime::format_duration(c.timeout).to_string(), attempts, detail }
+            }
             SdkError::DispatchFailure(_) => S3Error::Unreachable { endpoint, url, attempts, detail },
             SdkError::ConstructionFailure(_) => S3Error::Request { endpoint, url, detail },
             SdkError::ResponseError(_) => S3Error::BadResponse { endpoint, url, detail },
@@ -510,7 +509,7 @@ mod tests {
     #[test]
     fn validates_config() {
         assert!(ObjectStore::connect(&S3Config::default()).is_ok());
-        let bad = S3Config { timeout: "soon".into(), ..S3Config::default() };
+        let bad = S3Config { timeout: Duration::ZERO, ..S3Config::default() };
         assert!(matches!(ObjectStore::connect(&bad), Err(S3Error::Config { .. })));
         let half = S3Config { access_key_id: Some("a".into()), ..S3Config::default() };
         assert!(ObjectStore::connect(&half).is_err());
@@ -688,9 +687,11 @@ impl ObjectStore {
         let detail = c.scrub(crate::error_chain(&err).trim_end_matches('.'));
         let url_s = url.to_string();
         match &err {
-            SdkError::TimeoutError(_) => S3Error::Timeout { endpoint, url: url_s, timeout: c.timeout.clone(), attempts: c.max_attempts, detail },
+            SdkError::TimeoutError(_) => {
+                S3Error::Timeout { endpoint, url: url_s, timeout: humantime::format_duration(c.timeout).to_string(), attempts: c.max_attempts, detail }
+            }
             SdkError::DispatchFailure(d) if d.is_timeout() => {
-                S3Error::Timeout { endpoint, url: url_s, timeout: c.timeout.clone(), attempts: c.max_attempts, detail }
+                S3Error::Timeout { endpoint, url: url_s, timeout: humantime::format_duration(c.timeout).to_string(), attempts: c.max_attempts, detail }
             }
             SdkError::DispatchFailure(_) => S3Error::Unreachable { endpoint, url: url_s, attempts: c.max_attempts, detail },
             SdkError::ServiceError(s) => {

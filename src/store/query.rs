@@ -7,6 +7,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::state::risk::{assess, RiskRules};
@@ -15,6 +17,29 @@ use crate::store::snapshot::{Snapshot, SnapshotError};
 use crate::store::{keys, Counters, Position, Store, StoreError, SCHEMA_VERSION};
 
 pub const SOCKET_NAME: &str = "safeguard.sock";
+
+/// `[risk]`: when a live instance counts as at risk in listings (`instances --at-risk`), reports and
+/// `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub max_base_backup_age: Duration,
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub wal_silence: Duration,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        RiskConfig { max_base_backup_age: Duration::from_secs(26 * 3600), wal_silence: Duration::from_secs(6 * 3600) }
+    }
+}
+
+impl RiskConfig {
+    pub fn rules(&self) -> RiskRules {
+        RiskRules { max_base_backup_age_ms: crate::settings::millis(self.max_base_backup_age), wal_silence_ms: crate::settings::millis(self.wal_silence) }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {

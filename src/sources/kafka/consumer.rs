@@ -1,5 +1,5 @@
 //! Kafka source: one consumer-group member on its own thread, feeding one engine cursor per partition
-//! (`kafka:<topic>:<partition>`).
+//! (`SourceId::Kafka`, stored as `kafka:<topic>:<partition>`).
 //!
 //! Nothing lost, nothing applied twice:
 //! - The store is the truth. On assignment a partition resumes at the store's position for it (the
@@ -12,8 +12,8 @@
 //!   order-independent, the merge waited for lagging partitions and held fresh records `order_hold`
 //!   long; dropping that took about a second off every live line.)
 //! - A partition whose log restarts below the applied position (topic deleted and recreated, a broker
-//!   that lost its data) starts a new epoch: the engine position is `epoch << 48 | next offset`, so the
-//!   new log's low offsets are not mistaken for replays.
+//!   that lost its data) starts a new epoch (see [`super::position`]), so the new log's low offsets are
+//!   not mistaken for replays.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
@@ -21,16 +21,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::{Durable, Msg, Sink};
-use crate::config::{KafkaClientSettings, KafkaStart, SourceConfig};
-use crate::engine::pipeline::SourceHandle;
+use super::config::{KafkaClientSettings, KafkaConfig, KafkaSourceError, KafkaStart};
+use super::position::{decode_position, encode_position};
+use crate::sources::{Durable, Msg, Sink, SourceHandle, SourceId};
 
 /// How often durable positions are committed to Kafka.
 const COMMIT_EVERY: Duration = Duration::from_millis(500);
@@ -38,119 +38,38 @@ const COMMIT_EVERY: Duration = Duration::from_millis(500);
 const WARN_EVERY: Duration = Duration::from_secs(30);
 /// How long a revoke or a shutdown waits for the store to make what was fed durable.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
-const EPOCH_SHIFT: u32 = 48;
 const RESTARTED: &str =
     "Kafka partition restarted below the offset already applied (topic recreated, or the broker lost its log); reading the new log as new lines";
-const OFFSET_MASK: u64 = (1 << EPOCH_SHIFT) - 1;
-
-/// Settings managed by safeguard; setting them under `client` would break its guarantees.
-const RESERVED: [(&str, &str); 8] = [
-    ("bootstrap.servers", "use `brokers`"),
-    ("metadata.broker.list", "use `brokers`"),
-    ("group.id", "use `group_id`"),
-    ("enable.auto.commit", "offsets are committed only after the store has flushed"),
-    ("enable.auto.offset.store", "offsets are committed only after the store has flushed"),
-    ("auto.offset.reset", "use `start`"),
-    ("session.timeout.ms", "use `session_timeout`"),
-    ("enable.partition.eof", "safeguard tracks partition ends itself"),
-];
-
-/// The engine position of Kafka offset `next` (the offset after a message) in `epoch`.
-pub fn encode_position(epoch: u64, next: i64) -> u64 {
-    (epoch << EPOCH_SHIFT) | (next.max(0) as u64 & OFFSET_MASK)
-}
-
-/// (epoch, next offset) of an engine position.
-pub fn decode_position(pos: u64) -> (u64, i64) {
-    (pos >> EPOCH_SHIFT, (pos & OFFSET_MASK) as i64)
-}
-
-pub fn source_id(topic: &str, partition: i32) -> String {
-    format!("kafka:{topic}:{partition}")
-}
-
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    pub brokers: Vec<String>,
-    pub topics: Vec<String>,
-    pub group_id: String,
-    pub start: KafkaStart,
-    pub client: KafkaClientSettings,
-    pub session_timeout: Duration,
-    /// How often consumer lag and messages/s are logged.
-    pub stats_interval: Duration,
-}
-
-impl KafkaSettings {
-    /// The settings of a `kafka` source section (None for other sources): the one place the config's
-    /// fields become the consumer's, for the watcher and for the probes alike.
-    pub fn from_source(s: &SourceConfig, stats_interval: Duration) -> Option<KafkaSettings> {
-        match s.clone() {
-            SourceConfig::Kafka { brokers, topics, group_id, start, client, session_timeout } => {
-                Some(KafkaSettings { brokers, topics, group_id, start, client, session_timeout, stats_interval })
-            }
-            _ => None,
-        }
-    }
-
-    /// The librdkafka configuration; errors name the setting and what to do.
-    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
-        anyhow::ensure!(!self.brokers.is_empty(), "kafka source: `brokers` is empty; list at least one host:port");
-        anyhow::ensure!(
-            !self.topics.is_empty() && self.topics.iter().all(|t| !t.trim().is_empty()),
-            "kafka source: `topics` is empty; name the topic(s) the platform's syslog is shipped to"
-        );
-        anyhow::ensure!(!self.group_id.trim().is_empty(), "kafka source: `group_id` is empty; give this watcher's store its own consumer group");
-        let session_ms = self.session_timeout.as_millis().max(1) as u64;
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", self.brokers.join(","))
-            .set("group.id", &self.group_id)
-            .set("client.id", "safeguard")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            // Only reached when a position is out of range (retention deleted it, or the log restarted):
-            // read what is left rather than skip to the end. `start` is applied at assignment instead.
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", session_ms.to_string())
-            .set("heartbeat.interval.ms", (session_ms / 3).clamp(1, 3000).to_string())
-            // A topic created (or recreated) while the watcher runs is picked up within this.
-            .set("topic.metadata.refresh.interval.ms", "10000");
-        for (k, v) in &self.client.0 {
-            if let Some((_, why)) = RESERVED.iter().find(|(r, _)| r == k) {
-                anyhow::bail!("kafka source: client setting \"{k}\" is managed by safeguard ({why}); remove it from the source's `client` table");
-            }
-            c.set(k, v);
-        }
-        c.set_log_level(RDKafkaLogLevel::Warning);
-        Ok(c)
-    }
-}
 
 /// Handed back by [`start`]: resolves when the consumer has committed what is durable and left its group.
 pub struct Finished(pub std::sync::mpsc::Receiver<()>);
 
-/// Creates the consumer (settings errors fail here, at start-up), subscribes, and runs it on a thread.
-/// A broker that is down at start-up is not an error: the watcher waits for it.
-pub fn start(settings: KafkaSettings, sink: Sink, durable: watch::Receiver<Durable>, stop: Arc<AtomicBool>) -> anyhow::Result<Finished> {
-    let cfg = settings.client_config()?;
-    let ctx = Ctx::new(&settings, sink, durable);
-    let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx).map_err(|e| {
-        anyhow::anyhow!("kafka source: librdkafka rejected the settings: {}; check the source's `client` table", settings.client.redact(&e.to_string()))
-    })?;
-    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .map_err(|e| anyhow::anyhow!("kafka source: cannot subscribe to {}: {}", settings.topics.join(", "), settings.client.redact(&e.to_string())))?;
-    tracing::info!(brokers = %settings.brokers.join(","), topics = %settings.topics.join(","), group = %settings.group_id, start = ?settings.start, "consuming from Kafka");
+/// Creates the consumer (settings errors fail here, at start-up), subscribes, and runs it on a thread;
+/// it logs lag and messages/s every `stats_every`. A broker that is down at start-up is not an error:
+/// the watcher waits for it.
+pub fn start(
+    cfg: &KafkaConfig,
+    stats_every: Duration,
+    sink: Sink,
+    durable: watch::Receiver<Durable>,
+    stop: Arc<AtomicBool>,
+) -> Result<Finished, KafkaSourceError> {
+    let client = cfg.client_config()?;
+    let ctx = Ctx::new(cfg, sink, durable);
+    let consumer: BaseConsumer<Ctx> = client.create_with_context(ctx).map_err(|e| KafkaSourceError::Client { reason: cfg.client.redact(&e.to_string()) })?;
+    let topics: Vec<&str> = cfg.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(|e| KafkaSourceError::Subscribe { topics: cfg.topics.join(", "), reason: cfg.client.redact(&e.to_string()) })?;
+    tracing::info!(brokers = %cfg.brokers.join(","), topics = %cfg.topics.join(","), group = %cfg.group_id, start = ?cfg.start, "consuming from Kafka");
     let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let stats_every = settings.stats_interval;
-    std::thread::Builder::new().name("kafka".into()).spawn(move || {
-        run(&consumer, &stop, stats_every);
-        // Dropping the consumer leaves the group, so a restarted watcher gets its partitions at once.
-        drop(consumer);
-        let _ = done_tx.send(());
-    })?;
+    std::thread::Builder::new()
+        .name("kafka".into())
+        .spawn(move || {
+            run(&consumer, &stop, stats_every);
+            // Dropping the consumer leaves the group, so a restarted watcher gets its partitions at once.
+            drop(consumer);
+            let _ = done_tx.send(());
+        })
+        .map_err(KafkaSourceError::Thread)?;
     Ok(Finished(done_rx))
 }
 
@@ -166,7 +85,7 @@ struct Part {
     /// `topic` for librdkafka's C API, made once.
     ctopic: CString,
     partition: i32,
-    id: String,
+    id: SourceId,
     h: SourceHandle,
     epoch: u64,
     /// Offset after the last message fed to the engine (or the store's position before any).
@@ -228,7 +147,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Ctx {
-    fn new(s: &KafkaSettings, sink: Sink, durable: watch::Receiver<Durable>) -> Ctx {
+    fn new(s: &KafkaConfig, sink: Sink, durable: watch::Receiver<Durable>) -> Ctx {
         Ctx {
             state: Mutex::new(State {
                 parts: Vec::new(),
@@ -325,11 +244,11 @@ impl Ctx {
             return Some(i);
         }
         {
-            let id = source_id(topic, partition);
+            let id = SourceId::kafka(topic, partition);
             let name = format!("kafka topic {topic} partition {partition} (group {})", self.group);
             // Kafka lines are current when shipped live; the clock persisted at the position carries a
             // backfill's years across restarts.
-            let (h, pos) = match self.sink.register_blocking(&id, &name, true, crate::parse::YearClock::live()) {
+            let (h, pos) = match self.sink.register_blocking(id.clone(), &name, true, crate::parse::YearClock::live()) {
                 Ok(r) => r,
                 Err(_) => {
                     st.engine_gone = true;
@@ -465,7 +384,7 @@ impl Ctx {
     /// Asks the engine to commit now, waits (bounded) until the store covers everything fed from the
     /// given partitions (all when None), and commits those positions synchronously.
     fn flush_and_commit(&self, c: &BaseConsumer<Ctx>, only: Option<&TopicPartitionList>) {
-        let want: Vec<(String, u64)> = {
+        let want: Vec<(SourceId, u64)> = {
             let st = lock(&self.state);
             let sel = |p: &&Part| only.is_none_or(|t| t.find_partition(&p.topic, p.partition).is_some());
             st.parts.iter().filter(sel).filter_map(|p| p.fed_end.map(|e| (p.id.clone(), e))).collect()
@@ -774,36 +693,4 @@ fn run(c: &BaseConsumer<Ctx>, stop: &AtomicBool, stats_every: Duration) {
         ctx.flush_and_commit(c, None);
     }
     tracing::info!(group = %ctx.group, ran_for = %format!("{}s", started.elapsed().as_secs()), "Kafka consumer stopping");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_order_epochs_above_offsets() {
-        let a = encode_position(0, 1_000_000);
-        let b = encode_position(1, 1);
-        assert!(b > a);
-        assert_eq!(decode_position(a), (0, 1_000_000));
-        assert_eq!(decode_position(b), (1, 1));
-        assert_eq!(encode_position(0, 5), 5, "epoch 0 positions are plain offsets");
-    }
-
-    #[test]
-    fn reserved_settings_are_refused_with_the_key() {
-        let mut client = KafkaClientSettings::default();
-        client.0.insert("enable.auto.commit".into(), "true".into());
-        let s = KafkaSettings {
-            brokers: vec!["127.0.0.1:9".into()],
-            topics: vec!["t".into()],
-            group_id: "g".into(),
-            start: KafkaStart::Earliest,
-            client,
-            session_timeout: Duration::from_secs(10),
-            stats_interval: Duration::from_secs(60),
-        };
-        let e = s.client_config().unwrap_err().to_string();
-        assert!(e.contains("enable.auto.commit") && e.contains("store has flushed"), "{e}");
-    }
 }

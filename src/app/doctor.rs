@@ -17,20 +17,37 @@
 //! texts that the modules already scrub, or is scrubbed here.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
-use crate::sources::kafka::KafkaSettings;
+use crate::adapters::etcd::EtcdConfig;
+use crate::adapters::http::HttpConfig;
+use crate::adapters::platform::cloud_controller::CloudControllerConfig;
+use crate::adapters::s3::S3Config;
+use crate::sinks::email::EmailConfig;
+use crate::sinks::webhook::WebhookConfig;
+use crate::sources::kafka::KafkaConfig;
 
-/// A probe never runs the consumer loop that logs statistics; the field only needs a value.
-pub const PROBE_STATS_INTERVAL: Duration = Duration::from_secs(60);
+/// What the checks reach: each configured connection, as its component defines it (the composed config
+/// builds this; an absent one is skipped).
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    pub kafka: Vec<KafkaConfig>,
+    pub s3: Option<S3Config>,
+    pub etcd: Option<EtcdConfig>,
+    pub email: Option<EmailConfig>,
+    pub webhook: Option<WebhookConfig>,
+    pub cloud_controller: Option<CloudControllerConfig>,
+    pub http: Option<HttpConfig>,
+    pub doctor: DoctorConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    #[error("cannot start the doctor's runtime: {0}; the host is out of threads or memory")]
+    Runtime(std::io::Error),
+}
 
 /// `[doctor]`: what the checks need that the rest of the config does not say.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -148,8 +165,8 @@ pub struct Options {
 
 /// Runs every check on its own runtime and returns the report. Blocking calls still running when
 /// their check timed out are abandoned, not waited for.
-pub fn run_blocking(cfg: &Config, opts: &Options) -> anyhow::Result<Report> {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+pub fn run_blocking(cfg: &Targets, opts: &Options) -> Result<Report, DoctorError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(DoctorError::Runtime)?;
     let report = rt.block_on(run(cfg, opts));
     rt.shutdown_background();
     Ok(report)
@@ -185,7 +202,7 @@ where
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| fail(format!("the check panicked: {e}"), "this is a bug in safeguard; please report it"))
 }
 
-pub async fn run(cfg: &Config, opts: &Options) -> Report {
+pub async fn run(cfg: &Targets, opts: &Options) -> Report {
     let t = opts.timeout;
     // The store first: the http check depends on whether a watcher runs.
     let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -198,13 +215,11 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
     let mut futs: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Check> + Send>>> = Vec::new();
     let mut skipped = Vec::new();
 
-    let kafka: Vec<KafkaSettings> = cfg.sources.iter().filter_map(|s| KafkaSettings::from_source(s, PROBE_STATS_INTERVAL)).collect();
-    if kafka.is_empty() {
+    if cfg.kafka.is_empty() {
         skipped.push(Check::skip("kafka", "no Kafka source in [[sources]]"));
     }
-    for k in kafka {
-        let target = format!("brokers {}, topics {}, group {}", k.brokers.join(","), k.topics.join(","), k.group_id);
-        futs.push(Box::pin(timed("kafka", target, t, blocking(move || check_kafka(&k, t)))));
+    for k in cfg.kafka.clone() {
+        futs.push(Box::pin(timed("kafka", k.target(), t, blocking(move || check_kafka(&k, t)))));
     }
 
     match &cfg.s3 {
@@ -225,15 +240,14 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
         }
     }
 
-    let alerts = cfg.alerts.as_ref();
-    match alerts.and_then(|a| a.email.clone()) {
+    match cfg.email.clone() {
         None => skipped.push(Check::skip("smtp", "no [alerts.email] section")),
         Some(e) => {
             let target = format!("{}:{} ({:?})", e.host, e.port.map_or("default port".into(), |p| p.to_string()), e.security).to_lowercase();
             futs.push(Box::pin(timed("smtp", target, t, async move { check_smtp(&e).await })));
         }
     }
-    match alerts.and_then(|a| a.webhook.clone()) {
+    match cfg.webhook.clone() {
         None => skipped.push(Check::skip("webhook", "no [alerts.webhook] section")),
         Some(w) => {
             let target = crate::sinks::webhook::redact_url(&w.url);
@@ -270,7 +284,7 @@ pub async fn run(cfg: &Config, opts: &Options) -> Report {
 // ------------------------------------------------------------------------------------------- store
 
 fn check_store(path: PathBuf, cache: u64, watcher: &std::sync::atomic::AtomicBool) -> Outcome {
-    use crate::query::Access;
+    use crate::store::query::Access;
     if !path.exists() {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
         return match writable_dir(parent) {
@@ -319,126 +333,10 @@ fn writable_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 // ------------------------------------------------------------------------------------------- kafka
 
-/// A librdkafka client context that keeps the last warning or error instead of logging it, so a check
-/// can say why a broker did not answer ("Connection refused") rather than only that it timed out.
-#[derive(Default)]
-pub struct ProbeContext {
-    last: Mutex<Option<String>>,
-}
-
-impl ProbeContext {
-    pub fn last_problem(&self) -> Option<String> {
-        self.last.lock().ok().and_then(|g| g.clone())
-    }
-}
-
-impl ClientContext for ProbeContext {
-    fn log(&self, level: RDKafkaLogLevel, _fac: &str, msg: &str) {
-        use RDKafkaLogLevel::*;
-        if matches!(level, Emerg | Alert | Critical | Error | Warning) {
-            if let Ok(mut g) = self.last.lock() {
-                *g = Some(msg.to_string());
-            }
-        }
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        if let Ok(mut g) = self.last.lock() {
-            *g = Some(format!("{error}: {reason}"));
-        }
-    }
-}
-
-impl ConsumerContext for ProbeContext {}
-
-/// A consumer with the source's own settings (TLS, SASL) that never joins the group: for metadata,
-/// watermarks and committed offsets only.
-pub fn kafka_client(s: &KafkaSettings) -> anyhow::Result<BaseConsumer<ProbeContext>> {
-    let mut cfg = s.client_config()?;
-    cfg.set("client.id", "safeguard-probe");
-    cfg.create_with_context(ProbeContext::default())
-        .map_err(|e| anyhow::anyhow!("librdkafka rejected the settings: {}; check the source's `client` table", s.client.redact(&e.to_string())))
-}
-
-/// (topic, partition, low, high) for every partition of `topics`, from one metadata request per topic
-/// and one watermark request per partition.
-pub fn kafka_watermarks(c: &BaseConsumer<ProbeContext>, topics: &[String], timeout: Duration) -> Result<Vec<(String, i32, i64, i64)>, String> {
-    let mut out = Vec::new();
-    for (topic, parts) in kafka_partitions(c, topics, timeout)? {
-        for p in parts {
-            let (lo, hi) = c.fetch_watermarks(&topic, p, timeout).map_err(|e| kafka_reason(c, &format!("watermarks of {topic}/{p}"), &e))?;
-            out.push((topic.clone(), p, lo, hi));
-        }
-    }
-    Ok(out)
-}
-
-fn kafka_partitions(c: &BaseConsumer<ProbeContext>, topics: &[String], timeout: Duration) -> Result<Vec<(String, Vec<i32>)>, String> {
-    let mut out = Vec::new();
-    for topic in topics {
-        let md = c.fetch_metadata(Some(topic), timeout).map_err(|e| kafka_reason(c, &format!("metadata for topic {topic}"), &e))?;
-        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-            return Err(format!("the brokers' metadata does not mention topic {topic}"));
-        };
-        if let Some(err) = t.error() {
-            let code = rdkafka::error::RDKafkaErrorCode::from(err);
-            return Err(format!("topic {topic}: {code}"));
-        }
-        if t.partitions().is_empty() {
-            return Err(format!("topic {topic} has no partitions"));
-        }
-        out.push((topic.clone(), t.partitions().iter().map(|p| p.id()).collect()));
-    }
-    Ok(out)
-}
-
-fn kafka_reason(c: &BaseConsumer<ProbeContext>, what: &str, e: &KafkaError) -> String {
-    // Delivers queued error events to the context (no messages: the client never subscribes).
-    let _ = c.poll(Duration::ZERO);
-    match c.context().last_problem() {
-        Some(last) => format!("{what} failed: {e} (last broker message: {last})"),
-        None => format!("{what} failed: {e}"),
-    }
-}
-
-fn check_kafka(s: &KafkaSettings, timeout: Duration) -> Outcome {
-    let c = match kafka_client(s) {
-        Ok(c) => c,
-        Err(e) => return fail(format!("{e:#}"), "fix the Kafka source's settings in [[sources]]"),
-    };
-    // Leave time for the coordinator step within the doctor's own bound.
-    let step = (timeout / 3).max(Duration::from_secs(1));
-    let parts = match kafka_partitions(&c, &s.topics, step) {
-        Ok(p) => p,
-        Err(e) => {
-            let r = s.client.redact(&e);
-            let hint = if r.contains("Unknown topic") || r.contains("does not mention") || r.contains("no partitions") {
-                "create the topic, or fix `topics` to name the one the platform's syslog is shipped to"
-            } else if r.contains("SASL") || r.contains("uthentication") || r.contains("SSL") {
-                "check the source's `client` TLS/SASL settings (and SAFEGUARD_* secrets)"
-            } else {
-                "check `brokers` (host:port reachable from this host), the brokers' advertised listeners, and TLS/SASL settings"
-            };
-            return fail(r, hint);
-        }
-    };
-    let mut tpl = TopicPartitionList::new();
-    let mut n = 0;
-    for (topic, ps) in &parts {
-        for p in ps {
-            tpl.add_partition(topic, *p);
-            n += 1;
-        }
-    }
-    match c.committed_offsets(tpl, step) {
-        Ok(committed) => {
-            let with = committed.elements().iter().filter(|e| matches!(e.offset(), Offset::Offset(_))).count();
-            let topics: Vec<String> = parts.iter().map(|(t, ps)| format!("{t} ({} partition(s))", ps.len())).collect();
-            pass(format!("metadata for {}; group {} coordinator answered: offsets committed for {with} of {n} partition(s)", topics.join(", "), s.group_id))
-        }
-        Err(e) => fail(
-            s.client.redact(&kafka_reason(&c, &format!("fetching group {}'s committed offsets", s.group_id), &e)),
-            "the group coordinator did not answer: check the brokers' __consumer_offsets topic and that the credentials may use the group (ACL Group:READ)",
-        ),
+fn check_kafka(s: &KafkaConfig, timeout: Duration) -> Outcome {
+    match crate::sources::kafka::probe::check(s, timeout) {
+        Ok(found) => pass(found),
+        Err(f) => fail(f.detail, f.hint),
     }
 }
 
@@ -595,7 +493,7 @@ async fn check_cloud_controller(cfg: &crate::adapters::platform::cloud_controlle
         }
         t
     };
-    let timeout = humantime::parse_duration(cfg.timeout.trim()).unwrap_or(Duration::from_secs(30));
+    let timeout = cfg.timeout;
     let http = match reqwest::Client::builder().timeout(timeout).danger_accept_invalid_certs(cfg.skip_tls_verify).build() {
         Ok(h) => h,
         Err(e) => return fail(format!("cannot build an HTTP client: {e}"), "this is a bug in safeguard; please report it"),
@@ -727,10 +625,10 @@ mod tests {
 
     #[test]
     fn doctor_section_parses_and_rejects_unknown_keys() {
-        let c = Config::parse("[doctor]\ns3_prefix = \"s3://b/backups/\"\n").unwrap();
-        assert_eq!(c.doctor.s3_prefix.as_deref(), Some("s3://b/backups/"));
-        assert_eq!(c.doctor.etcd_key, "/service");
-        let e = Config::parse("[doctor]\ns3_prefx = \"x\"\n").unwrap_err();
+        let c: DoctorConfig = toml::from_str("s3_prefix = \"s3://b/backups/\"\n").unwrap();
+        assert_eq!(c.s3_prefix.as_deref(), Some("s3://b/backups/"));
+        assert_eq!(c.etcd_key, "/service");
+        let e = toml::from_str::<DoctorConfig>("s3_prefx = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("s3_prefx"), "{e}");
     }
 }
