@@ -27,7 +27,7 @@ TANSU=${SAFEGUARD_TEST_TANSU:-$(command -v tansu || echo "${CARGO_HOME:-$HOME/.c
 
 echo "== building (release)"
 cargo build --release --quiet --bin safeguard --example populate
-cargo test --release --quiet --test kafka --no-run 2>/dev/null
+cargo test --release --quiet --test it --no-run 2>/dev/null
 
 echo "== populating a store with $INSTANCES instances"
 target/release/examples/populate "$WORK/seed-store" "$INSTANCES" >/dev/null
@@ -45,7 +45,7 @@ done
 echo "== $LINES lines: file ingest, then Kafka (backlog and live)"
 OUT=$(SAFEGUARD_TEST_KAFKA=127.0.0.1:$PORT SAFEGUARD_TEST_TANSU=$TANSU SAFEGUARD_BENCH_LINES=$LINES \
     SAFEGUARD_BENCH_STORE=$WORK/seed-store \
-    cargo test --release --quiet --test kafka -- --ignored --nocapture --exact bench_kafka_end_to_end 2>&1) || {
+    cargo test --release --quiet --test it -- --ignored --nocapture --exact kafka::bench_kafka_end_to_end 2>&1) || {
     echo "$OUT" | tail -40
     exit 1
 }

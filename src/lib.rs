@@ -16,14 +16,14 @@
 pub mod sources;
 pub use safeguard_core::{gen, layout, parse, state, timeutil};
 pub mod engine;
-pub use engine::{ingest, pipeline, watch};
+pub use engine::{http, ingest, pipeline, watch};
 pub mod adapters;
 pub mod alerts;
 pub mod recover;
 pub mod sinks;
 pub mod store;
 pub mod verify;
-pub use adapters::{etcd, http, platform, s3};
+pub use adapters::{etcd, platform, s3};
 pub mod app;
 pub mod settings;
 pub use app::{config, doctor, report};

@@ -3,7 +3,7 @@
 //!
 //! Each section belongs to the component it configures and is defined, defaulted and validated there
 //! (`[watch]` in `engine::watch`, `[[sources]]` in `sources` with each kind of source in its own
-//! module, `[http]` in `adapters::http`, ...). This module only composes them, checks them all at
+//! module, `[http]` in `engine::http`, ...). This module only composes them, checks them all at
 //! load, and hands each part to whatever starts it; no component imports it.
 
 use std::path::{Path, PathBuf};
@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::adapters::etcd::EtcdConfig;
-use crate::adapters::http::HttpConfig;
 use crate::adapters::platform::cloud_controller::CloudControllerConfig;
 use crate::adapters::platform::PlatformConfig;
 use crate::adapters::s3::S3Config;
 use crate::alerts::AlertsConfig;
 use crate::app::doctor::{DoctorConfig, Targets};
+use crate::engine::http::HttpConfig;
 use crate::engine::pipeline::EngineConfig;
 use crate::engine::watch::Setup;
 use crate::recover::RecoverConfig;
@@ -119,6 +119,7 @@ impl Config {
             alerts: self.alerts.clone(),
             s3: self.s3.clone(),
             risk: self.risk_rules(),
+            recoveries: None,
         }
     }
 
@@ -218,7 +219,7 @@ session_timeout = "15s"
         let c = Config::parse("").unwrap();
         assert!(c.http.is_none() && c.alerts.is_none() && c.s3.is_none() && c.etcd.is_none());
         assert_eq!(c.sources(), vec![SourceConfig::Syslog(SyslogConfig::default_listener())]);
-        assert_eq!(Config::parse("[http]\n").unwrap().http.unwrap().listen, crate::adapters::http::DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(Config::parse("[http]\n").unwrap().http.unwrap().listen, crate::engine::http::DEFAULT_LISTEN.parse().unwrap());
     }
 
     #[test]

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::etcd::EtcdConfig;
-use crate::adapters::http::HttpConfig;
 use crate::adapters::platform::cloud_controller::CloudControllerConfig;
 use crate::adapters::s3::S3Config;
+use crate::engine::http::HttpConfig;
 use crate::sinks::email::EmailConfig;
 use crate::sinks::webhook::WebhookConfig;
 use crate::sources::kafka::KafkaConfig;

@@ -6,7 +6,6 @@ use serde_json::{json, Value};
 
 use crate::state::risk::{assess, RiskRules};
 use crate::state::{InstanceRecord, Status};
-use crate::store::Counters;
 use crate::timeutil::rfc3339;
 
 fn t(ms: Option<i64>) -> String {
@@ -143,51 +142,5 @@ pub fn alerts_table(alerts: &[crate::alerts::Alert]) -> String {
         );
     }
     let _ = writeln!(s, "{} alert(s)", alerts.len());
-    s
-}
-
-/// Counter difference `after - before`, for per-run summaries.
-pub fn delta(before: &Counters, after: &Counters) -> Counters {
-    let mut d = Counters {
-        lines_read: after.lines_read - before.lines_read,
-        lines_relevant: after.lines_relevant - before.lines_relevant,
-        lines_attributed: after.lines_attributed - before.lines_attributed,
-        lines_unattributed: after.lines_unattributed - before.lines_unattributed,
-        lines_rejected: after.lines_rejected - before.lines_rejected,
-        lines_replayed_skipped: after.lines_replayed_skipped - before.lines_replayed_skipped,
-        events_applied: after.events_applied - before.events_applied,
-        effects: after.effects - before.effects,
-        // A gauge: what waits now, not a difference.
-        lines_parked: after.lines_parked,
-        lines_expired_unattributed: after.lines_expired_unattributed - before.lines_expired_unattributed,
-        ..Default::default()
-    };
-    for (k, v) in &after.rejected_by_reason {
-        let b = before.rejected_by_reason.get(k).copied().unwrap_or(0);
-        if *v > b {
-            d.rejected_by_reason.insert(k.clone(), v - b);
-        }
-    }
-    d
-}
-
-pub fn counters_text(c: &Counters) -> String {
-    let mut s = format!(
-        "{} lines read, {} relevant, {} attributed, {} unattributed, {} rejected",
-        c.lines_read, c.lines_relevant, c.lines_attributed, c.lines_unattributed, c.lines_rejected
-    );
-    if !c.rejected_by_reason.is_empty() {
-        let reasons: Vec<String> = c.rejected_by_reason.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        let _ = write!(s, " ({})", reasons.join(", "));
-    }
-    if c.lines_replayed_skipped > 0 {
-        let _ = write!(s, ", {} already applied (skipped)", c.lines_replayed_skipped);
-    }
-    if c.lines_parked > 0 {
-        let _ = write!(s, ", {} waiting for the line that names their instance or dates their year (see `ingest --year`)", c.lines_parked);
-    }
-    if c.lines_expired_unattributed > 0 {
-        let _ = write!(s, ", {} given up unattributed", c.lines_expired_unattributed);
-    }
     s
 }

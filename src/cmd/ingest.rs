@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use safeguard::engine::ingest::{IngestOptions, IngestSummary, Progress};
-use safeguard::report;
 use safeguard::sources::file::StreamOptions;
 use safeguard::store::Store;
 
@@ -79,7 +78,7 @@ fn progress_bar() -> ProgressBar {
 fn text(s: &IngestSummary, max_backwards: Duration) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "{}", report::counters_text(&s.counters));
+    let _ = writeln!(out, "{}", s.counters.text());
     let _ = writeln!(out, "{} inputs, {:.0} lines/s over {:.2}s", s.inputs.len(), s.lines_per_second, s.seconds);
     let notable = |i: &&safeguard::engine::ingest::InputSummary| i.error.is_some() || i.lines_backwards > 0;
     let listed: Vec<_> = if s.inputs.len() <= LIST_ALL_MAX { s.inputs.iter().collect() } else { s.inputs.iter().filter(notable).collect() };

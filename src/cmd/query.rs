@@ -48,7 +48,7 @@ pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
     println!("store        {} (schema {}, {} bytes)", st.path.display(), st.schema_version.as_deref().unwrap_or("?"), st.size_bytes);
     println!("watcher      {}", if st.watcher_running { "running" } else { "not running" });
     println!("instances    {} ({} deleted)", st.instances, st.deleted);
-    println!("lines        {}", report::counters_text(&st.counters));
+    println!("lines        {}", st.counters.text());
     println!("events       {} applied, {} effects", st.counters.events_applied, st.counters.effects);
     println!(
         "waiting      {} line(s) wait for the line that names their instance; {} given up so far ([watch] parked_max, parked_ttl)",

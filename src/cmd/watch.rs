@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use safeguard::app::config::{FileConfig, SourceConfig, SyslogConfig};
-use safeguard::app::report;
 use safeguard::store::Store;
 
 use super::Ctx;
@@ -22,8 +21,14 @@ pub fn run(mut ctx: Ctx, syslog: Vec<SocketAddr>, file: Vec<PathBuf>, stdin: boo
     let store = Store::open_waiting(&ctx.store_path, ctx.cache, std::time::Duration::from_secs(5))?;
     tracing::info!(store = %ctx.store_path.display(), "safeguard watch starting");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let counters = rt.block_on(safeguard::engine::watch::run(ctx.cfg.watch_setup(), store, shutdown_signal()))?;
-    tracing::info!("stopped; {}", report::counters_text(&counters));
+    let mut setup = ctx.cfg.watch_setup();
+    let journal = ctx.store_path.clone();
+    setup.recoveries = Some(std::sync::Arc::new(move || {
+        let list = safeguard::recover::journal::Journal::for_store(&journal).list().map_err(|e| e.to_string())?;
+        Ok(list.into_iter().map(|r| r.status.as_str()).collect())
+    }));
+    let counters = rt.block_on(safeguard::engine::watch::run(setup, store, shutdown_signal()))?;
+    tracing::info!("stopped; {}", counters.text());
     Ok(ExitCode::SUCCESS)
 }
 

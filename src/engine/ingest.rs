@@ -161,7 +161,7 @@ pub fn ingest_with(store: &Store, cfg: EngineConfig, paths: &[PathBuf], mut opts
     let runs: Vec<SourceRun> = handles.iter().map(|h| h.map(|h| engine.source_run(h)).unwrap_or_default()).collect();
     let mut inputs: Vec<InputSummary> = merger.into_reports().into_iter().zip(runs).map(|(r, run)| summary(r, run)).collect();
     inputs.extend(failed.into_iter().map(|r| summary(r, SourceRun::default())));
-    let counters = crate::report::delta(&before, engine.counters());
+    let counters = engine.counters().since(&before);
     let seconds = started.elapsed().as_secs_f64();
     Ok(IngestSummary { inputs, lines_per_second: counters.lines_read as f64 / seconds.max(1e-9), counters, seconds, effects, warnings })
 }

@@ -596,7 +596,8 @@ impl Engine {
             }
         }
         let mut new_alerts = std::mem::take(&mut self.alerts);
-        if let Some(cfg) = &self.cfg.alerts {
+        if let Some(cfg) = self.cfg.alerts.as_ref().map(|a| a.params()) {
+            let cfg = &cfg;
             for e in &effects {
                 let raised = match e {
                     Effect::InstanceDeleted { instance_id, at, .. } => self.dirty.get(instance_id).and_then(|r| alerts::on_deletion(r, *at, now, cfg)),
@@ -653,7 +654,7 @@ impl Engine {
     /// Checks every live instance for the absence rules (no recent base backup, WAL failing or silent)
     /// at `now`; what it raises is committed with the next commit.
     pub fn scan_absence(&mut self, now: i64) -> Result<usize, StoreError> {
-        let Some(cfg) = self.cfg.alerts.clone() else { return Ok(0) };
+        let Some(cfg) = self.cfg.alerts.as_ref().map(|a| a.params()) else { return Ok(0) };
         let mut raised = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for r in self.store.records() {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::adapters::http::{HttpConfig, HttpError};
 use crate::adapters::s3::{S3Config, S3Error};
 use crate::alerts::AlertsConfig;
+use crate::engine::http::{HttpConfig, HttpError};
 use crate::engine::pipeline::{Committed, Engine, EngineConfig};
 use crate::settings::{check_nonzero, millis};
 use crate::sources::{Durable, Msg, Sink, SourceConfig, StartError};
@@ -89,6 +89,9 @@ pub struct Setup {
     /// For the sender's check that a deleted instance's backups are there.
     pub s3: Option<S3Config>,
     pub risk: RiskRules,
+    /// Counts the recovery journal's entries for `/metrics` (the journal is recovery's: the composition
+    /// root supplies the reader, so the engine does not reach up to it).
+    pub recoveries: Option<crate::engine::http::RecoveryCounts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,9 +184,9 @@ fn engine_loop(
                 }
                 commit(&mut engine, true)?;
                 if last_stats.elapsed() >= cfg.stats_interval {
-                    let d = crate::app::report::delta(&stats_base, engine.counters());
+                    let d = engine.counters().since(&stats_base);
                     let secs = last_stats.elapsed().as_secs_f64();
-                    tracing::info!(rate = format!("{:.0} lines/s", d.lines_read as f64 / secs), "{}", crate::app::report::counters_text(&d));
+                    tracing::info!(rate = format!("{:.0} lines/s", d.lines_read as f64 / secs), "{}", d.text());
                     stats_base = engine.counters().clone();
                     last_stats = Instant::now();
                 }
@@ -199,7 +202,7 @@ fn engine_loop(
 
 /// Runs until `shutdown` resolves or every source has finished (stdin or a non-followed file).
 pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<Output = ()>) -> Result<Counters, WatchError> {
-    let Setup { watch, engine, sources, http, alerts, s3, risk } = setup;
+    let Setup { watch, engine, sources, http, alerts, s3, risk, recoveries } = setup;
     let engine = Engine::new(store.clone(), engine)?;
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let sink = Sink::new(tx.clone());
@@ -217,14 +220,8 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
     // [http]: health and metrics, up before the sources so /readyz can say they are starting.
     let mut http = match &http {
         Some(h) => {
-            let journal = store.path().to_path_buf();
-            let recoveries: crate::adapters::http::RecoveryCounts = Arc::new(move || {
-                let list = crate::recover::journal::Journal::for_store(&journal).list().map_err(|e| e.to_string())?;
-                Ok(list.into_iter().map(|r| r.status.as_str()).collect())
-            });
-            let watched =
-                crate::adapters::http::Watched { sources: sources.clone(), commit_interval: watch.commit_interval, risk, recoveries: Some(recoveries) };
-            Some(crate::adapters::http::Server::start(h, watched, store.clone(), durable_rx.clone()).await?)
+            let watched = crate::engine::http::Watched { sources: sources.clone(), commit_interval: watch.commit_interval, risk, recoveries };
+            Some(crate::engine::http::Server::start(h, watched, store.clone(), durable_rx.clone()).await?)
         }
         None => None,
     };

@@ -101,7 +101,7 @@ impl Sender {
             self.store.put_alert(&a)?;
         }
         let rule = a.rule.unwrap_or(Rule::InstanceDeleted);
-        if !rule.enabled(&self.cfg.rules) {
+        if !rule.enabled(&self.cfg.params()) {
             a.state = Delivery::Suppressed;
             a.last_error = Some(format!("rule {} is switched off", rule.as_str()));
             return self.store.put_alert(&a);

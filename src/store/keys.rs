@@ -10,7 +10,7 @@
 //! | `n/<node-uuid>`             | instance id (container attribution)     |
 //! | `d/<instance-id>`           | empty: a deletion episode not yet final |
 //! | `p/<source-id>`             | JSON [`super::Position`]                |
-//! | `o/<alert id>`              | JSON [`crate::alerts::Alert`] (outbox)  |
+//! | `o/<alert id>`              | JSON [`safeguard_core::alerts::Alert`] (outbox)  |
 //! | `q/<seq, 16 hex>`           | JSON [`super::Parked`]: a line waiting for its instance |
 //!
 //! Beside the sled files, `<store>/snapshot` holds a copy of all of these for queries run while no

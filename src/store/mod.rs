@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 use crate::state::InstanceRecord;
@@ -91,7 +93,56 @@ impl SourceCounters {
     }
 }
 
-impl Counters {}
+impl Counters {
+    /// What changed since `before` (gauges keep their current value).
+    pub fn since(&self, before: &Counters) -> Counters {
+        let after = self;
+        let mut d = Counters {
+            lines_read: after.lines_read - before.lines_read,
+            lines_relevant: after.lines_relevant - before.lines_relevant,
+            lines_attributed: after.lines_attributed - before.lines_attributed,
+            lines_unattributed: after.lines_unattributed - before.lines_unattributed,
+            lines_rejected: after.lines_rejected - before.lines_rejected,
+            lines_replayed_skipped: after.lines_replayed_skipped - before.lines_replayed_skipped,
+            events_applied: after.events_applied - before.events_applied,
+            effects: after.effects - before.effects,
+            // A gauge: what waits now, not a difference.
+            lines_parked: after.lines_parked,
+            lines_expired_unattributed: after.lines_expired_unattributed - before.lines_expired_unattributed,
+            ..Default::default()
+        };
+        for (k, v) in &after.rejected_by_reason {
+            let b = before.rejected_by_reason.get(k).copied().unwrap_or(0);
+            if *v > b {
+                d.rejected_by_reason.insert(k.clone(), v - b);
+            }
+        }
+        d
+    }
+
+    /// One line for people: lines read, relevant, attributed, unattributed, rejected (by reason), replayed, waiting.
+    pub fn text(&self) -> String {
+        let c = self;
+        let mut s = format!(
+            "{} lines read, {} relevant, {} attributed, {} unattributed, {} rejected",
+            c.lines_read, c.lines_relevant, c.lines_attributed, c.lines_unattributed, c.lines_rejected
+        );
+        if !c.rejected_by_reason.is_empty() {
+            let reasons: Vec<String> = c.rejected_by_reason.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = write!(s, " ({})", reasons.join(", "));
+        }
+        if c.lines_replayed_skipped > 0 {
+            let _ = write!(s, ", {} already applied (skipped)", c.lines_replayed_skipped);
+        }
+        if c.lines_parked > 0 {
+            let _ = write!(s, ", {} waiting for the line that names their instance or dates their year (see `ingest --year`)", c.lines_parked);
+        }
+        if c.lines_expired_unattributed > 0 {
+            let _ = write!(s, ", {} given up unattributed", c.lines_expired_unattributed);
+        }
+        s
+    }
+}
 
 /// How far a source has been applied. For files, the byte offset after the last applied line; for Kafka,
 /// the next offset to read.
@@ -139,7 +190,7 @@ pub struct WriteSet<'a> {
     pub positions: Vec<(String, Position)>,
     pub counters: Option<&'a Counters>,
     /// New outbox entries, committed with the state change that raised them.
-    pub alerts: Vec<crate::alerts::Alert>,
+    pub alerts: Vec<safeguard_core::alerts::Alert>,
     pub parked: Vec<&'a Parked>,
     pub unparked: Vec<u64>,
 }
@@ -331,7 +382,7 @@ impl Store {
         Ok(self.db.get(keys::COUNTERS)?.map(|v| Self::decode(keys::COUNTERS, &v)).transpose()?.unwrap_or_default())
     }
 
-    pub fn alert(&self, id: &str) -> Result<Option<crate::alerts::Alert>, StoreError> {
+    pub fn alert(&self, id: &str) -> Result<Option<safeguard_core::alerts::Alert>, StoreError> {
         let k = keys::alert(id);
         self.db.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
     }
@@ -340,7 +391,7 @@ impl Store {
         Ok(self.db.contains_key(keys::alert(id))?)
     }
 
-    pub fn alerts(&self) -> impl Iterator<Item = Result<crate::alerts::Alert, StoreError>> + '_ {
+    pub fn alerts(&self) -> impl Iterator<Item = Result<safeguard_core::alerts::Alert, StoreError>> + '_ {
         self.db.scan_prefix(keys::ALERT).map(|r| {
             let (k, v) = r?;
             Self::decode(&k, &v)
@@ -349,7 +400,7 @@ impl Store {
 
     /// Updates an alert's delivery state. The engine only ever creates alerts (in [`Store::commit`]);
     /// the sender and `alerts retry` only update existing ones, so the two never race on a key.
-    pub fn put_alert(&self, a: &crate::alerts::Alert) -> Result<(), StoreError> {
+    pub fn put_alert(&self, a: &safeguard_core::alerts::Alert) -> Result<(), StoreError> {
         self.snap.before_write()?;
         self.db.insert(keys::alert(&a.id), encode(&a.id, a)?)?;
         self.db.flush()?;

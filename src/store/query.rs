@@ -122,8 +122,8 @@ enum Response {
     Record(Option<Box<InstanceRecord>>),
     Records(Vec<InstanceRecord>),
     Status(Box<StoreStatus>),
-    Alerts(Vec<crate::alerts::Alert>),
-    Retried(Option<Box<crate::alerts::Alert>>),
+    Alerts(Vec<safeguard_core::alerts::Alert>),
+    Retried(Option<Box<safeguard_core::alerts::Alert>>),
     Error(String),
 }
 
@@ -216,7 +216,7 @@ impl Access {
         }
     }
 
-    pub fn alerts(&self) -> Result<Vec<crate::alerts::Alert>, QueryError> {
+    pub fn alerts(&self) -> Result<Vec<safeguard_core::alerts::Alert>, QueryError> {
         match self {
             Access::Direct(s) => Ok(s.alerts().collect::<Result<Vec<_>, _>>()?),
             Access::Snapshot { snap, .. } => Ok(scan(snap, keys::ALERT)?.collect::<Result<Vec<_>, _>>()?),
@@ -227,7 +227,7 @@ impl Access {
         }
     }
 
-    pub fn retry_alert(&self, id: &str) -> Result<Option<crate::alerts::Alert>, QueryError> {
+    pub fn retry_alert(&self, id: &str) -> Result<Option<safeguard_core::alerts::Alert>, QueryError> {
         match self {
             Access::Direct(s) => Ok(retry(s, id)?),
             // A write: through the store itself (or the watcher that appeared since).
@@ -252,11 +252,11 @@ impl Access {
 }
 
 /// Requeues a failed (or any) alert: due now, with a fresh give-up time.
-fn retry(store: &Store, id: &str) -> Result<Option<crate::alerts::Alert>, StoreError> {
+fn retry(store: &Store, id: &str) -> Result<Option<safeguard_core::alerts::Alert>, StoreError> {
     let Some(mut a) = store.alert(id)? else { return Ok(None) };
     let now = crate::timeutil::now_ms();
     a.give_up_at = now + (a.give_up_at - a.raised_at).max(3_600_000);
-    a.state = crate::alerts::Delivery::Pending;
+    a.state = safeguard_core::alerts::Delivery::Pending;
     a.next_attempt_at = now;
     a.attempts = 0;
     store.put_alert(&a)?;

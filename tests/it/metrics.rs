@@ -3,7 +3,7 @@
 //! parsed with a Prometheus text parser; `/healthz` and `/readyz`; alert and Kafka lag metrics against
 //! the real services; and the structured (JSON) log format.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -4,7 +4,7 @@
 //! a property test over generated corpora, and a deletion that a late line reverses sends an all-clear
 //! through a real SMTP server.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -4,7 +4,7 @@
 //! (`show --json` per instance equal); inputs that cannot be read are named with the reason and make the
 //! exit code non-zero; replays apply nothing whatever the packaging.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

@@ -3,11 +3,9 @@
 //! command templates running real local commands, and the watcher seeing the restore (step 8).
 //! scripts/test.sh starts the services and exports SAFEGUARD_TEST_S3 and SAFEGUARD_TEST_ETCD.
 
-mod common;
-#[path = "recover_support/fake_http.rs"]
-mod fake_http;
-#[path = "recover_support/fault_proxy.rs"]
-mod fault_proxy;
+use crate::common;
+use crate::recover_support::fake_http;
+use crate::recover_support::fault_proxy;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The real binary's embedded default: a syslog listener on UDP and TCP (octet-counted and newline
 //! framing), queried while it runs (through its socket) and after a SIGTERM flush.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};

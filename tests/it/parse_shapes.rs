@@ -5,7 +5,7 @@ use safeguard::parse::{parse_line, Prefilter, YearClock};
 use safeguard::timeutil::parse_rfc3339;
 use serde_json::Value;
 
-mod common;
+use crate::common;
 use common::subset;
 
 #[test]

@@ -5,8 +5,7 @@
 //! `postgres` user, WAL-E 1.1.1 wal-push / backup-push / backup-fetch / wal-fetch, and the real
 //! `safeguard` binary (watch, show, verify, recover, recoveries, ingest).
 
-mod common;
-mod harness;
+use crate::harness;
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! secret...) and exactly that check fails, with its reason, while the others still pass. The shared
 //! services are never stopped.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};

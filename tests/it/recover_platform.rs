@@ -4,9 +4,7 @@
 //! machine, so these servers (tests/recover_support/fake_http.rs) stand in for them. Command templates
 //! run real local commands.
 
-mod common;
-#[path = "recover_support/fake_http.rs"]
-mod fake_http;
+use crate::recover_support::fake_http;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

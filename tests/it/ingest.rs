@@ -1,7 +1,7 @@
 //! Ingest end to end on the library and the real binary: fixture scenarios, a generated multi-instance
 //! stream checked against the truth it implies, and replay idempotency.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

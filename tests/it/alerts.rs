@@ -2,7 +2,7 @@
 //! holds the WAL-E layouts it verifies, a real SMTP server (aiosmtpd) receives the mail, and a local
 //! HTTP server in the test receives the webhook.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -7,7 +7,7 @@
 //! Records are keyed by the syslog host, like the platform's shippers, so one host's lines stay in
 //! order, and carry the shipper's receive order as their timestamp, which the source merges on.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,7 +1,7 @@
 //! Object-store verification against a real S3 API (moto), as WAL-E lays out an instance prefix.
 //! scripts/test.sh starts moto and exports SAFEGUARD_TEST_S3=http://127.0.0.1:PORT.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};

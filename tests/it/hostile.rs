@@ -2,7 +2,7 @@
 //! that never sends a newline, more connections than the socket serves, and a watcher that runs out of
 //! file descriptors. Each is bounded in count and time.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! agree with each other and with the config they carry, the container definition is multi-stage and
 //! non-root; plus the generated shell completions and man page.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
