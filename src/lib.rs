@@ -3,13 +3,14 @@
 //!
 //! The folders read like the pipeline:
 //! [`sources`] -> `parse` -> [`engine`] (attribute, park, `state::apply`, commit) -> [`store`] ->
-//! [`alerts`] (what to say) -> [`sinks`] (email, webhook); beside it [`verify`] and [`recover`], which
-//! reach the outside world through [`adapters`] (S3, etcd, the platform, the HTTP endpoint). The CLI
+//! [`alerts`] (what to say, rules in the core) -> [`sinks`] (email, webhook); the layers are ARCHITECTURE.md's
+//! and `tests/it/layers.rs` checks them; beside it [`verify`] and [`recover`], which
+//! reach the outside world through [`adapters`] (S3, etcd, the platform). The CLI
 //! (`main.rs`) reads through [`store::query`] and prints with [`app::report`]; [`app::config`] composes
 //! every component's config section and [`app::doctor`] checks each connection. [`settings`] is what the
 //! sections share (durations, lists).
 //!
-//! `parse`, `state`, `timeutil`, `layout` and `gen` live in the `safeguard-core` crate, which has no I/O
+//! `parse`, `state`, the alert rules, `timeutil`, `layout` and `gen` live in the `safeguard-core` crate, which has no I/O
 //! dependency at all; they are re-exported here under their old paths, as are the modules that moved
 //! into `engine/`, `adapters/`, `app/` and `store/`.
 
