@@ -394,7 +394,23 @@ impl InstanceRecord {
 /// again, or events in any order, gives the same record (see the module doc).
 pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Effect> {
     let mut effects = Vec::new();
-    // An event without any time (a NILVALUE RFC 5424 stamp) still counts, at the record's newest time.
+    let t = observe_time(rec, ev);
+    // Each kind of event is one step's business; the others ignore it.
+    let mut life_changed = observe_node(rec, ev, t);
+    life_changed |= lifecycle_fact(rec, ev, t);
+    attribute_fact(rec, ev, t);
+    wal_fact(rec, &ev.kind, t);
+    backup_fact(rec, &ev.kind, t);
+    restore_fact(rec, &ev.kind, t, &mut effects);
+    if life_changed {
+        derive_life(rec, rules, &mut effects);
+    }
+    effects
+}
+
+/// Widens the record's seen span by the event's time (an event without any time, a NILVALUE RFC 5424
+/// stamp, still counts, at the record's newest time) and returns that time.
+fn observe_time(rec: &mut InstanceRecord, ev: &Event<'_>) -> i64 {
     let t = ev.time.unwrap_or(rec.last_seen);
     if rec.first_seen == 0 || t < rec.first_seen {
         rec.first_seen = t;
@@ -406,30 +422,27 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Eff
     if let Some(p) = &ev.backup_prefix {
         rec.lww("backup_prefix", t, p, |r| &mut r.backup_prefix);
     }
-    let mut life_changed = false;
-    // A line printed inside a container tells us the node and its cell.
-    if let Some(n) = &ev.node_uuid {
-        life_changed |= see_node(rec, n, t);
-        let host_is_cell = !matches!(ev.kind, EventKind::ContainerCreating | EventKind::ContainerDestroying);
-        if host_is_cell && !ev.host.is_empty() {
-            rec.node_lww(n, NodeAttr::Host, t, &ev.host);
-        }
-    }
+    t
+}
 
+/// A line printed inside a container tells us the node and its cell. True when the node's first
+/// sighting changed (the lifecycle fold must run again).
+fn observe_node(rec: &mut InstanceRecord, ev: &Event<'_>, t: i64) -> bool {
+    let Some(n) = &ev.node_uuid else { return false };
+    let changed = see_node(rec, n, t);
+    let host_is_cell = !matches!(ev.kind, EventKind::ContainerCreating | EventKind::ContainerDestroying);
+    if host_is_cell && !ev.host.is_empty() {
+        rec.node_lww(n, NodeAttr::Host, t, &ev.host);
+    }
+    changed
+}
+
+/// Node add/remove, deprovision, etcd-delete, update start/done, a container being created: the fact
+/// log the lifecycle is folded from. True when the log changed.
+fn lifecycle_fact(rec: &mut InstanceRecord, ev: &Event<'_>, t: i64) -> bool {
+    let mut life_changed = false;
     let life = |kind: LifeKind| LifeFact { t, kind };
     match &ev.kind {
-        EventKind::Provision { org_guid, space_guid, plan_id, name, .. } => {
-            for (key, v, slot) in [
-                ("org_guid", org_guid, (|r| &mut r.org_guid) as fn(&mut InstanceRecord) -> &mut Option<String>),
-                ("space_guid", space_guid, |r| &mut r.space_guid),
-                ("plan_id", plan_id, |r| &mut r.plan_id),
-                ("name", name, |r| &mut r.name),
-            ] {
-                if let Some(v) = v {
-                    rec.lww(key, t, v, slot);
-                }
-            }
-        }
         EventKind::Deprovision { phase } => life_changed |= add_life(rec, life(LifeKind::Deprovision { done: *phase == Phase::Done })),
         EventKind::EtcdDeleted => life_changed |= add_life(rec, life(LifeKind::EtcdDelete)),
         EventKind::Update { phase: Phase::Start } => life_changed |= add_life(rec, life(LifeKind::UpdateStart)),
@@ -446,17 +459,46 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Eff
             }
             life_changed |= add_life(rec, life(LifeKind::Remove { node: node_uuid.clone(), backend: backend.clone() }));
         }
-        EventKind::CopyBackup { from_instance, .. } => rec.lww("cloned_from", t, from_instance, |r| &mut r.cloned_from),
         EventKind::ContainerCreating => {
             if let Some(n) = &ev.node_uuid {
                 life_changed |= add_life(rec, life(LifeKind::Creating { node: n.to_string() }));
             }
         }
+        _ => {}
+    }
+    life_changed
+}
+
+/// Attributes kept by latest time: the provisioning details, a clone's source, a node's public address,
+/// the uploaded sysid.
+fn attribute_fact(rec: &mut InstanceRecord, ev: &Event<'_>, t: i64) {
+    match &ev.kind {
+        EventKind::Provision { org_guid, space_guid, plan_id, name, .. } => {
+            for (key, v, slot) in [
+                ("org_guid", org_guid, (|r| &mut r.org_guid) as fn(&mut InstanceRecord) -> &mut Option<String>),
+                ("space_guid", space_guid, |r| &mut r.space_guid),
+                ("plan_id", plan_id, |r| &mut r.plan_id),
+                ("name", name, |r| &mut r.name),
+            ] {
+                if let Some(v) = v {
+                    rec.lww(key, t, v, slot);
+                }
+            }
+        }
+        EventKind::CopyBackup { from_instance, .. } => rec.lww("cloned_from", t, from_instance, |r| &mut r.cloned_from),
         EventKind::PublicAddress { address } => {
             if let Some(n) = &ev.node_uuid {
                 rec.node_lww(n, NodeAttr::PublicAddress, t, address);
             }
         }
+        EventKind::SysidUploaded => rec.sysid_uploaded = true,
+        _ => {}
+    }
+}
+
+/// WAL pushed (distinct segments), push failures and retries (sets of times).
+fn wal_fact(rec: &mut InstanceRecord, kind: &EventKind, t: i64) {
+    match kind {
         EventKind::WalPush { segment, state: PushState::Complete } if is_segment(segment) => {
             if insert_segment(&mut rec.facts.segs, segment) {
                 rec.wal.segments_pushed += 1;
@@ -475,6 +517,13 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Eff
             }
         }
         EventKind::WalERetry if insert_time(&mut rec.facts.retries, t) => rec.wal.retries += 1,
+        _ => {}
+    }
+}
+
+/// Base backups: started, partitions, stopped, listed, pruned; the backups are derived from all of them.
+fn backup_fact(rec: &mut InstanceRecord, kind: &EventKind, t: i64) {
+    match kind {
         EventKind::BaseBackupStarted { backup } => {
             backup_facts(rec, backup, t);
             derive_backups(rec);
@@ -503,7 +552,13 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Eff
             b.pruned = true;
             derive_backups(rec);
         }
-        EventKind::SysidUploaded => rec.sysid_uploaded = true,
+        _ => {}
+    }
+}
+
+/// A restore in progress: its messages, downloaded partitions, fetched segments.
+fn restore_fact(rec: &mut InstanceRecord, kind: &EventKind, t: i64, effects: &mut Vec<Effect>) {
+    match kind {
         EventKind::Restore { msg } => {
             let newer = match (rec.facts.lww.get("restore_msg"), rec.restore.last_message) {
                 (Some(&mt), Some(m)) => (t, *msg as u8) > (mt, m as u8),
@@ -541,10 +596,6 @@ pub fn apply(rec: &mut InstanceRecord, ev: &Event<'_>, rules: &Rules) -> Vec<Eff
         }
         _ => {}
     }
-    if life_changed {
-        derive_life(rec, rules, &mut effects);
-    }
-    effects
 }
 
 /// Records that a line named `node` at `t`; true when that changes the node's first sighting.
