@@ -12,7 +12,7 @@ use super::Ctx;
 
 pub fn run(mut ctx: Ctx, syslog: Vec<SocketAddr>, file: Vec<PathBuf>, stdin: bool) -> Result<ExitCode> {
     if !syslog.is_empty() || !file.is_empty() || stdin {
-        ctx.cfg.sources = syslog.into_iter().map(|a| SourceConfig::Syslog(SyslogConfig { udp: Some(a), tcp: Some(a) })).collect();
+        ctx.cfg.sources = syslog.into_iter().map(|a| SourceConfig::Syslog(SyslogConfig::on(a))).collect();
         ctx.cfg.sources.extend(file.into_iter().map(|path| SourceConfig::File(FileConfig { path, follow: true })));
         if stdin {
             ctx.cfg.sources.push(SourceConfig::Stdin);

@@ -41,7 +41,8 @@ impl SourceConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             SourceConfig::Kafka(k) => k.validate().map_err(|e| e.to_string()),
-            SourceConfig::Syslog(_) | SourceConfig::File(_) | SourceConfig::Stdin => Ok(()),
+            SourceConfig::Syslog(s) => s.validate(),
+            SourceConfig::File(_) | SourceConfig::Stdin => Ok(()),
         }
     }
 

@@ -132,3 +132,82 @@ fn the_query_socket_survives_running_out_of_file_descriptors() {
         code == 0 && serde_json::from_str::<Value>(&out).is_ok_and(|v| v["watcher_running"] == true)
     });
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap()
+}
+
+fn provision_line(id: &str) -> String {
+    common::lager(1_458_195_017_000, "provision.start", &format!(r#""instance-id":"{id}""#))
+}
+
+#[test]
+fn an_over_long_tcp_line_is_cut_and_its_tail_never_becomes_a_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (_w, addr) = watcher(&store, "");
+    let id = "0badbeef-0000-4000-8000-000000000001";
+    let mut c = TcpStream::connect(&addr).unwrap();
+    // 1 MiB of padding and then, with no newline between, a line that would create an instance.
+    c.write_all(&vec![b'x'; 1 << 20]).unwrap();
+    c.write_all(format!("{}\n", provision_line(id)).as_bytes()).unwrap();
+    // Then a good line on the same connection: the stream goes on after the cut.
+    let good = "0badbeef-0000-4000-8000-000000000002";
+    c.write_all(format!("{}\n", provision_line(good)).as_bytes()).unwrap();
+    drop(c);
+    wait_until("the good line", Duration::from_secs(20), || run(&["show", good, "--store", store.to_str().unwrap()]).0 == 0);
+    let (code, out, _) = run(&["show", id, "--store", store.to_str().unwrap()]);
+    assert_ne!(code, 0, "the tail of a cut line created an instance: {out}");
+}
+
+#[test]
+fn many_tcp_clients_with_unfinished_frames_neither_grow_memory_nor_deliver_the_fragments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (w, addr) = watcher(&store, "ulimit -n 4096;");
+    let pid = w.0.id();
+    let before = rss_kb(pid);
+    let id = "0badbeef-0000-4000-8000-000000000003";
+    // Each client declares a frame of 900 KB, sends most of it (ending in a line that names an
+    // instance) and waits; more clients than the listener serves.
+    let line = provision_line(id);
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        let Ok(mut c) = TcpStream::connect(&addr) else { break };
+        let body_len = 900_000;
+        let mut frame = format!("{body_len} ").into_bytes();
+        frame.extend(std::iter::repeat_n(b' ', 800_000 - line.len()));
+        frame.extend(line.as_bytes());
+        let _ = c.write_all(&frame);
+        clients.push(c);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let during = rss_kb(pid);
+    drop(clients);
+    std::thread::sleep(Duration::from_secs(1));
+    // 300 x 800 KB were sent; a bounded listener holds at most 256 x ~64 KB.
+    assert!(during < before + 64 * 1024, "RSS grew from {before} kB to {during} kB");
+    let v = status(&store);
+    // Each served connection's frame is longer than the bound: its first 64 KiB go on as one (cut) message,
+    // the rest is dropped; the 44 connections past the bound are closed unread.
+    assert_eq!(v["counters"]["lines_read"], 256, "{v}");
+    let (code, out, _) = run(&["show", id, "--store", store.to_str().unwrap()]);
+    assert_ne!(code, 0, "a truncated frame was delivered: {out}");
+}
+
+#[test]
+fn an_empty_udp_datagram_is_no_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (_w, addr) = watcher(&store, "");
+    let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..5 {
+        u.send_to(b"", &addr).unwrap();
+        u.send_to(b"\n", &addr).unwrap();
+    }
+    u.send_to(provision_line("0badbeef-0000-4000-8000-000000000004").as_bytes(), &addr).unwrap();
+    wait_until("the real line", Duration::from_secs(20), || status(&store)["counters"]["lines_read"].as_u64().unwrap_or(0) >= 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status(&store)["counters"]["lines_read"], 1);
+}
