@@ -170,7 +170,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let ctx = Ctx {
         config_label: cli.config.as_ref().map_or_else(|| "none (built-in defaults)".into(), |p| p.display().to_string()),
         store_path: cli.store.clone().or_else(|| cfg.store.path.clone()).unwrap_or_else(|| PathBuf::from("./var/safeguard")),
-        cache: cfg.store.cache_mb * 1024 * 1024,
+        cache: cfg.store.cache_bytes(),
         rules: cfg.risk_rules(),
         now: now_ms(),
         cfg,

@@ -74,6 +74,7 @@ impl Config {
 
     /// Each section's own checks, then what spans sections. Errors name the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.store.validate()?;
         self.watch.validate()?;
         for (i, s) in self.sources.iter().enumerate() {
             s.validate().map_err(|e| format!("sources[{i}] (type = \"{}\"): {e}", s.kind()))?;

@@ -34,6 +34,23 @@ impl Default for StoreConfig {
     }
 }
 
+/// The largest page cache accepted (1 TiB): more is a typo, and its size in bytes must not overflow.
+pub const MAX_CACHE_MB: u64 = 1 << 20;
+
+impl StoreConfig {
+    /// sled panics on a zero cache and a byte count past u64 cannot be given; refused here, by key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=MAX_CACHE_MB).contains(&self.cache_mb) {
+            return Err(format!("`store.cache_mb` = {} must be between 1 and {MAX_CACHE_MB} (MiB of page cache; 64 is the default)", self.cache_mb));
+        }
+        Ok(())
+    }
+
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_mb.min(MAX_CACHE_MB) << 20
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("there is no store at {path}; check --store / SAFEGUARD_STORE (a store is created by `safeguard watch` or `safeguard ingest`)")]

@@ -47,6 +47,8 @@ pub enum QueryError {
     Store(#[from] StoreError),
     #[error("the store at {path} is held by a running watcher, but its query socket {socket} did not answer: {source}; is the watcher hung? check its log")]
     Socket { path: PathBuf, socket: PathBuf, source: std::io::Error },
+    #[error("the store at {path} is in use by another safeguard process that answers no queries (a `safeguard ingest` or a recovery being planned, or a watcher still starting); try again when it has finished")]
+    Busy { path: PathBuf },
     #[error("the running watcher answered: {0}")]
     Remote(String),
     #[error(transparent)]
@@ -156,6 +158,12 @@ impl Access {
     fn open_store(path: &Path, cache_bytes: u64) -> Result<Access, QueryError> {
         match Store::open_existing(path, cache_bytes) {
             Ok(s) => Ok(Access::Direct(s)),
+            // A watcher makes its socket as it starts; a locked store without one is held by another
+            // writer (an ingest, a recovery planning), or by a watcher still starting.
+            // (A socket file nobody listens on is what a killed watcher left.)
+            Err(StoreError::Locked { .. }) if std::os::unix::net::UnixStream::connect(path.join(SOCKET_NAME)).is_err() => {
+                Err(QueryError::Busy { path: path.to_path_buf() })
+            }
             Err(StoreError::Locked { .. }) => Ok(Access::Watcher { path: path.to_path_buf(), socket: path.join(SOCKET_NAME) }),
             Err(e) => Err(e.into()),
         }

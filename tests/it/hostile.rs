@@ -211,3 +211,53 @@ fn an_empty_udp_datagram_is_no_line() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(status(&store)["counters"]["lines_read"], 1);
 }
+
+#[test]
+fn config_values_that_would_crash_or_disable_work_are_refused_by_key_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[store]\ncache_mb = 0\n", "store.cache_mb"),
+        ("[store]\ncache_mb = 99999999999999999\n", "store.cache_mb"),
+        ("[watch]\ncommit_interval = \"0s\"\n", "commit_interval"),
+        ("[risk]\nwal_silence = \"10000000000000000s\"\n", "10000000000000000s"),
+        ("[[sources]]\ntype = \"syslog\"\ntcp = \"127.0.0.1:1\"\nmax_connections = 0\n", "max_connections"),
+        ("[[sources]]\ntype = \"syslog\"\ntcp = \"127.0.0.1:1\"\nidle_timeout = \"0s\"\n", "idle_timeout"),
+    ];
+    for (i, (toml, key)) in cases.iter().enumerate() {
+        let cfg = tmp.path().join(format!("c{i}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let store = tmp.path().join(format!("store{i}"));
+        let out =
+            Command::new(bin()).args(["--config", cfg.to_str().unwrap(), "watch", "--store", store.to_str().unwrap()]).stdin(Stdio::null()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(key), "{toml}: the message does not name {key}: {err}");
+        assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{toml}: {err}");
+        assert!(!store.exists(), "{toml}: a store was created");
+    }
+}
+
+#[test]
+fn a_query_while_an_ingest_holds_the_store_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let seed = fixture("scenarios/seed.log");
+    assert_eq!(run(&["ingest", seed.to_str().unwrap(), "--store", store.to_str().unwrap()]).0, 0);
+    // No read snapshot (as after a crash, or once an ingest has written), a socket file a killed watcher
+    // left behind, and an ingest from a pipe that stays open.
+    std::fs::remove_file(store.join("snapshot")).unwrap();
+    let stale = std::os::unix::net::UnixListener::bind(store.join("safeguard.sock")).unwrap();
+    drop(stale);
+    let mut ingest = Command::new(bin()).args(["ingest", "-", "--store", store.to_str().unwrap()]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut feed = ingest.stdin.take().unwrap();
+    feed.write_all(b"Mar 16 19:11:48 h p: a line\n").unwrap();
+    let ingest = KillOnDrop(ingest);
+    wait_until("the ingest to hold the store", Duration::from_secs(20), || {
+        let (code, _, err) = run(&["status", "--store", store.to_str().unwrap()]);
+        code != 0 && err.contains("in use by another safeguard process")
+    });
+    let (_, _, err) = run(&["status", "--store", store.to_str().unwrap()]);
+    assert!(!err.contains("hung"), "{err}");
+    drop(feed);
+    drop(ingest);
+}
