@@ -57,11 +57,11 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("the store at {path} is in use by another safeguard process (a running `safeguard watch`?); stop it, or query it through that process")]
     Locked { path: PathBuf },
-    #[error("cannot open the store at {path}: {source}; check the directory exists and is writable (--store / SAFEGUARD_STORE)")]
+    #[error("cannot open the store at {path}: {}", open_hint(source))]
     Open { path: PathBuf, source: sled::Error },
     #[error("the store at {path} has schema version {found}, this safeguard understands {expected}; use a matching safeguard release")]
     Schema { path: PathBuf, found: String, expected: u32 },
-    #[error("store I/O failed: {0}")]
+    #[error("store I/O failed: {}", io_hint(.0))]
     Io(#[from] sled::Error),
     #[error("a stored record under {key} is corrupt: {source}")]
     Corrupt { key: String, source: serde_json::Error },
@@ -69,6 +69,31 @@ pub enum StoreError {
     Encode { key: String, source: serde_json::Error },
     #[error("cannot remove the read snapshot {path} before writing: {source}; remove it by hand (it is rebuilt when the store next closes)")]
     StaleSnapshot { path: PathBuf, source: std::io::Error },
+}
+
+fn disk_full(e: &sled::Error) -> bool {
+    match e {
+        sled::Error::Io(io) => io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28) || io.to_string().contains("No space left"),
+        _ => false,
+    }
+}
+
+const FULL_HINT: &str = "the disk holding the store is full: free space on it (or copy the store directory to a larger disk and point --store there) and run again; what was committed before is intact, and an ingest resumes where it stopped";
+
+fn open_hint(e: &sled::Error) -> String {
+    if disk_full(e) {
+        format!("{e}; {FULL_HINT}")
+    } else {
+        format!("{e}; check the directory exists and is writable (--store / SAFEGUARD_STORE)")
+    }
+}
+
+fn io_hint(e: &sled::Error) -> String {
+    if disk_full(e) {
+        format!("{e}; {FULL_HINT}")
+    } else {
+        e.to_string()
+    }
 }
 
 /// Line and event counts the store keeps, committed with the state they describe (so they survive
@@ -261,11 +286,16 @@ impl Store {
     /// Opens (creating if needed) the store. `cache_bytes` bounds sled's page cache.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
         owner_only_dir(path).map_err(|e| StoreError::Open { path: path.to_path_buf(), source: e.into() })?;
+        remove_unfinished_snapshots(path);
         let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open().map_err(|e| match &e {
             sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
                 StoreError::Locked { path: path.to_path_buf() }
             }
-            _ => StoreError::Open { path: path.to_path_buf(), source: e },
+            _ => {
+                // An open that failed (a full disk) must not leave what breaks the next one.
+                remove_unfinished_snapshots(path);
+                StoreError::Open { path: path.to_path_buf(), source: e }
+            }
         })?;
         // sled creates its files with the caller's umask; the directory's mode already shuts others
         // out, and the files follow so that a copy of the directory does not open up again.
@@ -521,6 +551,32 @@ pub fn compact_json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
 
 /// Bytes of the files under `dir`, recursively: one figure for the store whether sled is open (the
 /// watcher answers) or not (the snapshot answers). Unreadable entries count as 0.
+/// Removes sled's unfinished snapshot files (`snap.*.generating`) when no process holds the store. sled
+/// writes one while it opens; on a full disk it is left empty, and every later open of the store then
+/// fails ("Read corrupted data"), even on a larger disk. A finished snapshot is renamed from it, so an
+/// unfinished one is never needed.
+fn remove_unfinished_snapshots(dir: &Path) {
+    let Ok(db) = std::fs::File::open(dir.join("db")) else { return };
+    // sled holds an exclusive lock on `db` while open: only a store nobody has open is touched.
+    if db.try_lock().is_err() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!(file = %e.path().display(), "removed an unfinished sled snapshot (a full disk or a crash while opening left it)"),
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "could not remove an unfinished sled snapshot; the store may not open until it is removed")
+                }
+            }
+        }
+    }
+    let _ = db.unlock();
+}
+
 /// Creates the store directory (and its parents) if needed and makes it the owner's only (0700),
 /// whatever the umask: it holds every instance's history, the alert outbox and the query socket. The
 /// one place store permissions are decided.

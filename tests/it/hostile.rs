@@ -261,3 +261,52 @@ fn a_query_while_an_ingest_holds_the_store_says_so() {
     drop(feed);
     drop(ingest);
 }
+
+/// A small tmpfs, unmounted on drop (mounting needs root, which the test command runs as).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", at.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "mounting a tmpfs (needs root: run scripts/test.sh as root): {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_leaves_a_store_the_next_process_opens_and_says_what_to_free() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = Tmpfs::mount(&tmp.path().join("small"), "3m");
+    let log = tmp.path().join("big.log");
+    let cfg = safeguard::gen::GenConfig { seed: 9, lines: 150_000, concurrent_instances: 200, noise: 0.5, ..Default::default() };
+    safeguard::gen::Generator::new(cfg).write_all(&mut std::io::BufWriter::new(std::fs::File::create(&log).unwrap())).unwrap();
+    let store = small.0.join("store");
+    let s = store.to_str().unwrap();
+    let (code, _, err) = run(&["ingest", log.to_str().unwrap(), "--quiet", "--store", s]);
+    assert_ne!(code, 0, "the disk should fill");
+    assert!(err.contains("disk holding the store is full"), "{err}");
+    // A query on the full disk fails with the same advice and leaves nothing that breaks the next open.
+    let (code, _, err) = run(&["status", "--store", s]);
+    if code != 0 {
+        assert!(err.contains("disk holding the store is full"), "{err}");
+    }
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&store).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".generating")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Copied to a larger disk, the store opens and the ingest resumes there.
+    let big = tmp.path().join("moved");
+    assert!(Command::new("cp").args(["-a", s, big.to_str().unwrap()]).status().unwrap().success());
+    drop(small);
+    let (code, _, err) = run(&["status", "--store", big.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["ingest", log.to_str().unwrap(), "--quiet", "--store", big.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lines read"), "{out}");
+}
