@@ -48,7 +48,7 @@ install_apt() {
     # rdkafka builds its bundled librdkafka with gcc+make; TLS/SASL need OpenSSL headers found by pkg-config.
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
-    # tests/monitoring.rs checks deploy/prometheus/ with promtool and runs a real Prometheus server
+    # tests/it/monitoring.rs checks deploy/prometheus/ with promtool and runs a real Prometheus server
     # against a watcher (Debian's package ships both; its daemon is not used).
     { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
     if ((${#missing[@]})); then
