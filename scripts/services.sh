@@ -55,6 +55,15 @@ install_apt() {
         log "apt installing: ${missing[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+            # Where services may start, the package starts (and enables) its own server on port 9090;
+            # nothing here uses it (the tests start their own), so it is stopped rather than left running.
+            if [[ -d /run/systemd/system ]]; then
+                systemctl disable --now prometheus >/dev/null 2>&1 || true
+            else
+                service prometheus stop >/dev/null 2>&1 || true
+            fi
+        fi
     fi
 }
 
