@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and runs the real services that safeguard's integration tests use:
 #   tansu (Kafka protocol), moto_server (S3), etcd (v2 API), aiosmtpd (SMTP -> Maildir),
-# and installs (without starting) PostgreSQL 14 server binaries and WAL-E.
+# and installs (without starting) PostgreSQL 14 server binaries, WAL-E and Prometheus (prometheus,
+# promtool; the tests start their own server).
 #
 # Usage: scripts/services.sh install|start|stop|status
 #   start writes "$SAFEGUARD_SERVICES_DIR/env" (default <repo>/.services/env) with
@@ -47,10 +48,22 @@ install_apt() {
     # rdkafka builds its bundled librdkafka with gcc+make; TLS/SASL need OpenSSL headers found by pkg-config.
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+    # tests/it/monitoring.rs checks deploy/prometheus/ with promtool and runs a real Prometheus server
+    # against a watcher (Debian's package ships both; its daemon is not used).
+    { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
     if ((${#missing[@]})); then
         log "apt installing: ${missing[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+            # Where services may start, the package starts (and enables) its own server on port 9090;
+            # nothing here uses it (the tests start their own), so it is stopped rather than left running.
+            if [[ -d /run/systemd/system ]]; then
+                systemctl disable --now prometheus >/dev/null 2>&1 || true
+            else
+                service prometheus stop >/dev/null 2>&1 || true
+            fi
+        fi
     fi
 }
 

@@ -17,6 +17,7 @@ mod ingest;
 mod kafka;
 mod layers;
 mod metrics;
+mod monitoring;
 mod order;
 mod parse_shapes;
 mod recover;
