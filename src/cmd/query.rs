@@ -41,8 +41,24 @@ pub fn show(ctx: Ctx, instance_id: String, json: bool) -> Result<ExitCode> {
 pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
     let access = Access::open(&ctx.store_path, ctx.cache)?;
     let st = access.status()?;
+    // The kernel's drop counts of the configured syslog UDP sockets (a running watcher's).
+    let drops: Vec<(std::net::SocketAddr, u64)> = if st.watcher_running {
+        ctx.cfg
+            .sources()
+            .iter()
+            .filter_map(|s| match s {
+                safeguard::sources::SourceConfig::Syslog(sys) => sys.udp,
+                _ => None,
+            })
+            .filter_map(|a| Some((a, safeguard::sources::syslog::udp_drops(a)?)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if json {
-        print_json(&st)?;
+        let mut v = serde_json::to_value(&st)?;
+        v["udp_drops"] = drops.iter().map(|(a, n)| (a.to_string(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>().into();
+        print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("store        {} (schema {}, {} bytes)", st.path.display(), st.schema_version.as_deref().unwrap_or("?"), st.size_bytes);
@@ -54,6 +70,9 @@ pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
         "waiting      {} line(s) wait for the line that names their instance; {} given up so far ([watch] parked_max, parked_ttl)",
         st.counters.lines_parked, st.counters.lines_expired_unattributed
     );
+    for (a, n) in &drops {
+        println!("udp drops    {n} datagram(s) dropped by the kernel on {a} (the listener fell behind; raise net.core.rmem_max or use TCP or Kafka)");
+    }
     for (id, p) in &st.positions {
         println!("source       {id} {} at byte/offset {} ({})", p.name, p.offset, safeguard::timeutil::rfc3339(p.updated_at));
     }

@@ -113,6 +113,17 @@ fn describe() {
     describe_counter!("safeguard_source_lines_relevant_total", "Relevant lines, by source kind.");
     describe_counter!("safeguard_source_lines_rejected_total", "Rejected lines, by source kind.");
     describe_counter!("safeguard_lines_rejected_by_reason_total", "Candidate lines rejected, by reason.");
+    describe_counter!(
+        "safeguard_syslog_udp_dropped_total",
+        "Datagrams the kernel dropped on a syslog UDP socket (receive buffer full: the listener fell behind), by address."
+    );
+    describe_counter!("safeguard_syslog_connections_refused_total", "Syslog TCP connections closed at once: max_connections were open.");
+    describe_counter!("safeguard_syslog_connections_idle_closed_total", "Syslog TCP connections closed after idle_timeout without data.");
+    describe_counter!("safeguard_syslog_messages_cut_total", "Syslog TCP messages longer than max_message_bytes: cut, their rest dropped.");
+    describe_counter!("safeguard_syslog_frames_truncated_total", "Syslog TCP frames the sender closed the connection inside: dropped.");
+    describe_counter!("safeguard_query_connections_refused_total", "Query socket connections closed at once: 64 were open.");
+    describe_counter!("safeguard_query_accept_errors_total", "Failed accepts on the query socket (out of file descriptors); it keeps serving.");
+    describe_counter!("safeguard_http_connections_refused_total", "HTTP connections closed at once: 64 were open.");
     describe_counter!("safeguard_lines_replayed_skipped_total", "Lines skipped because the store had already applied them (replays).");
     describe_counter!("safeguard_events_applied_total", "Events applied to instance records.");
     describe_counter!("safeguard_effects_total", "Effects (deletions pending/final/cancelled, restores) committed.");
@@ -164,6 +175,8 @@ struct Shared {
     sources_started: AtomicBool,
     stopping: AtomicBool,
     source_labels: Vec<String>,
+    /// The syslog listeners' UDP addresses, for the kernel's drop counts.
+    udp: Vec<SocketAddr>,
     kafka: Vec<Arc<WatermarkProbe>>,
     /// The last instance scan: when, and the (events applied, effects) it saw.
     instances: Mutex<Option<CachedStats>>,
@@ -201,6 +214,41 @@ pub struct Server {
     pub local_addr: SocketAddr,
 }
 
+/// Bounds of the HTTP endpoint: a scraper or a probe sends a few hundred bytes of headers and reads
+/// one answer; nobody holds it open.
+pub const HTTP_MAX_CONNECTIONS: usize = 64;
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HTTP_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Serves the endpoint with bounds axum's `serve` cannot set: connections at once, the time to send
+/// the request headers, a connection's lifetime; and an `accept` error (EMFILE) is waited out.
+async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an HTTP connection failed (out of file descriptors?); retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            counter!("safeguard_http_connections_refused_total").increment(1);
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new()).header_read_timeout(HTTP_HEADER_TIMEOUT);
+            let conn = b.serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(HTTP_CONNECTION_LIFETIME, conn).await;
+        });
+    }
+}
+
 impl Server {
     /// Binds `[http] listen` (failing at start-up, with the address, when it cannot) and serves until
     /// [`Server::stop`]. `durable` is the engine's commit notification.
@@ -213,7 +261,11 @@ impl Server {
 
         let mut kafka = Vec::new();
         let mut source_labels = Vec::new();
+        let mut udp = Vec::new();
         for s in &watched.sources {
+            if let SourceConfig::Syslog(sys) = s {
+                udp.extend(sys.udp);
+            }
             match s {
                 SourceConfig::Kafka(k) => kafka.push(WatermarkProbe::spawn(k, KAFKA_PROBE_EVERY)),
                 other => source_labels.push(other.label()),
@@ -230,6 +282,7 @@ impl Server {
             sources_started: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             source_labels,
+            udp,
             kafka,
             instances: Mutex::new(None),
             recoveries: Mutex::new(None),
@@ -271,11 +324,7 @@ impl Server {
         }
         let app =
             Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics_endpoint)).with_state(shared.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the HTTP endpoint stopped");
-            }
-        }));
+        tasks.push(tokio::spawn(serve(listener, app)));
         tracing::info!(addr = %local_addr, "serving /healthz, /readyz and /metrics");
         Ok(Server { shared, tasks, local_addr })
     }
@@ -402,6 +451,11 @@ fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
     counter!("safeguard_lines_rejected_total").absolute(c.lines_rejected);
     gauge!("safeguard_lines_parked").set(c.lines_parked as f64);
     counter!("safeguard_lines_expired_unattributed_total").absolute(c.lines_expired_unattributed);
+    for a in &sh.udp {
+        if let Some(n) = crate::sources::syslog::udp_drops(*a) {
+            counter!("safeguard_syslog_udp_dropped_total", "addr" => a.to_string()).absolute(n);
+        }
+    }
     for (source, s) in &c.by_source {
         counter!("safeguard_source_lines_read_total", "source" => source.clone()).absolute(s.lines_read);
         counter!("safeguard_source_lines_relevant_total", "source" => source.clone()).absolute(s.lines_relevant);

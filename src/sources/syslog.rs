@@ -116,6 +116,25 @@ pub async fn start(cfg: &SyslogConfig, sink: &Sink) -> Result<Vec<tokio::task::J
     Ok(tasks)
 }
 
+/// Datagrams the kernel dropped on the UDP socket bound to `addr` (its receive buffer was full: the
+/// listener fell behind), as `/proc/net/udp{,6}` count them since the socket was opened. `None` when no
+/// such socket is open (or not on Linux).
+pub fn udp_drops(addr: SocketAddr) -> Option<u64> {
+    let mut found = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(drops)) = (f.get(1), f.last()) else { continue };
+            let port = local.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if port == Some(addr.port()) {
+                *found.get_or_insert(0) += drops.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    found
+}
+
 /// Counter that orders network messages; they are not replayable, so it is only informational.
 fn next(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1

@@ -310,3 +310,60 @@ fn a_full_disk_leaves_a_store_the_next_process_opens_and_says_what_to_free() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("lines read"), "{out}");
 }
+
+#[test]
+fn the_http_endpoint_closes_a_client_that_never_finishes_its_headers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let http = format!("127.0.0.1:{}", free_port());
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("[http]\nlisten = \"{http}\"\n")).unwrap();
+    let (_w, _) = watcher(&store, &format!("SAFEGUARD_CONFIG={}", cfg.display()));
+    wait_until("the HTTP endpoint", Duration::from_secs(20), || TcpStream::connect(&http).is_ok());
+    let mut slow = TcpStream::connect(&http).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // Meanwhile others are served.
+    let mut ok = TcpStream::connect(&http).unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    ok.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(t.elapsed() < Duration::from_secs(20), "the half-sent request was held for {:?}", t.elapsed());
+}
+
+#[test]
+fn udp_datagrams_the_kernel_drops_are_counted_in_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let udp = format!("127.0.0.1:{}", free_port());
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("[[sources]]\ntype = \"syslog\"\nudp = \"{udp}\"\n")).unwrap();
+    let child = Command::new(bin())
+        .args(["--config", cfg.to_str().unwrap(), "watch", "--store", store.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let w = KillOnDrop(child);
+    wait_until("the watcher's socket", Duration::from_secs(20), || UnixStream::connect(store.join("safeguard.sock")).is_ok());
+    let status = || {
+        let (code, out, err) = run(&["--config", cfg.to_str().unwrap(), "status", "--json", "--store", store.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    assert_eq!(status()["udp_drops"][&udp], 0, "a listener that keeps up drops nothing");
+    // The listener stops reading (the process is stopped): the socket's buffer fills and the kernel drops.
+    let pid = w.0.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let line = provision_line("0badbeef-0000-4000-8000-000000000005");
+    for _ in 0..20_000 {
+        let _ = s.send_to(line.as_bytes(), &udp);
+    }
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    wait_until("the drops to show", Duration::from_secs(20), || status()["udp_drops"][&udp].as_u64().unwrap_or(0) > 0);
+}
