@@ -252,11 +252,11 @@ fn a_query_while_an_ingest_holds_the_store_says_so() {
     let mut feed = ingest.stdin.take().unwrap();
     feed.write_all(b"Mar 16 19:11:48 h p: a line\n").unwrap();
     let ingest = KillOnDrop(ingest);
-    wait_until("the ingest to hold the store", Duration::from_secs(20), || {
-        let (code, _, err) = run(&["status", "--store", store.to_str().unwrap()]);
-        code != 0 && err.contains("in use by another safeguard process")
-    });
-    let (_, _, err) = run(&["status", "--store", store.to_str().unwrap()]);
+    // sled holds an exclusive lock on `db` while the store is open.
+    wait_until("the ingest to hold the store", Duration::from_secs(20), || std::fs::File::open(store.join("db")).unwrap().try_lock().is_err());
+    let (code, _, err) = run(&["status", "--store", store.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("in use by another safeguard process that answers no queries"), "{err}");
     assert!(!err.contains("hung"), "{err}");
     drop(feed);
     drop(ingest);
