@@ -462,3 +462,62 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<O
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn lines_of(chunks: Vec<Vec<u8>>) -> Vec<Result<Option<String>, String>> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async {
+            let mut b = tokio_test_reader(chunks);
+            let mut out = Vec::new();
+            loop {
+                let r = read_request(&mut b).await;
+                let end = !matches!(r, Ok(Some(_)));
+                out.push(r);
+                if end {
+                    return out;
+                }
+            }
+        })
+    }
+
+    /// A reader that hands out the bytes in the given pieces (as a socket would).
+    fn tokio_test_reader(chunks: Vec<Vec<u8>>) -> tokio::io::BufReader<std::io::Cursor<Vec<u8>>> {
+        // BufReader over the concatenation with a tiny buffer: reads come in small, arbitrary pieces.
+        let cap = chunks.first().map_or(1, |c| c.len().max(1));
+        tokio::io::BufReader::with_capacity(cap, std::io::Cursor::new(chunks.concat()))
+    }
+
+    proptest! {
+        /// Any bytes in any pieces: the request reader never panics, never returns a line longer than
+        /// the bound, and every request line it returns gets an answer that encodes (garbage included).
+        #[test]
+        fn the_query_protocol_is_bounded_and_answers_anything(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..20)) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("s"), 1 << 20).unwrap();
+            for r in lines_of(chunks) {
+                match r {
+                    Ok(Some(line)) => {
+                        prop_assert!(line.len() <= MAX_REQUEST_BYTES);
+                        let resp = answer(&store, &line);
+                        prop_assert!(serde_json::to_vec(&resp).is_ok());
+                    }
+                    Ok(None) => {}
+                    Err(e) => prop_assert!(e.contains("longer than")),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_request_past_the_bound_is_refused_not_buffered() {
+        let big = vec![b'x'; MAX_REQUEST_BYTES + 10];
+        let got = lines_of(vec![big]);
+        assert!(matches!(&got[0], Err(e) if e.contains("longer than")), "{got:?}");
+        let ok = lines_of(vec![b"{\"op\":\"status\"}\n".to_vec()]);
+        assert_eq!(ok[0], Ok(Some("{\"op\":\"status\"}".to_string())));
+    }
+}
