@@ -55,6 +55,8 @@ pub struct Config {
     pub cloud_controller: Option<CloudControllerConfig>,
     /// The health and metrics endpoint; off without this section.
     pub http: Option<HttpConfig>,
+    /// A dead-man's switch pinged while the watcher is ready; off without this section.
+    pub heartbeat: Option<crate::engine::heartbeat::HeartbeatConfig>,
     /// What `safeguard doctor` needs beyond the rest (the S3 prefix to list, the etcd key to read).
     pub doctor: DoctorConfig,
 }
@@ -87,6 +89,9 @@ impl Config {
         }
         if let Some(e) = &self.etcd {
             e.validate()?;
+        }
+        if let Some(h) = &self.heartbeat {
+            h.validate()?;
         }
         if let Some(cc) = &self.cloud_controller {
             cc.validate()?;
@@ -121,6 +126,7 @@ impl Config {
             s3: self.s3.clone(),
             risk: self.risk_rules(),
             recoveries: None,
+            heartbeat: self.heartbeat.clone(),
         }
     }
 

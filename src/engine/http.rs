@@ -124,6 +124,8 @@ fn describe() {
     describe_counter!("safeguard_query_connections_refused_total", "Query socket connections closed at once: 64 were open.");
     describe_counter!("safeguard_query_accept_errors_total", "Failed accepts on the query socket (out of file descriptors); it keeps serving.");
     describe_counter!("safeguard_http_connections_refused_total", "HTTP connections closed at once: 64 were open.");
+    describe_gauge!("safeguard_heartbeat_last_ping_timestamp_seconds", "When the heartbeat URL last answered (the watcher was ready or reported why not).");
+    describe_counter!("safeguard_heartbeat_failures_total", "Heartbeat pings that failed (the dead-man's switch did not answer).");
     describe_counter!("safeguard_lines_replayed_skipped_total", "Lines skipped because the store had already applied them (replays).");
     describe_counter!("safeguard_events_applied_total", "Events applied to instance records.");
     describe_counter!("safeguard_effects_total", "Effects (deletions pending/final/cancelled, restores) committed.");
@@ -206,12 +208,13 @@ pub enum HttpError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
-/// The running endpoint; [`Server::stop`] ends it.
+/// The watcher's health (engine commits, sources, Kafka brokers) and, with `[http]`, its endpoint;
+/// [`Server::stop`] ends it. The heartbeat asks it too ([`Server::readiness`]).
 pub struct Server {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The bound address (useful when `listen` has port 0).
-    pub local_addr: SocketAddr,
+    /// The bound address (useful when `listen` has port 0); `None` without `[http]`.
+    pub local_addr: Option<SocketAddr>,
 }
 
 /// Bounds of the HTTP endpoint: a scraper or a probe sends a few hundred bytes of headers and reads
@@ -252,10 +255,16 @@ async fn serve(listener: tokio::net::TcpListener, app: Router) {
 impl Server {
     /// Binds `[http] listen` (failing at start-up, with the address, when it cannot) and serves until
     /// [`Server::stop`]. `durable` is the engine's commit notification.
-    pub async fn start(http: &HttpConfig, watched: Watched, store: Store, durable: watch::Receiver<Durable>) -> Result<Server, HttpError> {
-        let bind = |source| HttpError::Bind { addr: http.listen, source };
-        let listener = tokio::net::TcpListener::bind(http.listen).await.map_err(bind)?;
-        let local_addr = listener.local_addr().map_err(bind)?;
+    pub async fn start(http: Option<&HttpConfig>, watched: Watched, store: Store, durable: watch::Receiver<Durable>) -> Result<Server, HttpError> {
+        let listener = match http {
+            Some(http) => {
+                let bind = |source| HttpError::Bind { addr: http.listen, source };
+                let l = tokio::net::TcpListener::bind(http.listen).await.map_err(bind)?;
+                let a = l.local_addr().map_err(bind)?;
+                Some((l, a))
+            }
+            None => None,
+        };
         let ex = exporter();
         ex.record(|| gauge!("safeguard_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0));
 
@@ -322,11 +331,31 @@ impl Server {
                 }
             }));
         }
-        let app =
-            Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics_endpoint)).with_state(shared.clone());
-        tasks.push(tokio::spawn(serve(listener, app)));
-        tracing::info!(addr = %local_addr, "serving /healthz, /readyz and /metrics");
+        let mut local_addr = None;
+        if let Some((listener, addr)) = listener {
+            let app =
+                Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics_endpoint)).with_state(shared.clone());
+            tasks.push(tokio::spawn(serve(listener, app)));
+            tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+            local_addr = Some(addr);
+        }
         Ok(Server { shared, tasks, local_addr })
+    }
+
+    /// What `/readyz` says, for the heartbeat: `Err` with the reasons when the engine is not committing,
+    /// the store does not answer, sources are not up, or a Kafka source's brokers do not answer.
+    pub fn readiness(&self) -> Result<(), String> {
+        let (reasons, _) = ready(&self.shared);
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
+    }
+
+    /// A cheap handle the heartbeat task can hold.
+    pub fn health(&self) -> Health {
+        Health(self.shared.clone())
     }
 
     /// Every configured source has started (listeners bound, consumers created).
@@ -378,9 +407,30 @@ async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
     json_response(ok, json!({ "status": if ok { "ok" } else { "failing" }, "engine": engine, "sources_started": sh.sources_started.load(Ordering::Relaxed) }))
 }
 
+/// Shares the watcher's readiness with a task (the heartbeat).
+#[derive(Clone)]
+pub struct Health(Arc<Shared>);
+
+impl Health {
+    pub fn readiness(&self) -> Result<(), String> {
+        let (reasons, _) = ready(&self.0);
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons.join("; "))
+        }
+    }
+}
+
 async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
+    let (reasons, body) = ready(&sh);
+    json_response(reasons.is_empty(), body)
+}
+
+/// The reasons the watcher is not ready (none: ready) and `/readyz`'s body.
+fn ready(sh: &Shared) -> (Vec<String>, serde_json::Value) {
     let mut reasons = Vec::new();
-    let (engine_ok, engine) = engine_health(&sh);
+    let (engine_ok, engine) = engine_health(sh);
     if !engine_ok {
         reasons.push(format!("the engine is {}", engine["state"].as_str().unwrap_or("?")));
     }
@@ -414,10 +464,8 @@ async fn readyz(State(sh): State<Arc<Shared>>) -> Response {
         }));
     }
     let ok = reasons.is_empty();
-    json_response(
-        ok,
-        json!({ "status": if ok { "ready" } else { "not ready" }, "reasons": reasons, "store": if store_ok { "open" } else { "failing" }, "engine": engine, "sources": sources }),
-    )
+    let body = json!({ "status": if ok { "ready" } else { "not ready" }, "reasons": reasons, "store": if store_ok { "open" } else { "failing" }, "engine": engine, "sources": sources });
+    (reasons, body)
 }
 
 // ------------------------------------------------------------------------------------------- metrics

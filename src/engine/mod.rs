@@ -2,6 +2,7 @@
 //! attributed yet), applies the pure core's state changes and commits them with their effects; [`watch`]
 //! runs it as the service (sources, ticks, query socket, shutdown) with [`http`] as its face (`/healthz`,
 //! `/readyz`, `/metrics`); [`ingest`] drives it over archived files.
+pub mod heartbeat;
 pub mod http;
 pub mod ingest;
 pub mod pipeline;

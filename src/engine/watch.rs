@@ -92,6 +92,8 @@ pub struct Setup {
     /// Counts the recovery journal's entries for `/metrics` (the journal is recovery's: the composition
     /// root supplies the reader, so the engine does not reach up to it).
     pub recoveries: Option<crate::engine::http::RecoveryCounts>,
+    /// Pings a dead-man's switch while the watcher is ready.
+    pub heartbeat: Option<crate::engine::heartbeat::HeartbeatConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +204,7 @@ fn engine_loop(
 
 /// Runs until `shutdown` resolves or every source has finished (stdin or a non-followed file).
 pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<Output = ()>) -> Result<Counters, WatchError> {
-    let Setup { watch, engine, sources, http, alerts, s3, risk, recoveries } = setup;
+    let Setup { watch, engine, sources, http, alerts, s3, risk, recoveries, heartbeat } = setup;
     let engine = Engine::new(store.clone(), engine)?;
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let sink = Sink::new(tx.clone());
@@ -218,12 +220,19 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
         .map_err(WatchError::Thread)?;
 
     // [http]: health and metrics, up before the sources so /readyz can say they are starting.
-    let mut http = match &http {
-        Some(h) => {
-            let watched = crate::engine::http::Watched { sources: sources.clone(), commit_interval: watch.commit_interval, risk, recoveries };
-            Some(crate::engine::http::Server::start(h, watched, store.clone(), durable_rx.clone()).await?)
+    // The heartbeat asks the same health as /readyz, so it is kept without [http] too.
+    let mut http = if http.is_some() || heartbeat.is_some() {
+        let watched = crate::engine::http::Watched { sources: sources.clone(), commit_interval: watch.commit_interval, risk, recoveries };
+        Some(crate::engine::http::Server::start(http.as_ref(), watched, store.clone(), durable_rx.clone()).await?)
+    } else {
+        None
+    };
+    let heartbeat = match (heartbeat, &http) {
+        (Some(cfg), Some(server)) => {
+            let health = server.health();
+            Some(tokio::spawn(crate::engine::heartbeat::run(cfg, move || health.readiness())))
         }
-        None => None,
+        _ => None,
     };
     let opts = crate::sources::SourceOptions { stats_interval: watch.stats_interval };
     let running = crate::sources::start(&sources, &sink, durable_rx, stop.clone(), &opts).await?;
@@ -273,6 +282,9 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
         }
     }
     stop.store(true, Ordering::Relaxed);
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
     if let Some(h) = http.take() {
         h.stop();
     }

@@ -12,6 +12,7 @@ mod archives;
 mod deploy;
 mod doctor;
 mod e2e;
+mod heartbeat;
 mod hostile;
 mod ingest;
 mod kafka;
