@@ -461,3 +461,31 @@ timeout = "3s"
     let files = assert_files_clean(&store);
     assert!(files >= 2, "{files} store files searched");
 }
+
+// ------------------------------------------------------------------------------------------- hardening
+
+#[test]
+fn the_journal_commands_refuse_a_store_that_does_not_exist_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("mistyped-store");
+    let m = missing.to_str().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, format!("[s3]\nendpoint = \"{}\"\naccess_key_id = \"k\"\nsecret_access_key = \"{S3_SECRET}\"\n", env("SAFEGUARD_TEST_S3"))).unwrap();
+    for args in [
+        vec!["recoveries", "--store", m],
+        vec!["recoveries", "--json", "--store", m],
+        vec!["recoveries", "r-1", "--store", m],
+        vec!["recover", "--abandon", "r-1", "--store", m],
+        vec!["recover", "--resume", "r-1", "--yes", "--store", m, "--config", cfg.to_str().unwrap()],
+    ] {
+        let (code, out, err) = run(&args);
+        assert_ne!(code, 0, "{args:?} succeeded:\n{out}\n{err}");
+        assert!(err.contains(&format!("no store at {m}")), "{args:?}: the message names the path: {err}");
+        assert!(!missing.exists(), "{args:?} created {m}");
+    }
+    // An existing store still gets its (empty) journal.
+    std::fs::create_dir(&missing).unwrap();
+    let (code, out, err) = run(&["recoveries", "--store", m]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no recoveries"), "{out}");
+}
