@@ -11,6 +11,26 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use safeguard::app::config::Config;
 use safeguard::timeutil::now_ms;
 
+/// Standard output, for every module declared below: these shadow std's `print!` and `println!` (a
+/// `macro_rules!` in scope wins over the prelude), so each print in `cmd/`, including ones written later,
+/// goes through [`cmd::out`], which ends output quietly when the reader has gone
+/// (`safeguard instances | head -1`) instead of panicking as std's do.
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::cmd::out(format_args!($($arg)*))
+    };
+}
+
+/// See [`print!`].
+macro_rules! println {
+    () => {
+        $crate::cmd::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cmd::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cmd;
 use cmd::Ctx;
 
@@ -159,7 +179,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, if matches!(cli.cmd, Cmd::Watch { .. }) { "info" } else { "warn" });
     match run(cli) {
-        Ok(code) => code,
+        Ok(code) => match cmd::finish_stdout() {
+            Ok(()) => code,
+            Err(e) => {
+                eprintln!("error: cannot write to standard output: {e}");
+                ExitCode::from(2)
+            }
+        },
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -205,11 +231,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Writes generated text; a closed pipe (`safeguard man | head`) is not an error.
+/// Writes generated text through [`cmd::out_bytes`]; a closed pipe (`safeguard man | head`) is not an error.
 fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(bytes) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(ExitCode::SUCCESS),
-    }
+    cmd::out_bytes(bytes);
+    Ok(ExitCode::SUCCESS)
 }

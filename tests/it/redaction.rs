@@ -489,3 +489,38 @@ fn the_journal_commands_refuse_a_store_that_does_not_exist_and_create_nothing() 
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("no recoveries"), "{out}");
 }
+
+/// Runs the binary with its standard output a pipe whose reader is already gone.
+fn into_closed_pipe(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(bin()).args(args).env("RUST_BACKTRACE", "0").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let s = store.to_str().unwrap();
+    let (code, _, err) = run(&["ingest", "-q", common::fixture("scenarios/seed.log").to_str().unwrap(), "--store", s]);
+    assert_eq!(code, 0, "{err}");
+    for args in [
+        vec!["instances", "--store", s],
+        vec!["instances", "--json", "--store", s],
+        vec!["status", "--store", s],
+        vec!["alerts", "--store", s],
+        vec!["recoveries", "--store", s],
+        vec!["doctor", "--store", s],
+        vec!["man"],
+        vec!["completions", "bash"],
+    ] {
+        let (code, err) = into_closed_pipe(&args);
+        assert_eq!(code, 0, "`{}` into a closed pipe: {err}", args.join(" "));
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "`{}`: {err}", args.join(" "));
+    }
+    // The store was closed cleanly after all: it reads as before.
+    let (code, out, err) = run(&["instances", "--json", "--store", s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(serde_json::from_str::<Value>(&out).unwrap().as_array().is_some_and(|a| !a.is_empty()), "{out}");
+}
