@@ -187,7 +187,10 @@ fn main() -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // `error_chain`, not anyhow's `{:#}`: a source the message already quotes (the io::Error in
+            // "cannot read the config file x: No such file ...") is not printed twice, and it is redacted.
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", safeguard::error_chain(e));
             ExitCode::from(2)
         }
     }

@@ -524,3 +524,20 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert_eq!(code, 0, "{err}");
     assert!(serde_json::from_str::<Value>(&out).unwrap().as_array().is_some_and(|a| !a.is_empty()), "{out}");
 }
+
+#[test]
+fn an_os_error_is_printed_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    for args in [
+        vec!["--config", "/no/such.toml", "instances"],
+        vec!["ingest", "/no/such/file", "--store", store.to_str().unwrap()],
+        vec!["instances", "--store", "/no/such/store"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_ne!(code, 0, "{args:?}");
+        let once = |needle: &str| err.matches(needle).count() <= 1;
+        assert!(err.contains("error"), "{args:?}: {err}");
+        assert!(once("No such file or directory") && once("os error 2"), "{args:?} repeats the OS error:\n{err}");
+    }
+}
