@@ -234,8 +234,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Writes generated text through [`cmd::out_bytes`]; a closed pipe (`safeguard man | head`) is not an error.
+/// Writes generated text through [`cmd::write_raw`]; a closed pipe (`safeguard man | head`) is not an error.
 fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
-    cmd::out_bytes(bytes);
+    cmd::write_raw(bytes);
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,8 @@
 //!   anywhere; `name=value`, `name: value` and `"name": "value"` for secret-looking names.
 //! - [`with_secrets`]: [`text`], plus exact values the caller knows are secret (a configured password,
 //!   header values), wherever they appear.
+//! - [`json`]: a JSON document with [`text`] applied to each of its strings (escapes decoded first, so
+//!   an echoed body inside a string is seen as it was sent); layout and key order are kept.
 //! - [`Writer`]: an `io::Write` that applies [`text`] to what passes through (the log on stderr).
 //!
 //! Redaction is idempotent (`***` is never taken for a secret), and it only ever replaces secrets: the
@@ -323,7 +325,7 @@ fn value_after(b: &[u8], j: usize, name: &str) -> Option<(usize, usize)> {
     }
     let line_end = |from: usize| {
         let mut e = from;
-        while e < b.len() && !matches!(b[e], b'\r' | b'\n' | b'"' | b'\'') {
+        while e < b.len() && !matches!(b[e], b'\r' | b'\n' | b'"' | b'\'' | b'\\') {
             e += 1;
         }
         while e > from && b[e - 1].is_ascii_whitespace() {
@@ -357,6 +359,40 @@ pub fn with_secrets<'a>(s: &str, secrets: impl IntoIterator<Item = &'a str>) -> 
             out = out.replace(secret, MASK);
         }
     }
+    out
+}
+
+/// A JSON document (as `serde_json` writes it) with every string literal, keys included, passed through
+/// [`text`]: each literal is decoded, redacted and encoded again only when something was masked, so the
+/// document stays valid and keeps its layout and key order. Text that is not JSON is redacted as text.
+pub fn json(doc: &str) -> String {
+    let b = doc.as_bytes();
+    let mut out = String::with_capacity(doc.len());
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if b[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let mut e = i + 1;
+        while e < b.len() && b[e] != b'"' {
+            e += if b[e] == b'\\' { 2 } else { 1 };
+        }
+        if e >= b.len() {
+            return text(doc);
+        }
+        let lit = &doc[i..=e];
+        if let Ok(v) = serde_json::from_str::<String>(lit) {
+            let r = text(&v);
+            if r != v {
+                out.push_str(&doc[copied..i]);
+                out.push_str(&serde_json::to_string(&r).unwrap_or_else(|_| format!("\"{MASK}\"")));
+                copied = e + 1;
+            }
+        }
+        i = e + 1;
+    }
+    out.push_str(&doc[copied..]);
     out
 }
 
@@ -498,6 +534,25 @@ mod tests {
             proptest::prop_assert!(!out.contains(&secret), "{out}");
             let _ = url(&format!("{pre}{suf}"));
         }
+    }
+
+    #[test]
+    fn json_strings_are_redacted_decoded_and_the_document_stays_valid() {
+        let doc = r#"{
+  "z_first": "kept in place",
+  "last_error": "HTTP 500: you sent:\r\nauthorization: Bearer tok3n-XYZ\r\n{\"password\": \"pw-\\\"q\"}",
+  "url": "http://root:pw1@h:1/?sig=s9",
+  "n": 3,
+  "token": 5
+}"#;
+        let r = json(doc);
+        let back: serde_json::Value = serde_json::from_str(&r).unwrap_or_else(|e| panic!("{e}: {r}"));
+        assert_eq!(back["last_error"], "HTTP 500: you sent:\r\nauthorization: Bearer ***\r\n{\"password\": \"***\"}");
+        assert_eq!(back["url"], "http://root:***@h:1/?sig=***");
+        assert_eq!((back["n"].clone(), back["token"].clone()), (3.into(), 5.into()), "only strings change");
+        assert!(r.find("z_first").unwrap() < r.find("last_error").unwrap(), "the layout is kept: {r}");
+        let plain = serde_json::to_string_pretty(&serde_json::json!({"a": "nothing secret", "b": [1, "x"]})).unwrap();
+        assert_eq!(json(&plain), plain);
     }
 
     #[test]

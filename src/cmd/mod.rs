@@ -28,8 +28,12 @@ pub struct Ctx {
     pub now: i64,
 }
 
+/// Prints a value as pretty JSON, its strings redacted ([`safeguard::redact::json`]): the net under
+/// every JSON output (an alert's `last_error` stored before redaction existed, a field added later).
 pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    let mut doc = safeguard::redact::json(&serde_json::to_string_pretty(v)?);
+    doc.push('\n');
+    write_raw(doc.as_bytes());
     Ok(())
 }
 
@@ -38,7 +42,8 @@ static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 /// Why it failed, when that was not the reader going away.
 static STDOUT_ERROR: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
 
-/// Writes to standard output; `print!` and `println!` in this binary end here (see main.rs).
+/// Writes to standard output, redacted ([`safeguard::redact::text`]: the net under every printed text);
+/// `print!` and `println!` in this binary end here (see main.rs).
 ///
 /// std's `println!` panics when the write fails, so `safeguard instances | head -1` died with a panic
 /// and status 101 once `head` had exited. Here a closed pipe (EPIPE) ends the output quietly: later
@@ -49,18 +54,18 @@ static STDOUT_ERROR: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex
 /// API's unix socket during a recovery, a query client hanging up on `watch`) would kill the process
 /// without a word.
 pub fn out(args: std::fmt::Arguments<'_>) {
-    use std::io::Write;
     if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
         return;
     }
-    let res = std::io::stdout().lock().write_fmt(args);
-    if let Err(e) = res {
-        stdout_failed(e);
-    }
+    let text = match args.as_str() {
+        Some(s) => safeguard::redact::text(s),
+        None => safeguard::redact::text(&args.to_string()),
+    };
+    write_raw(text.as_bytes());
 }
 
-/// [`out`] for bytes (generated man pages and completions).
-pub fn out_bytes(bytes: &[u8]) {
+/// [`out`] for bytes written as they are (generated man pages and completions, redacted JSON).
+pub fn write_raw(bytes: &[u8]) {
     use std::io::Write;
     if STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed) {
         return;

@@ -460,6 +460,21 @@ timeout = "3s"
     assert!(store.join("snapshot").exists() || store.join("db").exists(), "{store_s}");
     let files = assert_files_clean(&store);
     assert!(files >= 2, "{files} store files searched");
+
+    // An alert stored unredacted (by a release before redaction existed) still prints redacted: the
+    // CLI's output passes the redaction once more.
+    {
+        let st = safeguard::store::Store::open(&store, 16 << 20).unwrap();
+        let mut a = st.alerts().next().expect("the alert").unwrap();
+        a.last_error = Some(format!("HTTP 500: you sent:\r\nauthorization: Bearer {HOOK_BEARER}\r\nto http://hook:{HOOK_PASS}@127.0.0.1/"));
+        st.put_alert(&a).unwrap();
+    }
+    for args in [vec!["alerts", "--json"], vec!["alerts"]] {
+        let (code, out, err) = run(&[&args[..], &["--store", &store_s]].concat());
+        assert_eq!(code, 0, "{err}");
+        assert_clean(&format!("`{}` of an old alert", args.join(" ")), &out);
+        assert!(out.contains("Bearer ***") || !out.contains("Bearer"), "{out}");
+    }
 }
 
 // ------------------------------------------------------------------------------------------- hardening
