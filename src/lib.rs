@@ -8,7 +8,7 @@
 //! reach the outside world through [`adapters`] (S3, etcd, the platform). The CLI
 //! (`main.rs`) reads through [`store::query`] and prints with [`app::report`]; [`app::config`] composes
 //! every component's config section and [`app::doctor`] checks each connection. [`settings`] is what the
-//! sections share (durations, lists).
+//! sections share (durations, lists); [`redact`] is what every shown URL and error text goes through.
 //!
 //! `parse`, `state`, the alert rules, `timeutil`, `layout` and `gen` live in the `safeguard-core` crate, which has no I/O
 //! dependency at all; they are re-exported here under their old paths, as are the modules that moved
@@ -26,13 +26,16 @@ pub mod store;
 pub mod verify;
 pub use adapters::{etcd, platform, s3};
 pub mod app;
+pub mod redact;
 pub mod settings;
 pub use app::{config, doctor, report};
 pub use store::query;
 
 /// "a: b: c" from an error and its sources, for operator-facing messages: without the Debug dumps of
-/// the SDKs' own context printers, and without repeating a layer that already quotes its source.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// the SDKs' own context printers, without repeating a layer that already quotes its source (an
+/// `io::Error` a config error names is not printed twice), and redacted ([`redact::text`]): the one way
+/// an error chain becomes text, in the library and for `main`'s `error: ...`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut cur = Some(e);
     while let Some(x) = cur {
@@ -42,5 +45,5 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = x.source();
     }
-    parts.join(": ")
+    redact::text(&parts.join(": "))
 }

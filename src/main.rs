@@ -11,6 +11,26 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use safeguard::app::config::Config;
 use safeguard::timeutil::now_ms;
 
+/// Standard output, for every module declared below: these shadow std's `print!` and `println!` (a
+/// `macro_rules!` in scope wins over the prelude), so each print in `cmd/`, including ones written later,
+/// goes through [`cmd::out`], which ends output quietly when the reader has gone
+/// (`safeguard instances | head -1`) instead of panicking as std's do.
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::cmd::out(format_args!($($arg)*))
+    };
+}
+
+/// See [`print!`].
+macro_rules! println {
+    () => {
+        $crate::cmd::out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cmd::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cmd;
 use cmd::Ctx;
 
@@ -143,7 +163,12 @@ enum AlertsAction {
 
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr);
+    // Every event passes the redaction on its way to stderr: a URL or an error text logged by any
+    // module, or by a library, shows no credentials.
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(|| safeguard::redact::Writer(std::io::stderr()));
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -154,9 +179,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, if matches!(cli.cmd, Cmd::Watch { .. }) { "info" } else { "warn" });
     match run(cli) {
-        Ok(code) => code,
+        Ok(code) => match cmd::finish_stdout() {
+            Ok(()) => code,
+            Err(e) => {
+                eprintln!("error: cannot write to standard output: {e}");
+                ExitCode::from(2)
+            }
+        },
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // `error_chain`, not anyhow's `{:#}`: a source the message already quotes (the io::Error in
+            // "cannot read the config file x: No such file ...") is not printed twice, and it is redacted.
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", safeguard::error_chain(e));
             ExitCode::from(2)
         }
     }
@@ -200,11 +234,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Writes generated text; a closed pipe (`safeguard man | head`) is not an error.
+/// Writes generated text through [`cmd::write_raw`]; a closed pipe (`safeguard man | head`) is not an error.
 fn write_stdout(bytes: &[u8]) -> Result<ExitCode> {
-    use std::io::Write;
-    match std::io::stdout().lock().write_all(bytes) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(ExitCode::SUCCESS),
-    }
+    cmd::write_raw(bytes);
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,18 +3,23 @@
 //! restores from the copied WAL-E backups instead of starting a new cluster.
 //!
 //! Absent keys are not an error: the answer says which keys were deleted and which were already gone.
-//! The password never appears in `Debug`, serialized config or error text.
+//! The password never appears in `Debug`, serialized config or error text, and neither does one written
+//! into `url` (`http://root:pw@...`): the client holds the URL as a [`SecretUrl`], shown redacted.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::redact::SecretUrl;
+
 /// `[etcd]` in the configuration file.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EtcdConfig {
     /// The etcd client URL the platform's routers and containers use, e.g. `http://10.58.111.149:4001`.
+    /// Credentials in it are used, and shown only redacted.
+    #[serde(serialize_with = "crate::redact::serialize_url")]
     pub url: String,
     /// Basic-auth user, when the cluster has authentication enabled.
     pub username: Option<String>,
@@ -42,7 +47,7 @@ impl EtcdConfig {
 impl fmt::Debug for EtcdConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdConfig")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("timeout", &self.timeout)
@@ -81,7 +86,7 @@ pub struct KeyResult {
 
 pub struct Etcd {
     http: reqwest::Client,
-    base: String,
+    base: SecretUrl,
     config: EtcdConfig,
 }
 
@@ -96,7 +101,7 @@ impl Etcd {
         let timeout = config.timeout;
         let base = config.url.trim().trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
-            return Err(EtcdError::Config(format!("etcd.url {:?} must be a URL like http://10.0.0.5:4001", config.url)));
+            return Err(EtcdError::Config(format!("etcd.url {:?} must be a URL like http://10.0.0.5:4001", crate::redact::url(&config.url))));
         }
         if config.password.is_some() && config.username.is_none() {
             return Err(EtcdError::Config("etcd.password is set without etcd.username".into()));
@@ -106,15 +111,16 @@ impl Etcd {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| EtcdError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Etcd { http, base, config: config.clone() })
+        Ok(Etcd { http, base: SecretUrl::new(base), config: config.clone() })
     }
 
-    pub fn url(&self) -> &str {
+    /// The client URL; it shows (and serializes) redacted.
+    pub fn url(&self) -> &SecretUrl {
         &self.base
     }
 
-    fn key_url(&self, key: &str) -> String {
-        format!("{}/v2/keys{}", self.base, key)
+    fn key_url(&self, key: &str) -> SecretUrl {
+        self.base.join(&format!("/v2/keys{key}"))
     }
 
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -124,20 +130,19 @@ impl Etcd {
         }
     }
 
+    /// A server's or the client's text with every secret masked: the configured password and the
+    /// URL's own credentials wherever they appear, and whatever [`crate::redact::text`] recognises.
     fn scrub(&self, s: &str) -> String {
-        match &self.config.password {
-            Some(p) if p.len() >= 3 => s.replace(p.as_str(), "<redacted>"),
-            _ => s.to_string(),
-        }
+        crate::redact::with_secrets(s, self.config.password.as_deref())
     }
 
     async fn call(&self, method: reqwest::Method, op: &'static str, key: &str, body: Option<String>) -> Result<(u16, serde_json::Value), EtcdError> {
-        let mut rb = self.auth(self.http.request(method, self.key_url(key)));
+        let mut rb = self.auth(self.http.request(method, self.key_url(key).expose()));
         if let Some(v) = body {
             rb = rb.form(&[("value", v)]);
         }
         let resp = rb.send().await.map_err(|e| EtcdError::Unreachable {
-            url: self.base.clone(),
+            url: self.base.to_string(),
             op,
             key: key.to_string(),
             detail: self.scrub(&crate::error_chain(&e)),
@@ -146,10 +151,10 @@ impl Etcd {
         let text = resp.text().await.unwrap_or_default();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
         if status == 401 || status == 403 {
-            return Err(EtcdError::Denied { url: self.base.clone(), op, key: key.to_string(), status, detail: self.scrub(short(&text)) });
+            return Err(EtcdError::Denied { url: self.base.to_string(), op, key: key.to_string(), status, detail: short(&self.scrub(&text)).to_string() });
         }
         if json.is_null() {
-            return Err(EtcdError::Unexpected { url: self.base.clone(), op, key: key.to_string(), status, detail: self.scrub(short(&text)) });
+            return Err(EtcdError::Unexpected { url: self.base.to_string(), op, key: key.to_string(), status, detail: short(&self.scrub(&text)).to_string() });
         }
         Ok((status, json))
     }
@@ -185,7 +190,7 @@ impl Etcd {
 
     fn unexpected(&self, op: &'static str, key: &str, status: u16, json: &serde_json::Value) -> EtcdError {
         let detail = json["message"].as_str().map(|m| format!("{m} ({})", json["cause"].as_str().unwrap_or(""))).unwrap_or_else(|| json.to_string());
-        EtcdError::Unexpected { url: self.base.clone(), op, key: key.to_string(), status, detail: self.scrub(short(&detail)) }
+        EtcdError::Unexpected { url: self.base.to_string(), op, key: key.to_string(), status, detail: short(&self.scrub(&detail)).to_string() }
     }
 }
 
@@ -206,6 +211,16 @@ mod tests {
         let c = EtcdConfig { username: Some("root".into()), password: Some("etcd-pass-77".into()), ..EtcdConfig::default() };
         assert!(!format!("{c:?}").contains("etcd-pass-77"));
         assert!(!serde_json::to_string(&c).unwrap().contains("etcd-pass-77"));
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_used_but_never_shown() {
+        let c = EtcdConfig { url: "http://root:url-pass-55@10.0.0.1:4001".into(), ..EtcdConfig::default() };
+        let e = Etcd::new(&c).unwrap();
+        assert_eq!(e.key_url("/a").expose(), "http://root:url-pass-55@10.0.0.1:4001/v2/keys/a");
+        for shown in [e.url().to_string(), format!("{c:?}"), serde_json::to_string(&c).unwrap(), serde_json::to_string(e.url()).unwrap()] {
+            assert!(!shown.contains("url-pass-55") && shown.contains("root:***@10.0.0.1:4001"), "{shown}");
+        }
     }
 
     #[test]

@@ -13,8 +13,9 @@
 //! | http | the running watcher's `/readyz`, or that `[http] listen` can be bound |
 //!
 //! Every check runs under one bounded timeout; unconfigured ones are listed as skipped; the exit code is
-//! non-zero when a configured check fails. Output never carries a secret: every detail comes from error
-//! texts that the modules already scrub, or is scrubbed here.
+//! non-zero when a configured check fails. Output never carries a secret: the modules scrub their error
+//! texts, and every check's target, detail and hint pass [`crate::redact::text`] once more where they are
+//! made into a [`Check`] (`timed`), so a check added later is covered too.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use crate::adapters::etcd::EtcdConfig;
 use crate::adapters::platform::cloud_controller::CloudControllerConfig;
 use crate::adapters::s3::S3Config;
 use crate::engine::http::HttpConfig;
+use crate::redact::SecretUrl;
 use crate::sinks::email::EmailConfig;
 use crate::sinks::webhook::WebhookConfig;
 use crate::sources::kafka::KafkaConfig;
@@ -184,12 +186,13 @@ where
             "the service is slow or a firewall drops packets silently; check the address, or raise --timeout",
         ),
     };
+    // The one place a check becomes output (text and JSON): redacted here, whatever the check wrote.
     Check {
         check: name.into(),
         status: if o.ok { Status::Pass } else { Status::Fail },
-        target,
-        detail: o.detail,
-        hint: o.hint,
+        target: crate::redact::text(&target),
+        detail: crate::redact::text(&o.detail),
+        hint: o.hint.as_deref().map(crate::redact::text),
         elapsed_ms: start.elapsed().as_millis() as u64,
     }
 }
@@ -235,7 +238,7 @@ pub async fn run(cfg: &Targets, opts: &Options) -> Report {
         None => skipped.push(Check::skip("etcd", "no [etcd] section")),
         Some(e) => {
             let (e, key) = (e.clone(), cfg.doctor.etcd_key.clone());
-            let target = format!("{} key {key}", redact_userinfo(&e.url));
+            let target = format!("{} key {key}", crate::redact::url(&e.url));
             futs.push(Box::pin(timed("etcd", target, t, async move { check_etcd(&e, &key).await })));
         }
     }
@@ -259,7 +262,7 @@ pub async fn run(cfg: &Targets, opts: &Options) -> Report {
         None => skipped.push(Check::skip("cloud_controller", "no [cloud_controller] section")),
         Some(cc) => {
             let cc = cc.clone();
-            let target = redact_userinfo(&cc.api_url);
+            let target = crate::redact::url(&cc.api_url);
             futs.push(Box::pin(timed("cloud_controller", target, t, async move { check_cloud_controller(&cc).await })));
         }
     }
@@ -363,15 +366,7 @@ async fn check_s3(s3: &crate::adapters::s3::S3Config, prefix: Option<&str>) -> O
     if !url.key.is_empty() {
         req = req.prefix(&url.key);
     }
-    let scrub = |t: String| {
-        let mut t = t;
-        for s in [&s3.secret_access_key, &s3.access_key_id].into_iter().flatten() {
-            if s.len() >= 4 {
-                t = t.replace(s.as_str(), "<redacted>");
-            }
-        }
-        t
-    };
+    let scrub = |t: String| s3.scrub(&t);
     let endpoint = s3.endpoint_label();
     match req.send().await {
         Ok(page) => match page.contents().first().and_then(|o| o.key()) {
@@ -463,15 +458,8 @@ async fn check_webhook(cfg: &crate::sinks::webhook::WebhookConfig) -> Outcome {
     };
     match w.check().await {
         Ok(()) => pass("the receiver answered an HTTP request (reachability only; nothing was posted)"),
-        // reqwest's error text quotes the whole URL, and a webhook URL's path is often its secret.
-        Err(e) => {
-            let shown = crate::sinks::webhook::redact_url(&cfg.url);
-            let mut detail = e.to_string();
-            for full in [Some(cfg.url.clone()), reqwest::Url::parse(&cfg.url).ok().map(|u| u.to_string())].into_iter().flatten() {
-                detail = detail.replace(&full, &shown);
-            }
-            fail(detail, "check the URL's host and port are reachable from this host (proxy, firewall, TLS)")
-        }
+        // The error shows the URL as `redact_url` does (a webhook URL's path is often its secret).
+        Err(e) => fail(e.to_string(), "check the URL's host and port are reachable from this host (proxy, firewall, TLS)"),
     }
 }
 
@@ -484,26 +472,19 @@ async fn check_cloud_controller(cfg: &crate::adapters::platform::cloud_controlle
     if let Err(e) = crate::adapters::platform::cloud_controller::CloudController::new(cfg) {
         return fail(e.to_string(), "fix the [cloud_controller] section");
     }
-    let scrub = |t: &str| {
-        let mut t = t.to_string();
-        for s in [&cfg.client_secret, &cfg.password].into_iter().flatten() {
-            if s.len() >= 3 {
-                t = t.replace(s.as_str(), "<redacted>");
-            }
-        }
-        t
-    };
+    let scrub = |t: &str| crate::redact::with_secrets(t, [cfg.client_secret.as_deref(), cfg.password.as_deref()].into_iter().flatten());
     let timeout = cfg.timeout;
     let http = match reqwest::Client::builder().timeout(timeout).danger_accept_invalid_certs(cfg.skip_tls_verify).build() {
         Ok(h) => h,
         Err(e) => return fail(format!("cannot build an HTTP client: {e}"), "this is a bug in safeguard; please report it"),
     };
-    let api = cfg.api_url.trim().trim_end_matches('/').to_string();
+    // Shown redacted in every message below; exposed only to send the requests.
+    let api = SecretUrl::new(cfg.api_url.trim().trim_end_matches('/'));
     let uaa = match &cfg.uaa_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
+        Some(u) => SecretUrl::new(u.trim_end_matches('/')),
         None => {
-            let url = format!("{api}/v2/info");
-            let r = match http.get(&url).send().await {
+            let url = api.join("/v2/info");
+            let r = match http.get(url.expose()).send().await {
                 Ok(r) => r,
                 Err(e) => {
                     return fail(
@@ -515,7 +496,7 @@ async fn check_cloud_controller(cfg: &crate::adapters::platform::cloud_controlle
             let status = r.status().as_u16();
             let v: Value = r.json().await.unwrap_or(Value::Null);
             match v["token_endpoint"].as_str() {
-                Some(t) if status == 200 => t.trim_end_matches('/').to_string(),
+                Some(t) if status == 200 => SecretUrl::new(t.trim_end_matches('/')),
                 _ => {
                     return fail(
                         format!("GET {url} answered HTTP {status} without a token_endpoint"),
@@ -525,11 +506,11 @@ async fn check_cloud_controller(cfg: &crate::adapters::platform::cloud_controlle
             }
         }
     };
-    let url = format!("{uaa}/oauth/token");
+    let url = uaa.join("/oauth/token");
     let (rb, grant) = match (&cfg.client_id, &cfg.client_secret) {
-        (Some(id), Some(secret)) => (http.post(&url).basic_auth(id, Some(secret)).form(&[("grant_type", "client_credentials")]), "client credentials"),
+        (Some(id), Some(secret)) => (http.post(url.expose()).basic_auth(id, Some(secret)).form(&[("grant_type", "client_credentials")]), "client credentials"),
         _ => (
-            http.post(&url).basic_auth(cfg.client_id.as_deref().unwrap_or("cf"), Some("")).form(&[
+            http.post(url.expose()).basic_auth(cfg.client_id.as_deref().unwrap_or("cf"), Some("")).form(&[
                 ("grant_type", "password"),
                 ("username", cfg.username.as_deref().unwrap_or("")),
                 ("password", cfg.password.as_deref().unwrap_or("")),
@@ -596,32 +577,9 @@ async fn check_http(addr: std::net::SocketAddr, watcher_running: bool) -> Outcom
     }
 }
 
-/// `scheme://user:pass@host/...` without the user info.
-fn redact_userinfo(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (auth, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-            let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
-            if path.is_empty() && !rest.contains('/') {
-                format!("{scheme}://{host}")
-            } else {
-                format!("{scheme}://{host}/{path}")
-            }
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn userinfo_is_removed() {
-        assert_eq!(redact_userinfo("http://root:pw@10.0.0.1:4001"), "http://10.0.0.1:4001");
-        assert_eq!(redact_userinfo("https://u:p@api.example.com/x"), "https://api.example.com/x");
-        assert_eq!(redact_userinfo("http://10.0.0.1:4001/"), "http://10.0.0.1:4001/");
-    }
 
     #[test]
     fn doctor_section_parses_and_rejects_unknown_keys() {

@@ -276,7 +276,7 @@ fn execute(ctx: &Ctx, journal: &Journal, conn: &Connections, mut rec: Recovery, 
     match res {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", safeguard::error_chain(&e));
             Ok(ExitCode::from(2))
         }
     }

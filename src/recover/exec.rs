@@ -260,6 +260,7 @@ impl Runner<'_> {
             let res = self.run_step(step, rec, plan).await;
             match res {
                 Ok((summary, output)) => {
+                    let summary = crate::redact::text(&summary);
                     let s = rec.step_mut(step).expect("planned step");
                     s.status = StepStatus::Done;
                     s.finished_at = Some(now_ms());
@@ -273,7 +274,8 @@ impl Runner<'_> {
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
+                    // Journaled, printed and shown by `recoveries`: redacted like every error text.
+                    let msg = crate::redact::text(&e.to_string());
                     let s = rec.step_mut(step).expect("planned step");
                     s.status = StepStatus::Failed;
                     s.finished_at = Some(now_ms());

@@ -14,6 +14,8 @@ use crate::timeutil::{now_ms, serde_ms, serde_opt_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    #[error("there is no store at {store}, so there is no recovery journal in it (nothing was created); check --store / SAFEGUARD_STORE / store.path")]
+    NoStore { store: PathBuf },
     #[error("the recovery journal at {path} stayed busy for {secs}s (another safeguard process is writing it); try again")]
     Busy { path: PathBuf, secs: u64 },
     #[error("cannot open the recovery journal at {path}: {detail}; check the store directory is writable (--store)")]
@@ -164,7 +166,15 @@ impl Journal {
     }
 
     fn with<T>(&self, f: impl FnOnce(&sled::Db) -> Result<T, JournalError>) -> Result<T, JournalError> {
-        std::fs::create_dir_all(&self.path).map_err(|e| JournalError::Open { path: self.path.clone(), detail: e.to_string() })?;
+        // The journal lives in a store; a mistyped --store must not become a new directory tree.
+        let store = self.path.parent().unwrap_or(Path::new("."));
+        if !store.is_dir() {
+            return Err(JournalError::NoStore { store: store.to_path_buf() });
+        }
+        match std::fs::create_dir(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(JournalError::Open { path: self.path.clone(), detail: e.to_string() }),
+            _ => {}
+        }
         let deadline = Instant::now() + BUSY_WAIT;
         let db = loop {
             match sled::Config::new().path(&self.path).cache_capacity(4 << 20).open() {

@@ -249,7 +249,7 @@ pub struct PlanInputs<'a> {
     pub target_record: Option<InstanceRecord>,
     /// The listing of [`target_prefix`] when it is a valid target (None when it is not, or there is none).
     pub target_listing: Option<Vec<ObjectInfo>>,
-    /// The configured etcd (`[etcd] url`), if any.
+    /// The configured etcd (`[etcd] url`), if any; the plan shows it redacted.
     pub etcd_url: Option<String>,
     /// A watcher runs on the store, so step 8 can see the restore in the stream.
     pub watcher_running: bool,
@@ -663,7 +663,10 @@ struct Steps<'p> {
 }
 
 impl<'p> Steps<'p> {
+    /// Every step's text passes here: redacted ([`crate::redact::text`]), since the plan is printed,
+    /// serialized and journaled, and its texts quote configured URLs and platform commands.
     fn add(&mut self, step: StepId, title: String, details: Vec<String>) {
+        let (title, details) = (crate::redact::text(&title), details.iter().map(|d| crate::redact::text(d)).collect());
         self.out.push(PlannedStep { step, number: step.number().into(), title, details, destructive: step.destructive() });
     }
 
@@ -817,10 +820,10 @@ pub fn plan(inputs: &PlanInputs<'_>) -> Plan {
         steps,
         bind_apps: req.bind_apps.clone(),
         options: PlanOptions { force: req.force, max_target_objects: req.max_target_objects, concurrency: req.concurrency },
-        etcd_url: inputs.etcd_url.clone(),
+        etcd_url: inputs.etcd_url.as_deref().map(crate::redact::url),
         platform: inputs.platform.kind().to_string(),
-        warnings: findings.warnings,
-        refusals: findings.refusals,
+        warnings: findings.warnings.iter().map(|w| crate::redact::text(w)).collect(),
+        refusals: findings.refusals.iter().map(|r| crate::redact::text(r)).collect(),
     }
 }
 

@@ -77,6 +77,8 @@ pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     cfg: EmailConfig,
     server: String,
+    /// The password in use (config or environment), masked in every error text.
+    password: Option<String>,
 }
 
 impl Mailer {
@@ -94,7 +96,7 @@ impl Mailer {
         let mut builder = builder.port(port).timeout(Some(cfg.timeout));
         let password = std::env::var("SAFEGUARD_SMTP_PASSWORD").ok().or_else(|| cfg.password.clone());
         if let Some(user) = &cfg.username {
-            let pass = password.ok_or_else(|| EmailError::Config("username is set but no password (set SAFEGUARD_SMTP_PASSWORD)".into()))?;
+            let pass = password.clone().ok_or_else(|| EmailError::Config("username is set but no password (set SAFEGUARD_SMTP_PASSWORD)".into()))?;
             builder = builder.credentials(Credentials::new(user.clone(), pass));
         }
         cfg.from.parse::<Mailbox>().map_err(|e| EmailError::Config(format!("from `{}`: {e}", cfg.from)))?;
@@ -104,7 +106,12 @@ impl Mailer {
         if cfg.to.is_empty() && (cfg.to_critical.is_empty() || cfg.to_warning.is_empty()) {
             return Err(EmailError::Config("no recipients: set `to` (or both `to_critical` and `to_warning`)".into()));
         }
-        Ok(Mailer { transport: builder.build(), cfg: cfg.clone(), server: format!("{}:{port}", cfg.host) })
+        Ok(Mailer { transport: builder.build(), cfg: cfg.clone(), server: format!("{}:{port}", cfg.host), password })
+    }
+
+    /// An SMTP error's text (the server's answer quoted in it) with every secret masked.
+    fn detail(&self, e: &(dyn std::error::Error + 'static)) -> String {
+        crate::redact::with_secrets(&crate::error_chain(e), self.password.as_deref())
     }
 
     fn recipients(&self, sev: Severity) -> Vec<&String> {
@@ -144,7 +151,7 @@ impl Mailer {
             b = b.to(r.parse().map_err(|e| EmailError::Config(format!("recipient `{r}`: {e}")))?);
         }
         let mail = b.body(m.body.clone()).map_err(|e| EmailError::Config(e.to_string()))?;
-        self.transport.send(mail).await.map_err(|e| EmailError::Send { server: self.server.clone(), detail: e.to_string() })?;
+        self.transport.send(mail).await.map_err(|e| EmailError::Send { server: self.server.clone(), detail: self.detail(&e) })?;
         Ok(())
     }
 
@@ -153,7 +160,7 @@ impl Mailer {
         match self.transport.test_connection().await {
             Ok(true) => Ok(()),
             Ok(false) => Err(EmailError::Send { server: self.server.clone(), detail: "the server did not accept the connection".into() }),
-            Err(e) => Err(EmailError::Send { server: self.server.clone(), detail: e.to_string() }),
+            Err(e) => Err(EmailError::Send { server: self.server.clone(), detail: self.detail(&e) }),
         }
     }
 }

@@ -132,7 +132,9 @@ impl Sender {
             a.last_error = None;
             tracing::info!(alert = %a.id, rule = rule.as_str(), severity = a.severity.map(|s| s.as_str()).unwrap_or("-"), "alert delivered");
         } else {
-            let err = errors.join("; ");
+            // Stored in the alert (the store, its snapshot, `alerts --json`) and logged: redacted here,
+            // whatever the channel put in it.
+            let err = crate::redact::text(&errors.join("; "));
             let backoff = (1000i64 << a.attempts.min(20)).min(self.cfg.max_retry_interval.as_millis() as i64);
             a.next_attempt_at = now + backoff;
             if now >= a.give_up_at {

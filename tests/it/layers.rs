@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// Layers, lowest first. A name is a top-level module of the crate or one of its re-exported paths.
 const LAYERS: &[&[&str]] = &[
     // The pure core (re-exported) and what every section shares.
-    &["parse", "state", "layout", "timeutil", "gen", "settings", "error_chain"],
+    &["parse", "state", "layout", "timeutil", "gen", "settings", "redact", "error_chain"],
     // The edges: external systems, where lines come from, the store (and its read side).
     &["adapters", "etcd", "s3", "platform", "sources", "store", "query"],
     // What the object store holds for an instance.

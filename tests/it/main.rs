@@ -23,6 +23,7 @@ mod order;
 mod parse_shapes;
 mod recover;
 mod recover_platform;
+mod redaction;
 mod robustness;
 mod s3_verify;
 mod watch;

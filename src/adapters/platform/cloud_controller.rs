@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{tail, urlencode, ApiFailure, CreateRequest, Created, Op, OpContext, PlatformError};
+use crate::redact::SecretUrl;
 
 /// The broker's `solo` plan id (service catalogue).
 pub const SOLO_PLAN_ID: &str = "b96d0936-e423-11e5-accb-93d374e93368";
@@ -24,9 +25,11 @@ pub const SOLO_PLAN_ID: &str = "b96d0936-e423-11e5-accb-93d374e93368";
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CloudControllerConfig {
-    /// `https://api.system.example.com`.
+    /// `https://api.system.example.com`. Credentials in it are used, and shown only redacted.
+    #[serde(serialize_with = "crate::redact::serialize_url")]
     pub api_url: String,
     /// UAA base URL; unset asks `/v2/info` for its `token_endpoint`.
+    #[serde(serialize_with = "crate::redact::serialize_opt_url")]
     pub uaa_url: Option<String>,
     /// Client credentials (preferred): a UAA client with `cloud_controller.admin` or space developer rights.
     pub client_id: Option<String>,
@@ -81,8 +84,8 @@ impl Default for CloudControllerConfig {
 impl fmt::Debug for CloudControllerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CloudControllerConfig")
-            .field("api_url", &self.api_url)
-            .field("uaa_url", &self.uaa_url)
+            .field("api_url", &crate::redact::url(&self.api_url))
+            .field("uaa_url", &self.uaa_url.as_deref().map(crate::redact::url))
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.as_ref().map(|_| "<redacted>"))
             .field("username", &self.username)
@@ -95,7 +98,8 @@ impl fmt::Debug for CloudControllerConfig {
 pub struct CloudController {
     cfg: CloudControllerConfig,
     http: reqwest::Client,
-    api: String,
+    /// Shown redacted (plans, errors); exposed only to send requests.
+    api: SecretUrl,
     create_timeout: Duration,
     poll: Duration,
     token: tokio::sync::Mutex<Option<String>>,
@@ -108,7 +112,10 @@ impl CloudController {
     pub fn new(cfg: &CloudControllerConfig) -> Result<CloudController, PlatformError> {
         let api = cfg.api_url.trim().trim_end_matches('/').to_string();
         if !(api.starts_with("http://") || api.starts_with("https://")) {
-            return Err(PlatformError::Config(format!("cloud_controller.api_url {:?} must be a URL like https://api.system.example.com", cfg.api_url)));
+            return Err(PlatformError::Config(format!(
+                "cloud_controller.api_url {:?} must be a URL like https://api.system.example.com",
+                crate::redact::url(&cfg.api_url)
+            )));
         }
         let has_client = cfg.client_id.is_some() && cfg.client_secret.is_some();
         let has_user = cfg.username.is_some() && cfg.password.is_some();
@@ -125,7 +132,14 @@ impl CloudController {
             .danger_accept_invalid_certs(cfg.skip_tls_verify)
             .build()
             .map_err(|e| PlatformError::Config(format!("cannot build the Cloud Controller HTTP client: {e}")))?;
-        Ok(CloudController { cfg: cfg.clone(), http, api, create_timeout: cfg.create_timeout, poll: cfg.poll_interval, token: tokio::sync::Mutex::new(None) })
+        Ok(CloudController {
+            cfg: cfg.clone(),
+            http,
+            api: SecretUrl::new(api),
+            create_timeout: cfg.create_timeout,
+            poll: cfg.poll_interval,
+            token: tokio::sync::Mutex::new(None),
+        })
     }
 
     pub fn describe(&self, op: Op, ctx: &OpContext<'_>) -> String {
@@ -149,17 +163,13 @@ impl CloudController {
         }
     }
 
+    /// A server's or the client's text with the configured secrets and whatever [`crate::redact::text`]
+    /// recognises masked.
     fn scrub(&self, s: &str) -> String {
-        let mut out = s.to_string();
-        for secret in [&self.cfg.client_secret, &self.cfg.password].into_iter().flatten() {
-            if secret.len() >= 3 {
-                out = out.replace(secret.as_str(), "<redacted>");
-            }
-        }
-        out
+        crate::redact::with_secrets(s, [self.cfg.client_secret.as_deref(), self.cfg.password.as_deref()].into_iter().flatten())
     }
 
-    fn unreachable(&self, op: &'static str, what: &str, service: &'static str, url: &str, e: reqwest::Error) -> PlatformError {
+    fn unreachable(&self, op: &'static str, what: &str, service: &'static str, url: &SecretUrl, e: reqwest::Error) -> PlatformError {
         PlatformError::Unreachable { op, what: what.to_string(), service, url: url.to_string(), detail: self.scrub(&crate::error_chain(&e)) }
     }
 
@@ -169,21 +179,21 @@ impl CloudController {
             return Ok(t.clone());
         }
         let uaa = match &self.cfg.uaa_url {
-            Some(u) => u.trim_end_matches('/').to_string(),
+            Some(u) => SecretUrl::new(u.trim_end_matches('/')),
             None => {
-                let url = format!("{}/v2/info", self.api);
-                let r = self.http.get(&url).send().await.map_err(|e| self.unreachable(op, what, CC, &url, e))?;
+                let url = self.api.join("/v2/info");
+                let r = self.http.get(url.expose()).send().await.map_err(|e| self.unreachable(op, what, CC, &url, e))?;
                 let status = r.status().as_u16();
                 let v: Value = r.json().await.unwrap_or(Value::Null);
                 match v["token_endpoint"].as_str() {
-                    Some(t) if status == 200 => t.trim_end_matches('/').to_string(),
+                    Some(t) if status == 200 => SecretUrl::new(t.trim_end_matches('/')),
                     _ => {
                         return Err(ApiFailure {
                             op,
                             what: what.to_string(),
                             service: CC,
                             method: "GET",
-                            url,
+                            url: url.to_string(),
                             status,
                             code: String::new(),
                             detail: "no token_endpoint in the answer".into(),
@@ -194,10 +204,10 @@ impl CloudController {
                 }
             }
         };
-        let url = format!("{uaa}/oauth/token");
+        let url = uaa.join("/oauth/token");
         let rb = match (&self.cfg.client_id, &self.cfg.client_secret) {
-            (Some(id), Some(secret)) => self.http.post(&url).basic_auth(id, Some(secret)).form(&[("grant_type", "client_credentials")]),
-            _ => self.http.post(&url).basic_auth(self.cfg.client_id.as_deref().unwrap_or("cf"), Some("")).form(&[
+            (Some(id), Some(secret)) => self.http.post(url.expose()).basic_auth(id, Some(secret)).form(&[("grant_type", "client_credentials")]),
+            _ => self.http.post(url.expose()).basic_auth(self.cfg.client_id.as_deref().unwrap_or("cf"), Some("")).form(&[
                 ("grant_type", "password"),
                 ("username", self.cfg.username.as_deref().unwrap_or("")),
                 ("password", self.cfg.password.as_deref().unwrap_or("")),
@@ -216,7 +226,7 @@ impl CloudController {
                 what: what.to_string(),
                 service: UAA,
                 method: "POST",
-                url,
+                url: url.to_string(),
                 status,
                 code: v["error"].as_str().map(|c| format!(" ({c})")).unwrap_or_default(),
                 detail: self.scrub(v["error_description"].as_str().unwrap_or("no access_token in the answer")),
@@ -228,26 +238,27 @@ impl CloudController {
 
     async fn call(&self, op: &'static str, what: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), PlatformError> {
         let token = self.token(op, what).await?;
-        let url = format!("{}{path}", self.api);
-        let mut rb = self.http.request(method, &url).bearer_auth(token).header("Accept", "application/json");
+        let url = self.api.join(path);
+        let mut rb = self.http.request(method, url.expose()).bearer_auth(token).header("Accept", "application/json");
         if let Some(b) = body {
             rb = rb.json(&b);
         }
         let r = rb.send().await.map_err(|e| self.unreachable(op, what, CC, &url, e))?;
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        // The answer ends up in errors (and the journal): an echo of the request or a token in it is masked.
+        Ok((status, serde_json::from_str(&text).unwrap_or_else(|_| Value::String(self.scrub(&text)))))
     }
 
     fn api_err(&self, op: &'static str, what: &str, method: &'static str, path: &str, status: u16, v: &Value) -> PlatformError {
         let code = v["error_code"].as_str().map(|c| format!(" ({c})")).unwrap_or_default();
-        let detail = self.scrub(v["description"].as_str().map(str::to_string).unwrap_or_else(|| tail(&v.to_string(), 300)).as_str());
+        let detail = v["description"].as_str().map(|d| self.scrub(d)).unwrap_or_else(|| tail(&self.scrub(&v.to_string()), 300));
         let hint = match status {
             401 | 403 => "Check that the UAA client or user may do this in the space (space developer or cloud_controller.admin)".to_string(),
             404 => "Check the GUIDs (space, instance) and cloud_controller.api_url".to_string(),
             _ => "See the Cloud Controller's answer above; fix it and run `safeguard recover --resume`".to_string(),
         };
-        ApiFailure { op, what: what.to_string(), service: CC, method, url: format!("{}{path}", self.api), status, code, detail, hint }.into()
+        ApiFailure { op, what: what.to_string(), service: CC, method, url: self.api.join(path).to_string(), status, code, detail, hint }.into()
     }
 
     async fn plan_guid(&self, what: &str) -> Result<String, PlatformError> {
@@ -300,7 +311,7 @@ impl CloudController {
                         what: what.to_string(),
                         detail: format!(
                             "the broker failed to create {guid}: {}; check the broker's log (`safeguard show {guid}`)",
-                            v["entity"]["last_operation"]["description"].as_str().unwrap_or("no description")
+                            self.scrub(v["entity"]["last_operation"]["description"].as_str().unwrap_or("no description"))
                         ),
                     })
                 }
@@ -381,5 +392,24 @@ mod tests {
             assert!(!d.contains(s) && !j.contains(s));
         }
         assert!(CloudController::new(&CloudControllerConfig { api_url: "https://api.x".into(), ..CloudControllerConfig::default() }).is_err());
+    }
+
+    #[test]
+    fn credentials_in_the_api_url_stay_out_of_plans_debug_and_json() {
+        let c = CloudControllerConfig {
+            api_url: "https://admin:api-pass-31@api.x/?access_token=tok-32".into(),
+            uaa_url: Some("https://u:uaa-pass-33@uaa.x".into()),
+            client_id: Some("safeguard".into()),
+            client_secret: Some("uaa-secret-991".into()),
+            ..CloudControllerConfig::default()
+        };
+        let cc = CloudController::new(&c).unwrap();
+        let plan = cc.describe(Op::Create, &OpContext::default()) + &cc.describe(Op::Bind, &OpContext::default());
+        assert!(plan.contains("https://admin:***@api.x/"), "{plan}");
+        for shown in [plan, format!("{c:?}"), serde_json::to_string(&c).unwrap()] {
+            for s in ["api-pass-31", "tok-32", "uaa-pass-33", "uaa-secret-991"] {
+                assert!(!shown.contains(s), "{s} in {shown}");
+            }
+        }
     }
 }

@@ -19,7 +19,8 @@ use super::{tail, urlencode, ApiFailure, ContainerRef, Op, OpContext, PlatformEr
 #[serde(deny_unknown_fields, default)]
 pub struct DockerConfig {
     /// `unix:///var/vcap/sys/run/docker/docker.sock`, or `tcp://{host}:4243` / `http://{host}:4243`
-    /// where `{host}` is replaced by the container's cell.
+    /// where `{host}` is replaced by the container's cell. Shown redacted (`crate::redact`).
+    #[serde(serialize_with = "crate::redact::serialize_url")]
     pub url: String,
     /// API version path prefix such as "1.24"; unset uses the daemon's own.
     pub api_version: Option<String>,
@@ -55,6 +56,7 @@ pub struct Docker {
 struct Conn {
     http: reqwest::Client,
     base: String,
+    /// The daemon's address for messages, redacted.
     label: String,
 }
 
@@ -79,7 +81,7 @@ impl Docker {
         let mut b = reqwest::Client::builder().timeout(self.timeout * 4).connect_timeout(self.timeout);
         let (base, label) = if let Some(path) = url.strip_prefix("unix://") {
             b = b.unix_socket(std::path::Path::new(path));
-            (format!("http://docker{ver}"), url.to_string())
+            (format!("http://docker{ver}"), crate::redact::url(url))
         } else {
             let host_url = if url.contains("{host}") {
                 let h = c.host.as_deref().filter(|h| super::safe_value(h)).ok_or_else(|| PlatformError::Failed {
@@ -92,7 +94,7 @@ impl Docker {
                 url.to_string()
             };
             let http = host_url.replacen("tcp://", "http://", 1);
-            (format!("{}{ver}", http.trim_end_matches('/')), http)
+            (format!("{}{ver}", http.trim_end_matches('/')), crate::redact::url(&http))
         };
         let http = b.build().map_err(|e| PlatformError::Config(format!("cannot build the Docker HTTP client: {e}")))?;
         Ok(Conn { http, base, label })
@@ -100,7 +102,7 @@ impl Docker {
 
     pub fn describe(&self, op: Op, ctx: &OpContext<'_>) -> String {
         let c = ctx.container.unwrap_or("<container>");
-        let at = self.cfg.url.replace("{host}", ctx.host.unwrap_or("<cell>"));
+        let at = crate::redact::url(&self.cfg.url.replace("{host}", ctx.host.unwrap_or("<cell>")));
         match op {
             Op::Stop => format!("Docker API {at}: POST /containers/{c}/stop?t={}", self.cfg.stop_timeout_secs),
             Op::Start => format!("Docker API {at}: POST /containers/{c}/start"),
@@ -142,13 +144,13 @@ impl Docker {
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let v = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(crate::redact::text(&text)));
         Ok((status, v))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn api_err(&self, conn: &Conn, op: &'static str, c: &ContainerRef, method: &'static str, path: &str, status: u16, v: &Value) -> PlatformError {
-        let detail = v["message"].as_str().map(str::to_string).unwrap_or_else(|| tail(&v.to_string(), 300));
+        let detail = v["message"].as_str().map(crate::redact::text).unwrap_or_else(|| tail(&crate::redact::text(&v.to_string()), 300));
         let hint = match status {
             404 => format!("Check that container {} exists on this Docker host (was the instance deleted, or is it on another cell?)", c.container),
             409 => "Docker reports a conflict; check the container's state with `docker ps -a`".to_string(),

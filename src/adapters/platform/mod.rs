@@ -262,9 +262,12 @@ pub(crate) fn urlencode(s: &str) -> String {
     out
 }
 
-/// Last `n` characters of a command's or server's output, on one line.
+/// Last `n` characters of a command's or server's output, on one line, redacted (`crate::redact::text`:
+/// a `cf` CLI's token, an echoed Authorization header) before it is cut, so a cut cannot reveal part
+/// of a secret.
 pub(crate) fn tail(s: &str, n: usize) -> String {
-    let s = s.trim();
+    let s = crate::redact::text(s.trim());
+    let s = s.as_str();
     let start = s.char_indices().rev().nth(n).map_or(0, |(i, _)| i);
     let t = s[start..].replace('\n', " | ");
     if t.is_empty() {

@@ -18,7 +18,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Config {
-    /// `http://127.0.0.1:9000` for MinIO, moto or Ceph; None means AWS S3 itself.
+    /// `http://127.0.0.1:9000` for MinIO, moto or Ceph; None means AWS S3 itself. Shown redacted.
+    #[serde(serialize_with = "crate::redact::serialize_opt_url")]
     pub endpoint: Option<String>,
     pub region: String,
     /// Path-style addressing (`endpoint/bucket/key`), needed by moto and most MinIO setups.
@@ -55,7 +56,7 @@ impl Default for S3Config {
 impl fmt::Debug for S3Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Config")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.endpoint.as_deref().map(crate::redact::url))
             .field("region", &self.region)
             .field("path_style", &self.path_style)
             .field("access_key_id", &self.access_key_id)
@@ -73,10 +74,10 @@ impl S3Config {
         Ok(self.timeout)
     }
 
-    /// Where requests go, for messages: the endpoint, or "AWS S3 (<region>)".
+    /// Where requests go, for messages: the endpoint (redacted, [`crate::redact::url`]), or "AWS S3 (<region>)".
     pub fn endpoint_label(&self) -> String {
         match &self.endpoint {
-            Some(e) => e.clone(),
+            Some(e) => crate::redact::url(e),
             None => format!("AWS S3 ({})", self.region),
         }
     }
@@ -92,7 +93,9 @@ impl S3Config {
         if let Some(ep) = &self.endpoint {
             let rest = ep.strip_prefix("http://").or_else(|| ep.strip_prefix("https://"));
             if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
-                return Err(S3Error::Config { reason: format!("s3.endpoint {ep:?} must be a URL like http://127.0.0.1:9000 or https://s3.example.com") });
+                return Err(S3Error::Config {
+                    reason: format!("s3.endpoint {:?} must be a URL like http://127.0.0.1:9000 or https://s3.example.com", crate::redact::url(ep)),
+                });
             }
         }
         match (&self.access_key_id, &self.secret_access_key) {
@@ -119,15 +122,11 @@ impl S3Config {
         host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok()
     }
 
-    /// Removes any credential text from a message that came from the SDK or the server.
-    fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in [&self.secret_access_key, &self.access_key_id].into_iter().flatten() {
-            if secret.len() >= 4 {
-                out = out.replace(secret.as_str(), "<redacted>");
-            }
-        }
-        out
+    /// Removes any credential text from a message that came from the SDK or the server: the configured
+    /// keys, and whatever [`crate::redact::text`] recognises (a presigned URL's signature, a token).
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let keys = [&self.secret_access_key, &self.access_key_id].into_iter().flatten().filter(|k| k.len() >= 4);
+        crate::redact::with_secrets(text, keys.map(String::as_str))
     }
 }
 
@@ -503,7 +502,7 @@ mod tests {
         let c = S3Config { access_key_id: Some("AKIDEXAMPLE".into()), secret_access_key: Some("s3cr3t-value".into()), ..S3Config::default() };
         assert!(!format!("{c:?}").contains("s3cr3t-value"));
         assert!(!serde_json::to_string(&c).unwrap().contains("s3cr3t-value"));
-        assert_eq!(c.scrub("x s3cr3t-value y"), "x <redacted> y");
+        assert_eq!(c.scrub("x s3cr3t-value y"), "x *** y");
     }
 
     #[test]
