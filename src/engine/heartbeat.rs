@@ -71,7 +71,7 @@ pub async fn run(cfg: HeartbeatConfig, ready: impl Fn() -> Result<(), String> + 
             Ok(()) => (cfg.url.trim().to_string(), "safeguard watcher: ready".to_string()),
             Err(why) => {
                 tracing::warn!(reasons = %why, "not ready: the heartbeat reports a failure");
-                (cfg.fail_url(), format!("safeguard watcher: not ready: {why}"))
+                (cfg.fail_url(), crate::redact::text(&format!("safeguard watcher: not ready: {why}")))
             }
         };
         let req = match cfg.method {

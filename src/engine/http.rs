@@ -378,7 +378,8 @@ impl Server {
 
 fn json_response(ok: bool, body: serde_json::Value) -> Response {
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    // Probe errors quote broker and store messages: the one redaction, like everything shown.
+    (status, [(header::CONTENT_TYPE, "application/json")], crate::redact::json(&body.to_string())).into_response()
 }
 
 /// (engine healthy, its JSON description).
