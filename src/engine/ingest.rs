@@ -125,10 +125,10 @@ pub fn ingest_with(store: &Store, cfg: EngineConfig, paths: &[PathBuf], mut opts
         };
         let Some(step) = merger.next(&mut register)? else { break };
         match step {
-            Step::Lines { input, base, bytes } => {
+            Step::Lines { input, base, bytes, lines, candidates, shift } => {
                 let h = handles[input].expect("registered before its lines");
                 since_commit += bytes.len() as u64;
-                engine.feed_chunk(h, base, bytes);
+                engine.feed_run(h, base, bytes, lines, candidates, shift);
                 current = Some(input);
             }
             Step::Restart { input } => engine.restart(handles[input].expect("registered")),

@@ -171,6 +171,8 @@ pub struct Engine {
     watermark: i64,
     now: i64,
     uncommitted_lines: u64,
+    /// Candidate line spans of the chunk being fed (reused).
+    spans: Vec<(usize, usize)>,
 }
 
 const NODE_CACHE_MAX: usize = 1_000_000;
@@ -197,6 +199,7 @@ impl Engine {
             watermark: 0,
             now: now_ms(),
             uncommitted_lines: 0,
+            spans: Vec::new(),
         })
     }
 
@@ -290,7 +293,31 @@ impl Engine {
     /// Feeds a buffer of whole lines starting at byte `base` of the source; a final line without a
     /// newline counts as a line. Unrelated lines cost one prefilter scan and a newline count.
     pub fn feed_chunk(&mut self, h: SourceHandle, base: u64, chunk: &[u8]) {
-        let lines = count_lines(chunk);
+        let from = self.account(h, base, chunk, count_lines(chunk));
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.clear();
+        self.prefilter.candidate_lines(chunk, from, &mut spans);
+        for &(start, end) in &spans {
+            self.candidate(h, &chunk[start..end]);
+        }
+        self.spans = spans;
+    }
+
+    /// [`Engine::feed_chunk`] for a run whose line count and candidate lines the caller already knows
+    /// (the archive merge scans each input's chunk once and hands it out in runs): `candidates` are
+    /// (start, end) spans into the buffer the run starts at `shift` of.
+    pub fn feed_run(&mut self, h: SourceHandle, base: u64, run: &[u8], lines: u64, candidates: &[(usize, usize)], shift: usize) {
+        let from = self.account(h, base, run, lines);
+        for &(start, end) in candidates {
+            if start >= shift + from {
+                self.candidate(h, &run[start - shift..end - shift]);
+            }
+        }
+    }
+
+    /// Counts a chunk's lines and moves its source's position and tail; returns where the lines not
+    /// applied before start (after the stored position of a replayed source).
+    fn account(&mut self, h: SourceHandle, base: u64, chunk: &[u8], lines: u64) -> usize {
         let cur = &mut self.cursors[h.index()];
         let mut from = 0usize;
         if cur.replayable {
@@ -311,16 +338,7 @@ impl Engine {
         if from < chunk.len() {
             cur.pending = Some(base + chunk.len() as u64);
         }
-        let mut pos = from;
-        while let Some(at) = self.prefilter.find(chunk, pos) {
-            let start = memchr::memrchr(b'\n', &chunk[pos..at]).map_or(pos, |i| pos + i + 1);
-            let end = memchr::memchr(b'\n', &chunk[at..]).map_or(chunk.len(), |i| at + i);
-            self.candidate(h, &chunk[start..end]);
-            pos = end + 1;
-            if pos >= chunk.len() {
-                break;
-            }
-        }
+        from
     }
 
     fn reject(&mut self, h: SourceHandle, r: Reject) {

@@ -28,7 +28,7 @@ use super::decode::{self, Format};
 use super::file::{archive_clock, file_tail_matches, first_anchor, first_line, mtime_ms, tail_matches, Chunker, StreamOptions, ANCHOR_SCAN, STDIN_VERIFY_MAX};
 use super::protocol::{Resume, SourceId};
 use crate::parse::envelope::time_of;
-use crate::parse::{EnvTime, YearClock};
+use crate::parse::{EnvTime, Prefilter, YearClock};
 use crate::timeutil::now_ms;
 
 /// Decoded chunks a decoder thread may run ahead of the merge.
@@ -414,6 +414,10 @@ struct Active {
     /// Key of the last line keyed (lines without a time go with the line before them).
     last_key: i64,
     max_time: i64,
+    /// The chunk's lines that hold a prefilter pattern, found once per chunk (a run hands its share on).
+    cands: Vec<(usize, usize)>,
+    /// The first of `cands` not handed out yet.
+    ci: usize,
 }
 
 struct Slot {
@@ -426,8 +430,10 @@ struct Slot {
 
 /// What the merge hands the caller next.
 pub enum Step<'a> {
-    /// The input (at `input`) needs a stream id registered; the answer is its stored position.
-    Lines { input: usize, base: u64, bytes: &'a [u8] },
+    /// A run of whole lines of one input starting at byte `base` of it: `lines` of them, and the
+    /// prefilter's candidate lines among them as spans into the input's buffer, where the run starts at
+    /// `shift` (see `Engine::feed_run`).
+    Lines { input: usize, base: u64, bytes: &'a [u8], lines: u64, candidates: &'a [(usize, usize)], shift: usize },
     /// The input is another stream than the one stored under its id: it is read from its start.
     Restart { input: usize },
     /// The reader skipped lines an earlier run applied.
@@ -453,6 +459,7 @@ pub struct Merger {
     now: i64,
     read: Arc<AtomicU64>,
     total: Option<u64>,
+    prefilter: Prefilter,
     /// More inputs overlapped in time than may be open at once.
     pub overflowed: bool,
     /// The most inputs open at once.
@@ -508,6 +515,7 @@ impl Merger {
             now,
             read,
             total,
+            prefilter: Prefilter::new(),
             overflowed: false,
             peak_open: 0,
         }
@@ -580,10 +588,10 @@ impl Merger {
             } else if !self.pending.is_empty() {
                 self.overflowed = true;
             }
-            let (base, from, to) = self.take_run(i, limit);
+            let (base, from, to, lines, (c0, c1)) = self.take_run(i, limit);
             self.last = Some(i);
             let a = self.slots[i].active.as_ref().expect("heap holds open inputs");
-            return Ok(Some(Step::Lines { input: i, base, bytes: &a.buf[from..to] }));
+            return Ok(Some(Step::Lines { input: i, base, bytes: &a.buf[from..to], lines, candidates: &a.cands[c0..c1], shift: from }));
         }
     }
 
@@ -641,7 +649,19 @@ impl Merger {
             slot.report.lines_skipped_replay += skipped;
             self.notes.push_back((i, Note::Skipped(skipped)));
         }
-        slot.active = Some(Active { src, threaded, buf: Vec::new(), base: 0, pos: 0, clock, head_key: None, last_key: i64::MIN, max_time: i64::MIN });
+        slot.active = Some(Active {
+            src,
+            threaded,
+            buf: Vec::new(),
+            base: 0,
+            pos: 0,
+            clock,
+            head_key: None,
+            last_key: i64::MIN,
+            max_time: i64::MIN,
+            cands: Vec::new(),
+            ci: 0,
+        });
         self.open += 1;
         self.peak_open = self.peak_open.max(self.open);
         self.threads += usize::from(threaded);
@@ -674,6 +694,9 @@ impl Merger {
                     a.base = base;
                     a.pos = 0;
                     a.head_key = None;
+                    a.cands.clear();
+                    a.ci = 0;
+                    self.prefilter.candidate_lines(&a.buf, 0, &mut a.cands);
                 }
                 Feed::End => return self.close(i),
                 Feed::Failed(e) => {
@@ -692,7 +715,7 @@ impl Merger {
     }
 
     /// The lines of input `i` from its head while their keys stay at or below `limit`.
-    fn take_run(&mut self, i: usize, limit: Option<Key>) -> (u64, usize, usize) {
+    fn take_run(&mut self, i: usize, limit: Option<Key>) -> (u64, usize, usize, u64, (usize, usize)) {
         let (now, bound) = (self.now, self.opts.max_backwards_ms);
         let slot = &mut self.slots[i];
         let tb = slot.tiebreak;
@@ -700,6 +723,7 @@ impl Merger {
         let from = a.pos;
         a.head_key = None;
         let mut p = line_end(&a.buf, from);
+        let mut lines = 1;
         while p < a.buf.len() {
             let e = line_end(&a.buf, p);
             let k = key_line(a, &mut slot.report, p, e, now, bound);
@@ -708,9 +732,14 @@ impl Merger {
                 break;
             }
             p = e;
+            lines += 1;
         }
         a.pos = p;
-        (a.base + from as u64, from, p)
+        let c0 = a.ci;
+        while a.ci < a.cands.len() && a.cands[a.ci].0 < p {
+            a.ci += 1;
+        }
+        (a.base + from as u64, from, p, lines, (c0, a.ci))
     }
 }
 

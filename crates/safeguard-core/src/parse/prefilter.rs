@@ -67,6 +67,19 @@ impl Prefilter {
         self.find(line, 0).is_some()
     }
 
+    /// The lines of `buf` from `from` on that hold a pattern, as (start, end) spans without their
+    /// newline, in order; each line once however many patterns it holds.
+    pub fn candidate_lines(&self, buf: &[u8], from: usize, out: &mut Vec<(usize, usize)>) {
+        let mut pos = from;
+        while pos < buf.len() {
+            let Some(at) = self.find(buf, pos) else { return };
+            let start = memchr::memrchr(b'\n', &buf[pos..at]).map_or(pos, |i| pos + i + 1);
+            let end = memchr::memchr(b'\n', &buf[at..]).map_or(buf.len(), |i| at + i);
+            out.push((start, end));
+            pos = end + 1;
+        }
+    }
+
     /// Start of a pattern that lies wholly at or after `from`: the first such, or one beginning inside it,
     /// so always on the first such pattern's line (no pattern holds a newline).
     pub fn find(&self, haystack: &[u8], mut from: usize) -> Option<usize> {
