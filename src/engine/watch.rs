@@ -43,6 +43,12 @@ pub struct WatchConfig {
     /// How long (wall clock) a parked line waits for its instance before it is given up.
     #[serde(deserialize_with = "crate::settings::duration")]
     pub parked_ttl: Duration,
+    /// The query socket (`<store>/safeguard.sock`): connections served at once, the longest request
+    /// line, and how long an idle connection is kept.
+    pub query_max_connections: usize,
+    pub query_max_request_bytes: usize,
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub query_idle_timeout: Duration,
 }
 
 impl Default for WatchConfig {
@@ -55,6 +61,9 @@ impl Default for WatchConfig {
             stats_interval: Duration::from_secs(60),
             parked_max: 100_000,
             parked_ttl: Duration::from_secs(7 * 86_400),
+            query_max_connections: crate::store::query::MAX_QUERY_CONNECTIONS,
+            query_max_request_bytes: crate::store::query::MAX_REQUEST_BYTES,
+            query_idle_timeout: crate::store::query::QUERY_IDLE_TIMEOUT,
         }
     }
 }
@@ -63,7 +72,23 @@ impl WatchConfig {
     /// Checks what serde cannot; errors name the key and its value.
     pub fn validate(&self) -> Result<(), String> {
         check_nonzero("watch.commit_interval", self.commit_interval, "the commit timer cannot tick every 0s")?;
+        check_nonzero("watch.query_idle_timeout", self.query_idle_timeout, "every query connection would be closed at once")?;
+        if !(1..=4096).contains(&self.query_max_connections) {
+            return Err(format!("`watch.query_max_connections` = {} must be between 1 and 4096", self.query_max_connections));
+        }
+        if !(1024..=(16 << 20)).contains(&self.query_max_request_bytes) {
+            return Err(format!("`watch.query_max_request_bytes` = {} must be between 1024 and {}", self.query_max_request_bytes, 16 << 20));
+        }
         check_nonzero("watch.stats_interval", self.stats_interval, "the counters would be logged continuously")
+    }
+
+    /// The query socket's bounds.
+    pub fn query_limits(&self) -> crate::store::query::Limits {
+        crate::store::query::Limits {
+            max_connections: self.query_max_connections,
+            max_request_bytes: self.query_max_request_bytes,
+            idle_timeout: self.query_idle_timeout,
+        }
     }
 
     /// The engine's settings; with `alerts`, deletions and absence scans raise outbox entries.
@@ -240,7 +265,7 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
         h.sources_started();
     }
 
-    let control = tokio::spawn(crate::store::query::serve(store.clone()));
+    let control = tokio::spawn(crate::store::query::serve(store.clone(), watch.query_limits()));
     let sender = match alerts {
         Some(a) => {
             let s3 = s3.as_ref().map(crate::adapters::s3::ObjectStore::connect).transpose()?;
@@ -275,6 +300,8 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
         res = &mut engine_done => {
             ticker.abort();
             control.abort();
+            // The engine stopped on its own (a failed commit: a full disk): no one answers on the socket.
+            let _ = std::fs::remove_file(store.path().join(crate::store::query::SOCKET_NAME));
             if let Some(h) = http.take() {
                 h.stop();
             }

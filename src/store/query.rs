@@ -375,14 +375,28 @@ pub const QUERY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// The socket is the owner's only (0600, in the store's 0700 directory); connections, request size and
 /// idle time are bounded, and a failed `accept` (EMFILE when file descriptors run out) is waited out, not
 /// fatal: the socket must outlive a burst of connections elsewhere in the process.
-pub async fn serve(store: Store) -> std::io::Result<()> {
+/// The query socket's bounds (`[watch] query_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_request_bytes: usize,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: MAX_QUERY_CONNECTIONS, max_request_bytes: MAX_REQUEST_BYTES, idle_timeout: QUERY_IDLE_TIMEOUT }
+    }
+}
+
+pub async fn serve(store: Store, limits: Limits) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let path = store.path().join(SOCKET_NAME);
     // We hold the store's lock, so a socket file left here is from a process that is gone.
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_QUERY_CONNECTIONS));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let conn = match listener.accept().await {
             Ok((conn, _)) => conn,
@@ -395,24 +409,24 @@ pub async fn serve(store: Store) -> std::io::Result<()> {
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics::counter!("safeguard_query_connections_refused_total").increment(1);
-            tracing::debug!("query connection refused: {MAX_QUERY_CONNECTIONS} already open");
+            tracing::debug!(max = limits.max_connections, "query connection refused: too many open");
             continue;
         };
         let store = store.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_conn(conn, store).await;
+            serve_conn(conn, store, limits).await;
         });
     }
 }
 
 /// Answers one connection's requests, one JSON line each.
-async fn serve_conn(conn: tokio::net::UnixStream, store: Store) {
+async fn serve_conn(conn: tokio::net::UnixStream, store: Store, limits: Limits) {
     use tokio::io::AsyncWriteExt;
     let (r, mut w) = conn.into_split();
     let mut r = tokio::io::BufReader::new(r);
     loop {
-        let line = match tokio::time::timeout(QUERY_IDLE_TIMEOUT, read_request(&mut r)).await {
+        let line = match tokio::time::timeout(limits.idle_timeout, read_request(&mut r, limits.max_request_bytes)).await {
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None)) | Err(_) => return,
             Ok(Err(too_long)) => {
@@ -436,7 +450,7 @@ async fn serve_conn(conn: tokio::net::UnixStream, store: Store) {
 
 /// One request line, at most [`MAX_REQUEST_BYTES`]; `Ok(None)` at the end of the connection (or on a
 /// read error), `Err` with the answer to send when the line is too long.
-async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<Option<String>, String> {
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, max: usize) -> Result<Option<String>, String> {
     use tokio::io::AsyncBufReadExt;
     let mut line = Vec::new();
     loop {
@@ -451,8 +465,8 @@ async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> Result<O
             Some(i) => (i + 1, true),
             None => (buf.len(), false),
         };
-        if line.len() + take > MAX_REQUEST_BYTES {
-            return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+        if line.len() + take > max {
+            return Err(format!("request longer than {max} bytes"));
         }
         line.extend_from_slice(&buf[..take]);
         r.consume(take);
@@ -474,7 +488,7 @@ mod tests {
             let mut b = tokio_test_reader(chunks);
             let mut out = Vec::new();
             loop {
-                let r = read_request(&mut b).await;
+                let r = read_request(&mut b, MAX_REQUEST_BYTES).await;
                 let end = !matches!(r, Ok(Some(_)));
                 out.push(r);
                 if end {

@@ -77,7 +77,9 @@ fn the_store_and_its_socket_are_the_owners_only_whatever_the_umask() {
 fn the_query_socket_bounds_requests_and_connections_and_keeps_answering() {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
-    let (_w, _) = watcher(&store, "");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "[watch]\nquery_max_connections = 8\n").unwrap();
+    let (_w, _) = watcher(&store, &format!("SAFEGUARD_CONFIG={}", cfg.display()));
     let sock = store.join("safeguard.sock");
     // A request without a newline: cut at 64 KiB with an error answer, not buffered without end.
     let mut c = UnixStream::connect(&sock).unwrap();
@@ -89,13 +91,13 @@ fn the_query_socket_bounds_requests_and_connections_and_keeps_answering() {
     assert!(answer.contains("request longer than"), "{answer:?}");
     // More connections than it serves: the extra ones are closed at once; the held ones do not stop
     // queries for longer than the idle timeout... and a freed slot serves again right away.
-    let held: Vec<UnixStream> = (0..64).map(|_| UnixStream::connect(&sock).unwrap()).collect();
+    let held: Vec<UnixStream> = (0..8).map(|_| UnixStream::connect(&sock).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut extra = UnixStream::connect(&sock).unwrap();
     extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 16];
     let t = Instant::now();
-    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "a 65th connection is closed");
+    assert_eq!(extra.read(&mut buf).unwrap_or(0), 0, "a connection past query_max_connections is closed");
     assert!(t.elapsed() < Duration::from_secs(4));
     drop(held);
     std::thread::sleep(Duration::from_millis(300));
@@ -222,6 +224,8 @@ fn config_values_that_would_crash_or_disable_work_are_refused_by_key_at_start() 
         ("[risk]\nwal_silence = \"10000000000000000s\"\n", "10000000000000000s"),
         ("[[sources]]\ntype = \"syslog\"\ntcp = \"127.0.0.1:1\"\nmax_connections = 0\n", "max_connections"),
         ("[[sources]]\ntype = \"syslog\"\ntcp = \"127.0.0.1:1\"\nidle_timeout = \"0s\"\n", "idle_timeout"),
+        ("[watch]\nquery_max_connections = 0\n", "watch.query_max_connections"),
+        ("[watch]\nquery_idle_timeout = \"0s\"\n", "watch.query_idle_timeout"),
     ];
     for (i, (toml, key)) in cases.iter().enumerate() {
         let cfg = tmp.path().join(format!("c{i}.toml"));
