@@ -61,6 +61,8 @@ pub enum StoreError {
     Open { path: PathBuf, source: sled::Error },
     #[error("the store at {path} has schema version {found}, this safeguard understands {expected}; use a matching safeguard release")]
     Schema { path: PathBuf, found: String, expected: u32 },
+    #[error("cannot read the store at {path} without writing it: copying its files to {copy} failed: {source}; free space in the temporary directory (TMPDIR), or start the watcher and ask it")]
+    ReadCopy { path: PathBuf, copy: PathBuf, source: std::io::Error },
     #[error("store I/O failed: {}", io_hint(.0))]
     Io(#[from] sled::Error),
     #[error("a stored record under {key} is corrupt: {source}")]
@@ -242,6 +244,18 @@ pub struct Store {
     db: sled::Db,
     path: PathBuf,
     snap: Arc<SnapshotKeeper>,
+    /// A read-only open's private copy of sled's files (removed when the last handle drops).
+    _copy: Option<Arc<ReadCopy>>,
+}
+
+/// A temporary directory holding a copy of a store's sled files, so a query can open sled (which
+/// writes while it opens) without writing the store itself.
+struct ReadCopy(PathBuf);
+
+impl Drop for ReadCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Keeps `<store>/snapshot` true (see [`snapshot`]): removed before this open's first write, written
@@ -250,6 +264,9 @@ struct SnapshotKeeper {
     db: sled::Db,
     dir: PathBuf,
     removed: AtomicBool,
+    /// A read copy's store: its snapshot is written only while nobody holds this store's `db` lock
+    /// (so no writer can be between its first write and our copy).
+    guard: Option<PathBuf>,
 }
 
 impl SnapshotKeeper {
@@ -268,6 +285,14 @@ impl Drop for SnapshotKeeper {
         if !self.removed.load(Ordering::Acquire) && snapshot::path_in(&self.dir).exists() {
             return;
         }
+        // A read copy writes the store's snapshot only while no process has the store open.
+        let _held = match &self.guard {
+            Some(store) => match std::fs::File::open(store.join("db")) {
+                Ok(f) if f.try_lock().is_ok() => Some(f),
+                _ => return,
+            },
+            None => None,
+        };
         // A store of another schema (refused at open) is not this release's to copy.
         if !matches!(self.db.get(keys::SCHEMA), Ok(Some(v)) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes()) {
             return;
@@ -300,7 +325,7 @@ impl Store {
         // sled creates its files with the caller's umask; the directory's mode already shuts others
         // out, and the files follow so that a copy of the directory does not open up again.
         owner_only_files(path, 3);
-        let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false) });
+        let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false), guard: None });
         match db.get(keys::SCHEMA)? {
             None => {
                 snap.before_write()?;
@@ -315,7 +340,41 @@ impl Store {
             }
             Some(v) => return Err(StoreError::Schema { path: path.to_path_buf(), found: String::from_utf8_lossy(&v).into_owned(), expected: SCHEMA_VERSION }),
         }
-        Ok(Store { db, path: path.to_path_buf(), snap })
+        Ok(Store { db, path: path.to_path_buf(), snap, _copy: None })
+    }
+
+    /// Opens an existing store for reading without writing it: sled writes while it opens (and on a
+    /// full disk left files that broke the next open), so it opens a private copy of the store's files,
+    /// taken while no process holds the store. The read snapshot it leaves behind is written into the
+    /// store only if still nobody holds it then. `Locked` when a process has the store open.
+    pub fn open_read_only(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
+        let no_store = !path.exists() || (path.is_dir() && !path.join("conf").exists() && !path.join("db").exists());
+        if no_store {
+            return Err(StoreError::Missing { path: path.to_path_buf() });
+        }
+        let open_err = |e: std::io::Error| StoreError::Open { path: path.to_path_buf(), source: e.into() };
+        let lock = std::fs::File::open(path.join("db")).map_err(open_err)?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked { path: path.to_path_buf() });
+        }
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let copy = ReadCopy(std::env::temp_dir().join(format!("safeguard-read-{}-{nanos}", std::process::id())));
+        owner_only_dir(&copy.0).map_err(open_err)?;
+        copy_sled_files(path, &copy.0).map_err(|e| StoreError::ReadCopy { path: path.to_path_buf(), copy: copy.0.clone(), source: e })?;
+        drop(lock);
+        let db = sled::Config::new().path(&copy.0).cache_capacity(cache_bytes).open().map_err(|e| StoreError::Open { path: path.to_path_buf(), source: e })?;
+        match db.get(keys::SCHEMA)? {
+            Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
+            found => {
+                return Err(StoreError::Schema {
+                    path: path.to_path_buf(),
+                    found: found.map_or_else(|| "none".into(), |v| String::from_utf8_lossy(&v).into_owned()),
+                    expected: SCHEMA_VERSION,
+                })
+            }
+        }
+        let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false), guard: Some(path.to_path_buf()) });
+        Ok(Store { db, path: path.to_path_buf(), snap, _copy: Some(Arc::new(copy)) })
     }
 
     /// Opens the store for writing, waiting up to `wait` while another process holds it: a CLI query
@@ -551,6 +610,27 @@ pub fn compact_json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
 
 /// Bytes of the files under `dir`, recursively: one figure for the store whether sled is open (the
 /// watcher answers) or not (the snapshot answers). Unreadable entries count as 0.
+/// Copies sled's files of the store at `from` into `to` (its log, config, blobs and finished snapshots).
+fn copy_sled_files(from: &Path, to: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(from)?.flatten() {
+        let name = e.file_name();
+        let n = name.to_string_lossy();
+        let keep = n == "db" || n == "conf" || n == "blobs" || (n.starts_with("snap.") && !n.ends_with(".generating"));
+        if !keep {
+            continue;
+        }
+        if e.file_type()?.is_dir() {
+            owner_only_dir(&to.join(&name))?;
+            for b in std::fs::read_dir(e.path())?.flatten() {
+                std::fs::copy(b.path(), to.join(&name).join(b.file_name()))?;
+            }
+        } else {
+            std::fs::copy(e.path(), to.join(&name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes sled's unfinished snapshot files (`snap.*.generating`) when no process holds the store. sled
 /// writes one while it opens; on a full disk it is left empty, and every later open of the store then
 /// fails ("Read corrupted data"), even on a larger disk. A finished snapshot is renamed from it, so an

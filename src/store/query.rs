@@ -156,7 +156,7 @@ impl Access {
     }
 
     fn open_store(path: &Path, cache_bytes: u64) -> Result<Access, QueryError> {
-        match Store::open_existing(path, cache_bytes) {
+        match Store::open_read_only(path, cache_bytes) {
             Ok(s) => Ok(Access::Direct(s)),
             // A watcher makes its socket as it starts; a locked store without one is held by another
             // writer (an ingest, a recovery planning), or by a watcher still starting.
@@ -237,9 +237,14 @@ impl Access {
 
     pub fn retry_alert(&self, id: &str) -> Result<Option<safeguard_core::alerts::Alert>, QueryError> {
         match self {
-            Access::Direct(s) => Ok(retry(s, id)?),
-            // A write: through the store itself (or the watcher that appeared since).
-            Access::Snapshot { path, cache_bytes, .. } => Access::open_store(path, *cache_bytes)?.retry_alert(id),
+            // A write: through the store itself, opened for writing (a read open is a private copy).
+            Access::Direct(s) => Ok(retry(&Store::open_existing(s.path(), 16 << 20)?, id)?),
+            Access::Snapshot { path, cache_bytes, .. } => match Store::open_existing(path, *cache_bytes) {
+                Ok(s) => Ok(retry(&s, id)?),
+                // The watcher that appeared since answers.
+                Err(StoreError::Locked { .. }) => Access::Watcher { path: path.clone(), socket: path.join(SOCKET_NAME) }.retry_alert(id),
+                Err(e) => Err(e.into()),
+            },
             Access::Watcher { .. } => match self.ask(&Request::RetryAlert { id: id.to_string() })? {
                 Response::Retried(a) => Ok(a.map(|b| *b)),
                 _ => Err(QueryError::Remote("unexpected answer".into())),
