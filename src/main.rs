@@ -137,6 +137,11 @@ enum Cmd {
     Recover(Box<cmd::recover::RecoverArgs>),
     /// List recoveries from the journal, or show one with its steps and events.
     Recoveries(cmd::recover::RecoveriesArgs),
+    /// Reports over the store and the object store.
+    Report {
+        #[command(subcommand)]
+        what: ReportWhat,
+    },
     /// Check every configured connection (store, Kafka, S3, etcd, SMTP, webhook, Cloud Controller,
     /// HTTP endpoint) with the same kind of call the real work makes; exit 1 if any fails.
     Doctor {
@@ -153,6 +158,21 @@ enum Cmd {
     },
     /// Print the manual page (roff), e.g. `safeguard man > /usr/local/share/man/man1/safeguard.1`.
     Man,
+}
+
+#[derive(Subcommand)]
+enum ReportWhat {
+    /// Every deleted instance with what its backups still hold in the object store (listed) and what
+    /// that costs a month ([report] price_per_gib_month); totals last. Read only. Needs [s3].
+    Deleted {
+        /// Only instances deleted at least this long ago (e.g. 30d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Recover(args) => cmd::recover::run(ctx, *args),
         Cmd::Recoveries(args) => cmd::recover::recoveries(ctx, args),
         Cmd::Doctor { timeout, json } => cmd::doctor::run(ctx, timeout, json),
+        Cmd::Report { what: ReportWhat::Deleted { older_than, json, csv } } => cmd::report::deleted(ctx, older_than, json, csv),
         Cmd::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "safeguard", &mut out);

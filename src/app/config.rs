@@ -55,6 +55,8 @@ pub struct Config {
     pub cloud_controller: Option<CloudControllerConfig>,
     /// The health and metrics endpoint; off without this section.
     pub http: Option<HttpConfig>,
+    /// `report deleted`'s price and listing concurrency.
+    pub report: crate::app::cost::ReportConfig,
     /// A dead-man's switch pinged while the watcher is ready; off without this section.
     pub heartbeat: Option<crate::engine::heartbeat::HeartbeatConfig>,
     /// What `safeguard doctor` needs beyond the rest (the S3 prefix to list, the etcd key to read).
@@ -93,6 +95,7 @@ impl Config {
         if let Some(h) = &self.heartbeat {
             h.validate()?;
         }
+        self.report.validate()?;
         if let Some(cc) = &self.cloud_controller {
             cc.validate()?;
         }

@@ -6,6 +6,7 @@ pub mod doctor;
 pub mod ingest;
 pub mod query;
 pub mod recover;
+pub mod report;
 pub mod verify;
 pub mod watch;
 

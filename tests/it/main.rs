@@ -24,6 +24,7 @@ mod parse_shapes;
 mod recover;
 mod recover_platform;
 mod redaction;
+mod report;
 mod robustness;
 mod s3_verify;
 mod watch;
