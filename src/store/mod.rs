@@ -271,6 +271,12 @@ struct SnapshotKeeper {
 
 impl SnapshotKeeper {
     fn before_write(&self) -> Result<(), StoreError> {
+        if self.guard.is_some() {
+            // A read copy's own writes (a migration) are not the store's: leave its snapshot alone, and
+            // write none from the changed copy.
+            self.removed.store(true, Ordering::Release);
+            return Ok(());
+        }
         if !self.removed.load(Ordering::Acquire) {
             snapshot::remove(&self.dir).map_err(|source| StoreError::StaleSnapshot { path: snapshot::path_in(&self.dir), source })?;
             self.removed.store(true, Ordering::Release);
@@ -283,6 +289,9 @@ impl Drop for SnapshotKeeper {
     fn drop(&mut self) {
         // Still holding sled's lock here, so no writer can slip in between the last write and the copy.
         if !self.removed.load(Ordering::Acquire) && snapshot::path_in(&self.dir).exists() {
+            return;
+        }
+        if self.guard.is_some() && self.removed.load(Ordering::Acquire) {
             return;
         }
         // A read copy writes the store's snapshot only while no process has the store open.
@@ -326,6 +335,13 @@ impl Store {
         // out, and the files follow so that a copy of the directory does not open up again.
         owner_only_files(path, 3);
         let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false), guard: None });
+        Self::settle_schema(&db, &snap, path)?;
+        Ok(Store { db, path: path.to_path_buf(), snap, _copy: None })
+    }
+
+    /// Brings a just-opened database to this release's schema: a new one gets it, a schema 1 one is
+    /// migrated, another is refused.
+    fn settle_schema(db: &sled::Db, snap: &SnapshotKeeper, path: &Path) -> Result<(), StoreError> {
         match db.get(keys::SCHEMA)? {
             None => {
                 snap.before_write()?;
@@ -335,12 +351,12 @@ impl Store {
             Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
             Some(v) if v.as_ref() == b"1" => {
                 snap.before_write()?;
-                let n = migrate_v1(&db)?;
+                let n = migrate_v1(db)?;
                 tracing::info!(store = %path.display(), records = n, "migrated the store from schema 1 to 2 (records now keep the facts behind them)");
             }
             Some(v) => return Err(StoreError::Schema { path: path.to_path_buf(), found: String::from_utf8_lossy(&v).into_owned(), expected: SCHEMA_VERSION }),
         }
-        Ok(Store { db, path: path.to_path_buf(), snap, _copy: None })
+        Ok(())
     }
 
     /// Opens an existing store for reading without writing it: sled writes while it opens (and on a
@@ -348,8 +364,7 @@ impl Store {
     /// taken while no process holds the store. The read snapshot it leaves behind is written into the
     /// store only if still nobody holds it then. `Locked` when a process has the store open.
     pub fn open_read_only(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let no_store = !path.exists() || (path.is_dir() && !path.join("conf").exists() && !path.join("db").exists());
-        if no_store {
+        if no_store_at(path) {
             return Err(StoreError::Missing { path: path.to_path_buf() });
         }
         let open_err = |e: std::io::Error| StoreError::Open { path: path.to_path_buf(), source: e.into() };
@@ -363,17 +378,9 @@ impl Store {
         copy_sled_files(path, &copy.0).map_err(|e| StoreError::ReadCopy { path: path.to_path_buf(), copy: copy.0.clone(), source: e })?;
         drop(lock);
         let db = sled::Config::new().path(&copy.0).cache_capacity(cache_bytes).open().map_err(|e| StoreError::Open { path: path.to_path_buf(), source: e })?;
-        match db.get(keys::SCHEMA)? {
-            Some(v) if v.as_ref() == SCHEMA_VERSION.to_string().as_bytes() => {}
-            found => {
-                return Err(StoreError::Schema {
-                    path: path.to_path_buf(),
-                    found: found.map_or_else(|| "none".into(), |v| String::from_utf8_lossy(&v).into_owned()),
-                    expected: SCHEMA_VERSION,
-                })
-            }
-        }
         let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false), guard: Some(path.to_path_buf()) });
+        // A schema 1 store is migrated in the copy only: the query reads it as this release does.
+        Self::settle_schema(&db, &snap, path)?;
         Ok(Store { db, path: path.to_path_buf(), snap, _copy: Some(Arc::new(copy)) })
     }
 
@@ -395,8 +402,7 @@ impl Store {
     /// Opens an existing store only: queries must not create an empty store at a mistyped path (nor
     /// take the lock of a store a watcher is about to open).
     pub fn open_existing(path: &Path, cache_bytes: u64) -> Result<Store, StoreError> {
-        let no_store = !path.exists() || (path.is_dir() && !path.join("conf").exists() && !path.join("db").exists());
-        if no_store {
+        if no_store_at(path) {
             return Err(StoreError::Missing { path: path.to_path_buf() });
         }
         Store::open(path, cache_bytes)
@@ -610,6 +616,11 @@ pub fn compact_json<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
 
 /// Bytes of the files under `dir`, recursively: one figure for the store whether sled is open (the
 /// watcher answers) or not (the snapshot answers). Unreadable entries count as 0.
+/// True when `path` holds no store (nothing there, or a directory without sled's files).
+fn no_store_at(path: &Path) -> bool {
+    !path.exists() || (path.is_dir() && !path.join("conf").exists() && !path.join("db").exists())
+}
+
 /// Copies sled's files of the store at `from` into `to` (its log, config, blobs and finished snapshots).
 fn copy_sled_files(from: &Path, to: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(from)?.flatten() {

@@ -490,6 +490,13 @@ fn a_schema_1_store_is_migrated_and_keeps_its_verdicts_under_replays() {
         }
         db.flush().unwrap();
     }
+    // Read before any writer ran: the query migrates a private copy and leaves the store as it was.
+    let db_before = std::fs::read(store.join("db")).unwrap();
+    let (code, out, err) = run(&["show", A, "--json", "--store", store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["instance_id"], A);
+    assert!(std::fs::read(store.join("db")).unwrap() == db_before, "a read-only query wrote the schema 1 store");
+    assert!(!store.join("snapshot").exists(), "a migrated copy's snapshot was written into the schema 1 store");
     let lines = seed_lines();
     // A relay re-sends the first lines, and the whole archive is ingested again under another first line.
     let mut resent = vec!["Mar 17 07:00:00 relay-b rsyslogd: [origin software=\"rsyslogd\"] start".to_string()];
