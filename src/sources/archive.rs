@@ -365,11 +365,12 @@ fn start(input: &Input, probe: &mut Probe, resume: Option<Resume>, counter: &Arc
             if !file_tail_matches(&mut f, &res).map_err(|e| format!("read failed: {e}"))? {
                 return fresh(true);
             }
-            // Count what is skipped for the summary (a scan for newlines, no parsing).
+            // Count what is skipped for the summary (a scan for newlines, no parsing); the scan leaves
+            // the file at the stored offset.
             f.seek(SeekFrom::Start(0)).map_err(|e| format!("read failed: {e}"))?;
-            let mut prefix: BoxRead = Box::new(f.take(res.offset));
+            let mut prefix: BoxRead = Box::new(f.try_clone().map_err(|e| format!("read failed: {e}"))?);
             let (_, lines) = skip_to(&mut prefix, &Resume { offset: res.offset, tail: None }, None).map_err(|e| format!("read failed: {e}"))?;
-            let mut f = File::open(p).map_err(|e| format!("cannot open it: {e}"))?;
+            drop(prefix);
             f.seek(SeekFrom::Start(res.offset)).map_err(|e| format!("read failed: {e}"))?;
             counter.fetch_add(res.offset, Ordering::Relaxed);
             Ok(Started { reader: reader(Box::new(Counting { inner: f, n: counter.clone() }), res.offset), restarted: false, skipped_lines: lines })

@@ -2,25 +2,12 @@
 //! and cost, read only, with `--older-than`, `--json` and `--csv`.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::common::{env, lager, run};
 use safeguard::gen::Rng;
-use safeguard::s3::{ObjectStore, S3Config};
+use safeguard::s3::ObjectStore;
 use safeguard::timeutil::{now_ms, rfc3339};
 use serde_json::Value;
-
-fn s3_config() -> S3Config {
-    S3Config {
-        endpoint: Some(env("SAFEGUARD_TEST_S3")),
-        path_style: true,
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test-secret-key".into()),
-        timeout: Duration::from_secs(5),
-        max_attempts: 2,
-        ..S3Config::default()
-    }
-}
 
 struct Inst {
     id: String,
@@ -67,7 +54,7 @@ fn objects(i: &Inst, complete: bool, part: usize) -> Vec<(String, Vec<u8>)> {
 fn put(bucket: &str, objects: &[(String, Vec<u8>)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = ObjectStore::connect(&s3_config()).unwrap();
+        let store = ObjectStore::connect(&crate::common::s3_config(env("SAFEGUARD_TEST_S3"), "test-secret-key")).unwrap();
         let c = store.client().await;
         c.create_bucket().bucket(bucket).send().await.expect("create bucket");
         for (k, v) in objects {
