@@ -209,7 +209,7 @@ pub enum HttpError {
 }
 
 /// The watcher's health (engine commits, sources, Kafka brokers) and, with `[http]`, its endpoint;
-/// [`Server::stop`] ends it. The heartbeat asks it too ([`Server::readiness`]).
+/// [`Server::stop`] ends it. The heartbeat asks it too ([`Server::health`]).
 pub struct Server {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -342,18 +342,7 @@ impl Server {
         Ok(Server { shared, tasks, local_addr })
     }
 
-    /// What `/readyz` says, for the heartbeat: `Err` with the reasons when the engine is not committing,
-    /// the store does not answer, sources are not up, or a Kafka source's brokers do not answer.
-    pub fn readiness(&self) -> Result<(), String> {
-        let (reasons, _) = ready(&self.shared);
-        if reasons.is_empty() {
-            Ok(())
-        } else {
-            Err(reasons.join("; "))
-        }
-    }
-
-    /// A cheap handle the heartbeat task can hold.
+    /// A cheap handle on the watcher's readiness, for the heartbeat task.
     pub fn health(&self) -> Health {
         Health(self.shared.clone())
     }
@@ -413,6 +402,8 @@ async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
 pub struct Health(Arc<Shared>);
 
 impl Health {
+    /// What `/readyz` says: `Err` with the reasons when the engine is not committing, the store does
+    /// not answer, sources are not up, or a Kafka source's brokers do not answer.
     pub fn readiness(&self) -> Result<(), String> {
         let (reasons, _) = ready(&self.0);
         if reasons.is_empty() {
