@@ -125,6 +125,10 @@ enum Cmd {
         /// Only alerts whose delivery failed for good.
         #[arg(long)]
         failed: bool,
+        /// Every alert the outbox retains (`alerts.retention`), not only those pending, failed or raised
+        /// in the last 7 days.
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
@@ -236,7 +240,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Show { instance_id, json } => cmd::query::show(ctx, instance_id, json),
         Cmd::Verify { instance_id, prefix, json } => cmd::verify::run(ctx, instance_id, prefix, json),
         Cmd::Alerts { action: Some(AlertsAction::Retry { id }), json, .. } => cmd::query::retry_alert(ctx, id, json),
-        Cmd::Alerts { action: None, pending, failed, json } => cmd::query::alerts(ctx, pending, failed, json),
+        Cmd::Alerts { action: None, pending, failed, all, json } => cmd::query::alerts(ctx, pending, failed, all, json),
         Cmd::Status { json } => cmd::query::status(ctx, json),
         Cmd::Recover(args) => cmd::recover::run(ctx, *args),
         Cmd::Recoveries(args) => cmd::recover::recoveries(ctx, args),

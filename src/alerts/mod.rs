@@ -35,6 +35,10 @@ pub struct AlertsConfig {
     /// How often live instances are checked for missing base backups and silent WAL.
     #[serde(deserialize_with = "crate::settings::duration")]
     pub absence_scan_interval: Duration,
+    /// Delivered, failed and suppressed alerts leave the outbox this long after they finished; their ids
+    /// are kept (a replay never raises one again). `alerts --all` lists what is retained.
+    #[serde(deserialize_with = "crate::settings::duration")]
+    pub retention: Duration,
     pub email: Option<email::EmailConfig>,
     pub webhook: Option<webhook::WebhookConfig>,
 }
@@ -43,7 +47,8 @@ impl AlertsConfig {
     /// Checks what serde cannot; errors name the key and its value.
     pub fn validate(&self) -> Result<(), String> {
         use crate::settings::check_nonzero;
-        check_nonzero("alerts.absence_scan_interval", self.absence_scan_interval, "every live instance would be scanned at every commit")?;
+        check_nonzero("alerts.absence_scan_interval", self.absence_scan_interval, "every changed instance would be scanned at every commit")?;
+        check_nonzero("alerts.retention", self.retention, "every alert would leave the outbox as soon as it is delivered")?;
         if let Some(e) = &self.email {
             check_nonzero("alerts.email.timeout", e.timeout, "every SMTP call would time out at once")?;
         }
@@ -62,6 +67,7 @@ impl Default for AlertsConfig {
             give_up_after: Duration::from_secs(86_400),
             max_retry_interval: Duration::from_secs(300),
             absence_scan_interval: Duration::from_secs(300),
+            retention: Duration::from_secs(90 * 86_400),
             email: None,
             webhook: None,
         }

@@ -111,7 +111,7 @@ impl Config {
     }
 
     pub fn engine(&self) -> EngineConfig {
-        self.watch.engine(self.alerts.clone())
+        EngineConfig { risk: self.risk_rules(), ..self.watch.engine(self.alerts.clone()) }
     }
 
     pub fn risk_rules(&self) -> RiskRules {

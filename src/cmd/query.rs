@@ -63,7 +63,15 @@ pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
     }
     println!("store        {} (schema {}, {} bytes)", st.path.display(), st.schema_version.as_deref().unwrap_or("?"), st.size_bytes);
     println!("watcher      {}", if st.watcher_running { "running" } else { "not running" });
-    println!("instances    {} ({} deleted)", st.instances, st.deleted);
+    println!("instances    {} ({} live, {} deleted)", st.instances, st.instances.saturating_sub(st.deleted), st.deleted);
+    if let Some(n) = st.at_risk {
+        let why: Vec<String> = st.at_risk_by_reason.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}: {n}")).collect();
+        let until = st.risk_counts_until.map(|t| format!(" (as of {}: start the watcher to bring it up to date)", safeguard::timeutil::rfc3339(t))).unwrap_or_default();
+        println!("at risk      {n} live instance(s){}{until}", if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) });
+    }
+    if st.alerts_retired > 0 {
+        println!("alerts       {} past retention, kept as ids only (never raised again)", st.alerts_retired);
+    }
     println!("lines        {}", st.counters.text());
     println!("events       {} applied, {} effects", st.counters.events_applied, st.counters.effects);
     println!(
@@ -79,14 +87,28 @@ pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn alerts(ctx: Ctx, pending: bool, failed: bool, json: bool) -> Result<ExitCode> {
+/// What `alerts` lists without `--all`: what still needs someone, and the last week.
+const RECENT_MS: i64 = 7 * 86_400_000;
+
+pub fn alerts(ctx: Ctx, pending: bool, failed: bool, all: bool, json: bool) -> Result<ExitCode> {
     let access = Access::open(&ctx.store_path, ctx.cache)?;
-    let alerts: Vec<_> =
-        access.alerts()?.into_iter().filter(|a| !pending || a.state == Delivery::Pending).filter(|a| !failed || a.state == Delivery::Failed).collect();
+    let recent = |a: &safeguard::alerts::Alert| all || matches!(a.state, Delivery::Pending | Delivery::Failed) || a.raised_at >= ctx.now - RECENT_MS;
+    let retained = access.alerts()?;
+    let total = retained.len();
+    let alerts: Vec<_> = retained
+        .into_iter()
+        .filter(|a| recent(a))
+        .filter(|a| !pending || a.state == Delivery::Pending)
+        .filter(|a| !failed || a.state == Delivery::Failed)
+        .collect();
     if json {
         print_json(&alerts)?;
     } else {
         print!("{}", report::alerts_table(&alerts));
+        let older = total - alerts.len();
+        if !all && !pending && !failed && older > 0 {
+            println!("({older} delivered alert(s) older than 7 days not shown; `safeguard alerts --all` lists every retained alert)");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -130,6 +130,7 @@ fn describe() {
     describe_counter!("safeguard_events_applied_total", "Events applied to instance records.");
     describe_counter!("safeguard_effects_total", "Effects (deletions pending/final/cancelled, restores) committed.");
     describe_gauge!("safeguard_instances", "Instances in the store, by status (live, deleted).");
+    describe_gauge!("safeguard_alert_oldest_pending_age_seconds", "Age of the oldest alert not yet delivered (0: none pending).");
     describe_gauge!("safeguard_instances_at_risk", "Live instances with at least one at-risk reason.");
     describe_gauge!("safeguard_instances_at_risk_by_reason", "Live instances at risk, by reason (an instance may have several).");
     describe_gauge!("safeguard_alerts", "Alerts in the outbox, by rule (undecided until delivery decides a deletion's rule) and delivery state.");
@@ -545,6 +546,11 @@ fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
 /// Records change only when events are applied or effects (deletions) committed; at-risk reasons also
 /// change with time. So the scan is reused while neither counter moved, for at most the TTL.
 fn instance_stats(sh: &Shared, generation: (u64, u64)) -> Result<InstanceStats, crate::store::StoreError> {
+    // The kept counts: a few keys, whatever the store holds.
+    if let Some(t) = sh.store.tally()? {
+        return Ok(InstanceStats { live: t.live(), deleted: t.deleted, at_risk: t.at_risk, by_reason: t.by_reason().into_iter().collect() });
+    }
+    // A store no engine of this release has indexed yet (the watcher indexes it as it starts).
     let mut cache = sh.instances.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((at, seen, s)) = cache.as_ref() {
         if *seen == generation && at.elapsed() < INSTANCE_STATS_TTL {
@@ -582,31 +588,38 @@ fn instance_stats(sh: &Shared, generation: (u64, u64)) -> Result<InstanceStats, 
 }
 
 fn alert_metrics(sh: &Shared) -> Result<(), crate::store::StoreError> {
-    use crate::alerts::{Delivery, Rule};
-    let state_str = |d: Delivery| match d {
-        Delivery::Pending => "pending",
-        Delivery::Sent => "sent",
-        Delivery::Failed => "failed",
-        Delivery::Suppressed => "suppressed",
-    };
-    let mut by: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
-    for rule in ["instance_deleted", "deleted_without_base_backup", "no_recent_base_backup", "wal_archiving_failing", "undecided"] {
+    use crate::alerts::Rule;
+    // Every rule and state is exported, zero when none, so a rule's first alert is a change, not a new series.
+    let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for rule in ["instance_deleted", "deleted_without_base_backup", "deletion_resolved", "no_recent_base_backup", "wal_archiving_failing", "undecided"] {
         for state in ["pending", "sent", "failed", "suppressed"] {
-            by.insert((rule, state), 0);
+            by.insert((rule.to_string(), state.to_string()), 0);
         }
     }
-    let mut last_error_ms = 0i64;
-    for a in sh.store.alerts() {
-        let a = a?;
-        *by.entry((a.rule.map_or("undecided", Rule::as_str), state_str(a.state))).or_default() += 1;
-        if let Some(t) = a.last_error_at {
-            last_error_ms = last_error_ms.max(t);
+    let tally = match sh.store.alert_tally()? {
+        Some(t) => t,
+        // A store no engine of this release has indexed yet: counted from the outbox.
+        None => {
+            let mut t = crate::store::tally::AlertTally::default();
+            for a in sh.store.alerts() {
+                let a = a?;
+                *t.by.entry(format!("{}/{}", a.rule.map_or("undecided", Rule::as_str), a.state.as_str())).or_default() += 1;
+                t.last_error_at = t.last_error_at.max(a.last_error_at.unwrap_or(0));
+            }
+            t
+        }
+    };
+    for (k, n) in &tally.by {
+        if let Some((rule, state)) = k.split_once('/') {
+            by.insert((rule.to_string(), state.to_string()), *n);
         }
     }
     for ((rule, state), n) in by {
         gauge!("safeguard_alerts", "rule" => rule, "state" => state).set(n as f64);
     }
-    gauge!("safeguard_alert_last_delivery_error_timestamp_seconds").set(last_error_ms as f64 / 1000.0);
+    let oldest = sh.store.oldest_pending_alert()?;
+    gauge!("safeguard_alert_oldest_pending_age_seconds").set(oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0));
+    gauge!("safeguard_alert_last_delivery_error_timestamp_seconds").set(tally.last_error_at as f64 / 1000.0);
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::alerts::{self, Alert, AlertsConfig};
 use crate::parse::{parse_line, place_year, Event, EventKind, Prefilter, Reject, YearClock};
 pub use crate::sources::protocol::{Resume, SourceHandle, SourceId, StreamTail};
+use crate::state::risk::RiskRules;
 use crate::state::{self, Effect, InstanceRecord, Rules};
 use crate::store::{Counters, Parked, Position, SourceCounters, Store, StoreError, Tail, WriteSet};
 use crate::timeutil::now_ms;
@@ -30,13 +31,29 @@ pub struct EngineConfig {
     pub parked_max: usize,
     /// Wall-clock age at which a parked line is given up.
     pub parked_ttl_ms: i64,
+    /// What counts as at risk (`[risk]`): the kept counts and their deadlines follow it.
+    pub risk: RiskRules,
+    /// The watcher with `[alerts]` raises the absence rules' alerts; an ingest leaves them to it.
+    pub raise_absence: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { rules: Rules::default(), max_line_bytes: 64 * 1024, alerts: None, parked_max: 100_000, parked_ttl_ms: 7 * 86_400_000 }
+        EngineConfig {
+            rules: Rules::default(),
+            max_line_bytes: 64 * 1024,
+            alerts: None,
+            parked_max: 100_000,
+            parked_ttl_ms: 7 * 86_400_000,
+            risk: RiskRules::default(),
+            raise_absence: false,
+        }
     }
 }
+
+/// Most instances visited per commit for a passed deadline or the absence rules: a backlog (after an
+/// ingest, or changed thresholds) is worked off over several commits, never in one long stall.
+pub const VISIT_MAX: usize = 10_000;
 
 /// Bytes before a position whose hash identifies the stream there ([`Tail`]).
 pub const TAIL_BYTES: usize = 4096;
@@ -173,12 +190,17 @@ pub struct Engine {
     uncommitted_lines: u64,
     /// Candidate line spans of the chunk being fed (reused).
     spans: Vec<(usize, usize)>,
+    /// An absence scan asked for and not finished: instances changed since the rules last looked are
+    /// visited, [`VISIT_MAX`] per commit.
+    absence_scan: bool,
 }
 
 const NODE_CACHE_MAX: usize = 1_000_000;
 
 impl Engine {
     pub fn new(store: Store, cfg: EngineConfig) -> Result<Engine, StoreError> {
+        let absence = cfg.alerts.as_ref().map(|a| a.params());
+        store.ensure_index(crate::store::tally::IndexParams::new(&cfg.risk, absence.as_ref()), now_ms())?;
         let mut counters = store.counters()?;
         let mut parked = ParkedSet::default();
         for p in store.parked()? {
@@ -200,6 +222,7 @@ impl Engine {
             now: now_ms(),
             uncommitted_lines: 0,
             spans: Vec::new(),
+            absence_scan: false,
         })
     }
 
@@ -580,7 +603,12 @@ impl Engine {
     /// Commits everything fed so far, after advancing deletions to `tick_at` (defaults to the newest
     /// event time seen). Returns what became durable.
     pub fn commit(&mut self, tick_at: Option<i64>) -> Result<Committed, StoreError> {
-        self.now = now_ms();
+        self.commit_at(tick_at, now_ms())
+    }
+
+    /// [`Engine::commit`] at wall-clock time `now` (tests move the clock).
+    pub fn commit_at(&mut self, tick_at: Option<i64>, now: i64) -> Result<Committed, StoreError> {
+        self.now = now;
         let tick_now = tick_at.unwrap_or(self.watermark);
         if tick_now > 0 {
             self.tick(tick_now)?;
@@ -601,7 +629,15 @@ impl Engine {
             }
         }
         let parked_changed = !self.parked.added.is_empty() || !self.parked.removed.is_empty();
-        if self.dirty.is_empty() && positions.is_empty() && self.effects.is_empty() && self.alerts.is_empty() && self.uncommitted_lines == 0 && !parked_changed
+        let (revisited, missing) = self.visit(now)?;
+        if self.dirty.is_empty()
+            && positions.is_empty()
+            && self.effects.is_empty()
+            && self.alerts.is_empty()
+            && self.uncommitted_lines == 0
+            && !parked_changed
+            && revisited.is_empty()
+            && missing.is_empty()
         {
             return Ok(Committed::default());
         }
@@ -650,6 +686,9 @@ impl Engine {
             alerts: fresh,
             parked: added.iter().filter_map(|s| self.parked.entries.get(s)).collect(),
             unparked: removed.into_iter().filter(|s| !self.parked.entries.contains_key(s)).collect(),
+            now,
+            revisited: revisited.iter().map(|r| (r, self.cfg.raise_absence)).collect(),
+            missing,
         };
         let records = ws.records.len();
         if let Err(e) = self.store.commit(ws) {
@@ -669,25 +708,45 @@ impl Engine {
 }
 
 impl Engine {
-    /// Checks every live instance for the absence rules (no recent base backup, WAL failing or silent)
-    /// at `now`; what it raises is committed with the next commit.
-    pub fn scan_absence(&mut self, now: i64) -> Result<usize, StoreError> {
-        let Some(cfg) = self.cfg.alerts.as_ref().map(|a| a.params()) else { return Ok(0) };
-        let mut raised = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for r in self.store.records() {
-            let r = r?;
-            let r = self.dirty.get(&r.instance_id).unwrap_or(&r);
-            raised.extend(alerts::absence(r, now, &cfg));
-            seen.insert(r.instance_id.clone());
+    /// Asks for the absence rules (no recent base backup, WAL failing or silent) to look at every instance
+    /// changed since they last did; commits from now on visit them ([`VISIT_MAX`] each) and commit what
+    /// they raise. Instances nothing happened to are visited only when their deadline passes.
+    pub fn scan_absence(&mut self) {
+        if self.cfg.raise_absence {
+            self.absence_scan = true;
         }
-        // Records new since the last commit are not in the store yet.
-        for r in self.dirty.values().filter(|r| !seen.contains(&r.instance_id)) {
-            raised.extend(alerts::absence(r, now, &cfg));
+    }
+
+    /// Unchanged records due a visit at `now`: their deadline passed, or (during an absence scan) they
+    /// changed since the rules last looked. Raises what the absence rules find in them. Returns them, and
+    /// the ids that name no record.
+    fn visit(&mut self, now: i64) -> Result<(Vec<InstanceRecord>, Vec<String>), StoreError> {
+        let mut ids = self.store.due_instances(now, VISIT_MAX)?;
+        if self.absence_scan {
+            let more = self.store.unevaluated_instances(VISIT_MAX)?;
+            self.absence_scan = more.len() == VISIT_MAX;
+            ids.extend(more);
         }
-        let n = raised.len();
-        self.alerts.extend(raised);
-        Ok(n)
+        ids.sort_unstable();
+        ids.dedup();
+        let params = self.cfg.alerts.as_ref().filter(|_| self.cfg.raise_absence).map(|a| a.params());
+        let (mut revisited, mut missing) = (Vec::new(), Vec::new());
+        for id in ids {
+            // A changed record is indexed with its change, and looked at by the next scan.
+            if self.dirty.contains_key(&id) {
+                continue;
+            }
+            match self.store.record(&id)? {
+                Some(r) => {
+                    if let Some(p) = &params {
+                        self.alerts.extend(alerts::absence(&r, now, p));
+                    }
+                    revisited.push(r);
+                }
+                None => missing.push(id),
+            }
+        }
+        Ok((revisited, missing))
     }
 }
 

@@ -99,6 +99,7 @@ impl WatchConfig {
             alerts,
             parked_max: self.parked_max,
             parked_ttl_ms: millis(self.parked_ttl),
+            ..EngineConfig::default()
         }
     }
 }
@@ -203,11 +204,7 @@ fn engine_loop(
             Msg::Tick => {
                 if scan_every.is_some_and(|every| last_scan.elapsed() >= every) {
                     last_scan = Instant::now();
-                    match engine.scan_absence(now_ms()) {
-                        Ok(n) if n > 0 => tracing::info!(raised = n, "absence scan found instances at risk"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "absence scan failed"),
-                    }
+                    engine.scan_absence();
                 }
                 commit(&mut engine, true)?;
                 if last_stats.elapsed() >= cfg.stats_interval {
@@ -229,7 +226,8 @@ fn engine_loop(
 
 /// Runs until `shutdown` resolves or every source has finished (stdin or a non-followed file).
 pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<Output = ()>) -> Result<Counters, WatchError> {
-    let Setup { watch, engine, sources, http, alerts, s3, risk, recoveries, heartbeat } = setup;
+    let Setup { watch, mut engine, sources, http, alerts, s3, risk, recoveries, heartbeat } = setup;
+    engine.raise_absence = alerts.is_some();
     let engine = Engine::new(store.clone(), engine)?;
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let sink = Sink::new(tx.clone());

@@ -20,6 +20,11 @@ pub enum SenderError {
     Webhook(#[from] super::webhook::WebhookError),
 }
 
+/// Most alerts one pass handles; the rest are due the next pass.
+const PASS_MAX: usize = 1_000;
+/// How often alerts past retention are looked for.
+const RETIRE_EVERY: Duration = Duration::from_secs(60);
+
 pub struct Sender {
     store: Store,
     cfg: AlertsConfig,
@@ -40,27 +45,50 @@ impl Sender {
     }
 
     pub async fn run(self, every: Duration) {
+        let mut last_retire: Option<std::time::Instant> = None;
         loop {
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "alert delivery pass failed; retrying");
+            }
+            if last_retire.is_none_or(|t| t.elapsed() >= RETIRE_EVERY) {
+                last_retire = Some(std::time::Instant::now());
+                if let Err(e) = self.retire(now_ms()) {
+                    tracing::warn!(error = %e, "moving old alerts out of the outbox failed; retrying later");
+                }
             }
             tokio::time::sleep(every).await;
         }
     }
 
-    /// Handles every alert that is due; returns how many were attempted.
+    /// Handles the alerts that are due, read from the due index (at most [`PASS_MAX`]); returns how many
+    /// were attempted.
     pub async fn pass(&self) -> Result<usize, StoreError> {
-        let now = now_ms();
-        let due: Vec<Alert> = self
-            .store
-            .alerts()
-            .filter_map(|a| a.map_err(|e| tracing::error!(error = %e, "unreadable alert in the outbox")).ok())
-            .filter(|a| a.state == Delivery::Pending && a.next_attempt_at <= now)
-            .collect();
+        let due: Vec<Alert> = self.store.due_alerts(now_ms(), PASS_MAX)?;
         for a in &due {
-            self.process(a.clone()).await?;
+            // The due index only lists pending alerts; an entry is checked all the same.
+            if a.state == Delivery::Pending {
+                self.process(a.clone()).await?;
+            }
         }
         Ok(due.len())
+    }
+
+    /// Moves alerts finished more than `alerts.retention` ago out of the outbox; their ids stay, so a
+    /// replay of what raised them raises nothing.
+    pub fn retire(&self, now: i64) -> Result<usize, StoreError> {
+        let before = now.saturating_sub(crate::settings::millis(self.cfg.retention));
+        let mut total = 0;
+        loop {
+            let n = self.store.retire_alerts(before, 10_000)?;
+            total += n;
+            if n < 10_000 {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(alerts = total, retention = %humantime::format_duration(self.cfg.retention), "moved delivered and failed alerts past retention out of the outbox (their ids are kept)");
+        }
+        Ok(total)
     }
 
     async fn decide(&self, a: &mut Alert) {

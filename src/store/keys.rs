@@ -43,3 +43,61 @@ pub fn alert(id: &str) -> Vec<u8> {
 pub fn parked(seq: u64) -> Vec<u8> {
     format!("{PARKED}{seq:016x}").into_bytes()
 }
+
+// Indexes kept in the commit that changes what they index (see `super::tally`), so that counts, due
+// work and listings cost what changed, not what the store holds.
+
+/// `m/tally`: JSON [`super::tally::Tally`], instance counts and the thresholds they were made with.
+pub const TALLY: &[u8] = b"m/tally";
+/// `m/alerts`: JSON [`super::tally::AlertTally`], alerts by rule and state.
+pub const ALERT_TALLY: &[u8] = b"m/alerts";
+/// `k/<instance-id>`: 9 bytes, the instance's standing as counted (flags, next deadline).
+pub const STANDING: &str = "k/";
+/// `t/<deadline ms, 16 hex>/<instance-id>`: empty; when the instance's risk or absence can next change by time alone.
+pub const DEADLINE: &str = "t/";
+/// `e/<instance-id>`: empty; changed since the absence rules last looked at it.
+pub const UNEVALUATED: &str = "e/";
+/// `x/<instance-id>`: empty; a deleted instance (`instances --deleted`).
+pub const DELETED: &str = "x/";
+/// `w/<next attempt ms, 16 hex>/<alert id>`: raised-at ms (8 bytes, big endian); a pending alert.
+pub const DUE: &str = "w/";
+/// `f/<finished ms, 16 hex>/<alert id>`: empty; a delivered, failed or suppressed alert, by when.
+pub const FINISHED: &str = "f/";
+/// `z/<alert id>`: JSON [`super::tally::Tombstone`]; an alert past `alerts.retention`, kept as its id.
+pub const TOMBSTONE: &str = "z/";
+
+pub fn standing(id: &str) -> Vec<u8> {
+    format!("{STANDING}{id}").into_bytes()
+}
+pub fn deadline(at: i64, id: &str) -> Vec<u8> {
+    format!("{DEADLINE}{:016x}/{id}", at.max(0)).into_bytes()
+}
+/// The first deadline key after every deadline at or before `at`.
+pub fn deadline_end(at: i64) -> Vec<u8> {
+    format!("{DEADLINE}{:016x}0", at.max(0)).into_bytes()
+}
+pub fn unevaluated(id: &str) -> Vec<u8> {
+    format!("{UNEVALUATED}{id}").into_bytes()
+}
+pub fn deleted(id: &str) -> Vec<u8> {
+    format!("{DELETED}{id}").into_bytes()
+}
+pub fn due(at: i64, id: &str) -> Vec<u8> {
+    format!("{DUE}{:016x}/{id}", at.max(0)).into_bytes()
+}
+pub fn due_end(at: i64) -> Vec<u8> {
+    format!("{DUE}{:016x}0", at.max(0)).into_bytes()
+}
+pub fn finished(at: i64, id: &str) -> Vec<u8> {
+    format!("{FINISHED}{:016x}/{id}", at.max(0)).into_bytes()
+}
+pub fn finished_end(at: i64) -> Vec<u8> {
+    format!("{FINISHED}{:016x}0", at.max(0)).into_bytes()
+}
+pub fn tombstone(id: &str) -> Vec<u8> {
+    format!("{TOMBSTONE}{id}").into_bytes()
+}
+/// The id after a `<16 hex>/` time prefix in an index key under `prefix`.
+pub fn id_after_time<'k>(prefix: &str, key: &'k [u8]) -> &'k [u8] {
+    key.get(prefix.len() + 17..).unwrap_or(&[])
+}

@@ -4,6 +4,7 @@
 pub mod keys;
 pub mod query;
 pub mod snapshot;
+pub mod tally;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use crate::state::InstanceRecord;
 
 /// 2: records carry the facts behind their fields (`state::Facts`); schema 1 stores are migrated on open.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: counts and indexes kept in the commit ([`tally`]); a release that does not keep them must not write
+/// the store (its counts would go stale), so 3 is refused by it. 2 -> 3 is the version only: an engine
+/// builds the indexes when it opens the store ([`Store::ensure_index`]).
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `[store]`: where the store lives (`--store` / `SAFEGUARD_STORE` win) and how much it caches.
 #[derive(Debug, Clone, Deserialize)]
@@ -237,6 +241,12 @@ pub struct WriteSet<'a> {
     pub alerts: Vec<safeguard_core::alerts::Alert>,
     pub parked: Vec<&'a Parked>,
     pub unparked: Vec<u64>,
+    /// When this commit happens: what standings are assessed at.
+    pub now: i64,
+    /// Unchanged records visited for their deadline or the absence rules (`true`: the rules looked).
+    pub revisited: Vec<(&'a InstanceRecord, bool)>,
+    /// Ids in the deadline or unevaluated index with no record behind them.
+    pub missing: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -244,6 +254,9 @@ pub struct Store {
     db: sled::Db,
     path: PathBuf,
     snap: Arc<SnapshotKeeper>,
+    /// Serializes the writers (the engine's commit, the sender's alert updates, retention) so the counts
+    /// they read, change and write back stay exact.
+    write: Arc<std::sync::Mutex<tally::Indexer>>,
     /// A read-only open's private copy of sled's files (removed when the last handle drops).
     _copy: Option<Arc<ReadCopy>>,
 }
@@ -336,7 +349,7 @@ impl Store {
         owner_only_files(path, 3);
         let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false), guard: None });
         Self::settle_schema(&db, &snap, path)?;
-        Ok(Store { db, path: path.to_path_buf(), snap, _copy: None })
+        Ok(Store { db, path: path.to_path_buf(), snap, write: Arc::default(), _copy: None })
     }
 
     /// Brings a just-opened database to this release's schema: a new one gets it, a schema 1 one is
@@ -352,7 +365,13 @@ impl Store {
             Some(v) if v.as_ref() == b"1" => {
                 snap.before_write()?;
                 let n = migrate_v1(db)?;
-                tracing::info!(store = %path.display(), records = n, "migrated the store from schema 1 to 2 (records now keep the facts behind them)");
+                tracing::info!(store = %path.display(), records = n, "migrated the store from schema 1 to 3 (records now keep the facts behind them)");
+            }
+            Some(v) if v.as_ref() == b"2" => {
+                snap.before_write()?;
+                db.insert(keys::SCHEMA, SCHEMA_VERSION.to_string().as_bytes())?;
+                db.flush()?;
+                tracing::info!(store = %path.display(), "store schema 2 -> 3 (counts and indexes are built when the engine opens it)");
             }
             Some(v) => return Err(StoreError::Schema { path: path.to_path_buf(), found: String::from_utf8_lossy(&v).into_owned(), expected: SCHEMA_VERSION }),
         }
@@ -381,7 +400,7 @@ impl Store {
         let snap = Arc::new(SnapshotKeeper { db: db.clone(), dir: path.to_path_buf(), removed: AtomicBool::new(false), guard: Some(path.to_path_buf()) });
         // A schema 1 store is migrated in the copy only: the query reads it as this release does.
         Self::settle_schema(&db, &snap, path)?;
-        Ok(Store { db, path: path.to_path_buf(), snap, _copy: Some(Arc::new(copy)) })
+        Ok(Store { db, path: path.to_path_buf(), snap, write: Arc::default(), _copy: Some(Arc::new(copy)) })
     }
 
     /// Opens the store for writing, waiting up to `wait` while another process holds it: a CLI query
@@ -499,8 +518,9 @@ impl Store {
         self.db.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
     }
 
+    /// In the outbox, or retired past retention (its id is kept so it is never raised again).
     pub fn alert_exists(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self.db.contains_key(keys::alert(id))?)
+        Ok(self.db.contains_key(keys::alert(id))? || self.db.contains_key(keys::tombstone(id))?)
     }
 
     pub fn alerts(&self) -> impl Iterator<Item = Result<safeguard_core::alerts::Alert, StoreError>> + '_ {
@@ -513,8 +533,18 @@ impl Store {
     /// Updates an alert's delivery state. The engine only ever creates alerts (in [`Store::commit`]);
     /// the sender and `alerts retry` only update existing ones, so the two never race on a key.
     pub fn put_alert(&self, a: &safeguard_core::alerts::Alert) -> Result<(), StoreError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         self.snap.before_write()?;
-        self.db.insert(keys::alert(&a.id), encode(&a.id, a)?)?;
+        let old = self.alert(&a.id)?;
+        let kept = self.alert_tally()?;
+        let mut t = kept.clone().unwrap_or_default();
+        let mut b = sled::Batch::default();
+        b.insert(keys::alert(&a.id), encode(&a.id, a)?);
+        tally::index_changed_alert(&mut b, &mut t, old.as_ref(), a);
+        if kept.is_some() {
+            b.insert(keys::ALERT_TALLY, encode("the alert counts", &t)?);
+        }
+        self.db.apply_batch(b)?;
         self.db.flush()?;
         Ok(())
     }
@@ -522,10 +552,44 @@ impl Store {
     /// Writes everything in one atomic batch, then flushes to disk: when this returns Ok, the state, the
     /// effects it caused and the source positions it covers are all durable, or none of them are.
     pub fn commit(&self, ws: WriteSet<'_>) -> Result<(), StoreError> {
+        let w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         self.snap.before_write()?;
         let mut b = sled::Batch::default();
+        // Counts are kept only with the parameters an engine settled; a write without them drops the
+        // counts (readers recount, the next engine indexes again) rather than let them go stale.
+        let mut counts = match w.params {
+            Some(p) => self.tally()?.map(|t| (p, t)),
+            None => None,
+        };
+        if counts.is_none() && (!ws.records.is_empty() || !ws.revisited.is_empty()) {
+            b.remove(keys::TALLY);
+        }
         for r in &ws.records {
             put_record(&mut b, r)?;
+            if let Some((p, t)) = counts.as_mut() {
+                tally::index_record(&self.db, &mut b, t, r, ws.now, p, false)?;
+            }
+        }
+        for (r, evaluated) in &ws.revisited {
+            if let Some((p, t)) = counts.as_mut() {
+                tally::index_record(&self.db, &mut b, t, r, ws.now, p, *evaluated)?;
+            }
+        }
+        for id in &ws.missing {
+            tally::forget(&self.db, &mut b, counts.as_mut().map(|(_, t)| t), id)?;
+        }
+        if let Some((_, t)) = &counts {
+            b.insert(keys::TALLY, encode("the instance counts", t)?);
+        }
+        if !ws.alerts.is_empty() {
+            let kept = self.alert_tally()?;
+            let mut t = kept.clone().unwrap_or_default();
+            for a in &ws.alerts {
+                tally::index_new_alert(&mut b, &mut t, a);
+            }
+            if kept.is_some() {
+                b.insert(keys::ALERT_TALLY, encode("the alert counts", &t)?);
+            }
         }
         for (src, pos) in &ws.positions {
             b.insert(keys::position(src), encode(src, pos)?);
@@ -583,7 +647,7 @@ fn migrate_v1(db: &sled::Db) -> Result<usize, StoreError> {
     Ok(n)
 }
 
-fn encode<T: Serialize + ?Sized>(key: &str, v: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encode<T: Serialize + ?Sized>(key: &str, v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|source| StoreError::Encode { key: key.to_string(), source })
 }
 

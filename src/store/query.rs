@@ -4,6 +4,7 @@
 //! when there is none, opens the store itself. All paths return the same types, so output does not
 //! depend on which was used.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::state::risk::{assess, RiskRules};
 use crate::state::{InstanceRecord, Status};
 use crate::store::snapshot::{Snapshot, SnapshotError};
+use crate::store::tally::{AlertTally, Tally};
 use crate::store::{keys, Counters, Position, Store, StoreError, SCHEMA_VERSION};
 
 pub const SOCKET_NAME: &str = "safeguard.sock";
@@ -102,6 +104,19 @@ pub struct StoreStatus {
     pub size_bytes: u64,
     pub instances: u64,
     pub deleted: u64,
+    /// Live instances at risk, and by reason, from the kept counts ([`crate::store::tally`]); absent
+    /// when the store has none yet (no engine of this release has opened it).
+    #[serde(default)]
+    pub at_risk: Option<u64>,
+    #[serde(default)]
+    pub at_risk_by_reason: BTreeMap<String, u64>,
+    /// The risk counts are exact up to this time: a deadline the watcher has not visited yet (absent:
+    /// exact now).
+    #[serde(default, with = "crate::timeutil::serde_opt_ms")]
+    pub risk_counts_until: Option<i64>,
+    /// Alerts past `alerts.retention`, kept as ids only.
+    #[serde(default)]
+    pub alerts_retired: u64,
     pub counters: Counters,
     pub positions: Vec<(String, Position)>,
     /// Whether the answer came from a running watcher.
@@ -212,8 +227,21 @@ impl Access {
 
     pub fn records(&self, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, QueryError> {
         match self {
-            Access::Direct(s) => Ok(select(s.records(), filter, now, rules)?),
-            Access::Snapshot { snap, .. } => Ok(select(scan(snap, keys::INSTANCE)?, filter, now, rules)?),
+            Access::Direct(s) => Ok(select_in(s, filter, now, rules)?),
+            Access::Snapshot { snap, .. } => {
+                // The deleted index is there when the counts are (kept together).
+                if filter.deleted && snap.get(keys::TALLY)?.is_some() {
+                    let mut recs = Vec::new();
+                    for (k, _) in snap.scan_prefix(keys::DELETED.as_bytes())? {
+                        let id = String::from_utf8_lossy(&k[keys::DELETED.len()..]).into_owned();
+                        if let Some(r) = get::<InstanceRecord>(snap, &keys::instance(&id))? {
+                            recs.push(Ok(r));
+                        }
+                    }
+                    return Ok(select(recs.into_iter(), filter, now, rules)?);
+                }
+                Ok(select(scan(snap, keys::INSTANCE)?, filter, now, rules)?)
+            }
             Access::Watcher { .. } => {
                 let req = Request::Instances { filter: filter.clone(), now, rules: (rules.max_base_backup_age_ms, rules.wal_silence_ms) };
                 match self.ask(&req)? {
@@ -287,7 +315,13 @@ fn scan<T: for<'de> Deserialize<'de>>(snap: &Snapshot, prefix: &str) -> Result<i
 }
 
 fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryError> {
-    let (instances, deleted) = count(scan(snap, keys::INSTANCE)?)?;
+    let tally: Option<Tally> = get(snap, keys::TALLY)?;
+    let (instances, deleted) = match &tally {
+        Some(t) => (t.instances, t.deleted),
+        None => count(scan(snap, keys::INSTANCE)?)?,
+    };
+    let earliest = snap.scan_prefix(keys::DEADLINE.as_bytes())?.into_iter().next().and_then(|(k, _)| deadline_of(&k));
+    let retired = get::<AlertTally>(snap, keys::ALERT_TALLY)?.map_or(0, |t| t.retired);
     let counters = get(snap, keys::COUNTERS)?.unwrap_or_default();
     let positions =
         snap.scan_prefix(keys::POSITION.as_bytes())?.into_iter().map(|(k, v)| Store::position_entry(&k, &v)).collect::<Result<Vec<_>, StoreError>>()?;
@@ -297,10 +331,35 @@ fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryErr
         size_bytes: crate::store::dir_size(path),
         instances,
         deleted,
+        at_risk: tally.as_ref().map(|t| t.at_risk),
+        at_risk_by_reason: tally.as_ref().map(reasons).unwrap_or_default(),
+        risk_counts_until: earliest.filter(|t| *t <= crate::timeutil::now_ms()),
+        alerts_retired: retired,
         counters,
         positions,
         watcher_running: false,
     })
+}
+
+fn reasons(t: &Tally) -> BTreeMap<String, u64> {
+    t.by_reason().into_iter().map(|(r, n)| (r.to_string(), n)).collect()
+}
+
+fn deadline_of(key: &[u8]) -> Option<i64> {
+    let hex = key.get(keys::DEADLINE.len()..keys::DEADLINE.len() + 16)?;
+    i64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// `instances`' selection on an open store: deleted ones from the deleted index when it is kept, so the
+/// cost follows what is listed.
+fn select_in(s: &Store, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, StoreError> {
+    if filter.deleted {
+        if let Some(ids) = s.deleted_ids()? {
+            let recs = ids.into_iter().filter_map(|id| s.record(&id).transpose());
+            return select(recs, filter, now, rules);
+        }
+    }
+    select(s.records(), filter, now, rules)
 }
 
 fn select(
@@ -334,13 +393,21 @@ fn count(records: impl Iterator<Item = Result<InstanceRecord, StoreError>>) -> R
 }
 
 fn status(s: &Store, watcher_running: bool) -> Result<StoreStatus, StoreError> {
-    let (instances, deleted) = count(s.records())?;
+    let tally = s.tally()?;
+    let (instances, deleted) = match &tally {
+        Some(t) => (t.instances, t.deleted),
+        None => count(s.records())?,
+    };
     Ok(StoreStatus {
         path: s.path().to_path_buf(),
         schema_version: s.schema_version()?,
         size_bytes: s.size_on_disk(),
         instances,
         deleted,
+        at_risk: tally.as_ref().map(|t| t.at_risk),
+        at_risk_by_reason: tally.as_ref().map(reasons).unwrap_or_default(),
+        risk_counts_until: s.earliest_deadline()?.filter(|t| *t <= crate::timeutil::now_ms()),
+        alerts_retired: s.alert_tally()?.map_or(0, |t| t.retired),
         counters: s.counters()?,
         positions: s.positions()?,
         watcher_running,
@@ -361,7 +428,7 @@ fn answer(store: &Store, line: &str) -> Response {
         }
         Request::Instances { filter, now, rules } => {
             let rules = RiskRules { max_base_backup_age_ms: rules.0, wal_silence_ms: rules.1 };
-            select(store.records(), &filter, now, &rules).map(Response::Records)
+            select_in(store, &filter, now, &rules).map(Response::Records)
         }
         Request::Status => status(store, true).map(|s| Response::Status(Box::new(s))),
         Request::Alerts => store.alerts().collect::<Result<Vec<_>, _>>().map(Response::Alerts),

@@ -25,7 +25,12 @@ fn wal(t: i64, id: &str, node: &str, seg: u32) -> String {
 }
 
 fn engine(dir: &std::path::Path) -> Engine {
-    let cfg = EngineConfig { rules: Rules { deletion_grace_ms: 1_000, ..Rules::default() }, alerts: Some(AlertsConfig::default()), ..EngineConfig::default() };
+    let cfg = EngineConfig {
+        rules: Rules { deletion_grace_ms: 1_000, ..Rules::default() },
+        alerts: Some(AlertsConfig::default()),
+        raise_absence: true,
+        ..EngineConfig::default()
+    };
     Engine::new(Store::open(dir, 8 << 20).unwrap(), cfg).unwrap()
 }
 
@@ -50,12 +55,14 @@ fn absence_scan_raises_each_episode_once() {
         off += l.len() as u64 + 1;
         e.feed_line(h, off, l.as_bytes());
     }
-    e.commit(None).unwrap();
-    assert_eq!(e.scan_absence(now).unwrap(), 2);
-    e.commit(None).unwrap();
+    e.commit_at(None, now).unwrap();
+    assert_eq!(e.store().alerts().count(), 0, "the rules look at changed instances when a scan asks");
+    e.scan_absence();
+    e.commit_at(None, now).unwrap();
+    assert_eq!(e.store().alerts().count(), 2);
     // A second scan finds the same episodes and adds nothing.
-    e.scan_absence(now + 60_000).unwrap();
-    e.commit(None).unwrap();
+    e.scan_absence();
+    e.commit_at(None, now + 60_000).unwrap();
     let alerts: Vec<_> = e.store().alerts().map(Result::unwrap).collect();
     assert_eq!(alerts.len(), 2, "{alerts:#?}");
     let a = alerts.iter().find(|a| a.instance_id == live).unwrap();

@@ -121,6 +121,17 @@ pub enum Delivery {
     Suppressed,
 }
 
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Pending => "pending",
+            Delivery::Sent => "sent",
+            Delivery::Failed => "failed",
+            Delivery::Suppressed => "suppressed",
+        }
+    }
+}
+
 /// What the alert says about the instance, captured when it was raised (the record may change later).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -306,6 +317,41 @@ pub fn absence(r: &InstanceRecord, now: i64, p: &RuleParams) -> Vec<Alert> {
     out
 }
 
+/// The first time after `now` at which [`absence`] can raise something it does not raise at `now`, if
+/// any: a backup growing stale, the first backup overdue, WAL falling silent. Nothing new is raised
+/// before it, so a watcher need look at an unchanged record only then. Past the backfill window the
+/// rules raise nothing, so a time beyond it is no change.
+pub fn absence_next_change(r: &InstanceRecord, now: i64, p: &RuleParams) -> Option<i64> {
+    if r.status != Status::Live || r.deletion_pending {
+        return None;
+    }
+    let eligible_until = r.last_seen.saturating_add(p.backfill_window_ms);
+    let mut next: Option<i64> = None;
+    let mut at = |t: i64| {
+        if t > now && t <= eligible_until {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+    };
+    // Each rule fires when `now - t > limit`, i.e. from `t + limit + 1` on.
+    if p.no_recent_base_backup {
+        match r.latest_complete_backup() {
+            Some(b) => {
+                if let Some(t) = b.time {
+                    at(t.saturating_add(p.max_base_backup_age_ms).saturating_add(1));
+                }
+            }
+            None => at(r.first_seen.saturating_add(p.first_base_backup_within_ms).saturating_add(1)),
+        }
+    }
+    if p.wal_archiving_failing {
+        let failing = r.wal.last_failure_at.is_some_and(|f| r.wal.last_pushed_at.is_none_or(|ok| ok < f));
+        if let (false, Some(ok)) = (failing, r.wal.last_pushed_at) {
+            at(ok.saturating_add(p.wal_silence_ms).saturating_add(1));
+        }
+    }
+    next
+}
+
 /// The message, as the operator reads it.
 pub struct Message {
     pub subject: String,
@@ -406,6 +452,35 @@ pub fn webhook_body(a: &Alert) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::state::{BaseBackup, Node};
+
+    #[test]
+    fn nothing_new_is_raised_before_the_next_change() {
+        let mut rng = crate::gen::Rng::new(11);
+        let h = 3_600_000i64;
+        for _ in 0..5_000 {
+            let r = crate::state::risk::tests::random_record(&mut rng);
+            let p = RuleParams {
+                no_recent_base_backup: rng.below(4) != 0,
+                wal_archiving_failing: rng.below(4) != 0,
+                backfill_window_ms: (1 + rng.below(300) as i64) * h,
+                max_base_backup_age_ms: (1 + rng.below(48) as i64) * h,
+                first_base_backup_within_ms: (1 + rng.below(48) as i64) * h,
+                wal_silence_ms: (1 + rng.below(12) as i64) * h,
+                ..RuleParams::default()
+            };
+            let now = r.first_seen + rng.below(200) as i64 * h - 50 * h;
+            let ids = |t: i64| absence(&r, t, &p).into_iter().map(|a| a.id).collect::<std::collections::BTreeSet<_>>();
+            let here = ids(now);
+            let next = absence_next_change(&r, now, &p);
+            let end = next.unwrap_or(now + 400 * h);
+            for t in [now, end - 1, now + (end - now) / 2, now + rng.below((end - now) as u64) as i64] {
+                assert!(ids(t).is_subset(&here), "{r:?}: {:?} raised at {t} but not at {now} (next {next:?})", ids(t));
+            }
+            if let Some(n) = next {
+                assert!(!ids(n).is_subset(&here), "nothing new at the announced time {n} for {r:?}");
+            }
+        }
+    }
 
     fn rec() -> InstanceRecord {
         let mut r = InstanceRecord::new("6e101b27-ee1b-4f4d-a032-4401a3709ec3", 1_000);
