@@ -66,7 +66,8 @@ pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
     println!("instances    {} ({} live, {} deleted)", st.instances, st.instances.saturating_sub(st.deleted), st.deleted);
     if let Some(n) = st.at_risk {
         let why: Vec<String> = st.at_risk_by_reason.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}: {n}")).collect();
-        let until = st.risk_counts_until.map(|t| format!(" (as of {}: start the watcher to bring it up to date)", safeguard::timeutil::rfc3339(t))).unwrap_or_default();
+        let until =
+            st.risk_counts_until.map(|t| format!(" (as of {}: start the watcher to bring it up to date)", safeguard::timeutil::rfc3339(t))).unwrap_or_default();
         println!("at risk      {n} live instance(s){}{until}", if why.is_empty() { String::new() } else { format!(" ({})", why.join(", ")) });
     }
     if st.alerts_retired > 0 {

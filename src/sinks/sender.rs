@@ -50,7 +50,7 @@ impl Sender {
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "alert delivery pass failed; retrying");
             }
-            if last_retire.is_none_or(|t| t.elapsed() >= RETIRE_EVERY) {
+            if last_retire.is_none_or(|t| t.elapsed() >= RETIRE_EVERY.min(self.cfg.retention)) {
                 last_retire = Some(std::time::Instant::now());
                 if let Err(e) = self.retire(now_ms()) {
                     tracing::warn!(error = %e, "moving old alerts out of the outbox failed; retrying later");

@@ -197,6 +197,8 @@ impl AlertTally {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tombstone {
     pub state: Delivery,
+    #[serde(default)]
+    pub rule: Option<safeguard_core::alerts::Rule>,
     #[serde(with = "crate::timeutil::serde_ms")]
     pub raised_at: i64,
     #[serde(with = "crate::timeutil::serde_ms")]
@@ -387,6 +389,14 @@ impl Store {
         Ok(oldest)
     }
 
+    /// Every tombstone, as (alert id, what is left of it).
+    pub fn tombstones(&self) -> impl Iterator<Item = Result<(String, Tombstone), StoreError>> + '_ {
+        self.db.scan_prefix(keys::TOMBSTONE).map(|r| {
+            let (k, v) = r?;
+            Ok((String::from_utf8_lossy(&k[keys::TOMBSTONE.len()..]).into_owned(), Self::decode(&k, &v)?))
+        })
+    }
+
     pub fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError> {
         let k = keys::tombstone(id);
         self.db.get(&k)?.map(|v| Self::decode(&k, &v)).transpose()
@@ -404,7 +414,7 @@ impl Store {
             b.remove(k.clone());
             let id = String::from_utf8_lossy(keys::id_after_time(keys::FINISHED, &k)).into_owned();
             let Some(a) = self.alert(&id)? else { continue };
-            let t = Tombstone { state: a.state, raised_at: a.raised_at, finished_at: finished_at(&a) };
+            let t = Tombstone { state: a.state, rule: a.rule, raised_at: a.raised_at, finished_at: finished_at(&a) };
             b.insert(keys::tombstone(&id), encode(&id, &t)?);
             b.remove(keys::alert(&id));
             tally.retired += 1;
@@ -435,7 +445,10 @@ impl Store {
         }
         if stored.as_ref().and_then(|t| t.params) != Some(params) {
             let n = self.rebuild_instances(&params, now)?;
-            tracing::info!(instances = n, "indexed every instance for counts and deadlines (once: the store predates them, or [risk]/[alerts] thresholds changed)");
+            tracing::info!(
+                instances = n,
+                "indexed every instance for counts and deadlines (once: the store predates them, or [risk]/[alerts] thresholds changed)"
+            );
         }
         if self.alert_tally()?.is_none() {
             let n = self.rebuild_alerts()?;

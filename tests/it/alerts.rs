@@ -286,6 +286,67 @@ fn one_email_and_webhook_per_deleted_instance_decided_by_the_object_store() {
 }
 
 #[test]
+fn alerts_past_retention_are_never_sent_again_by_a_replay_a_rescan_or_a_restart() {
+    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
+    let smtp = env("SAFEGUARD_TEST_SMTP");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(now_ms() as u64 ^ 0x7e7e);
+    let bucket = format!("alerts-{}", &rng.uuid()[..8]);
+    // C is deleted; D stays live and never completes a base backup (the absence rule's alert).
+    let (c, d) = (inst(&mut rng), inst(&mut rng));
+    let mut objs = objects(&c, true);
+    objs.extend(objects(&d, false));
+    s3_layout(&bucket, &objs);
+    let cfg = write_config(tmp.path(), &smtp, None);
+    // Alerts leave the outbox a second after delivery; the absence rules look every second.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("max_retry_interval = \"1s\"", "max_retry_interval = \"1s\"\nretention = \"1s\"\nabsence_scan_interval = \"1s\"")
+        + "\n[alerts.rules]\nfirst_base_backup_within = \"1s\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let store = tmp.path().join("store");
+    let store_s = store.to_str().unwrap().to_string();
+    let port = free_port();
+    let retired = || {
+        let (_, out, _) = run(&["status", "--json", "--store", &store_s]);
+        serde_json::from_str::<Value>(&out).ok().and_then(|v| v["alerts_retired"].as_u64()).unwrap_or(0)
+    };
+    let listed = || {
+        let (code, out, err) = run(&["alerts", "--all", "--json", "--store", &store_s]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap().as_array().unwrap().len()
+    };
+
+    let w = watch(&cfg, &store, port);
+    let mut lines = lifecycle(&c, &bucket, true);
+    let mut live = lifecycle(&d, &bucket, false);
+    live.pop();
+    lines.extend(live);
+    send(port, &lines);
+    wait_until("both emails", Duration::from_secs(60), || !mails(&maildir, &c.id).is_empty() && !mails(&maildir, &d.id).is_empty());
+    wait_until("the delivered alerts to be retired", Duration::from_secs(30), || retired() == 2);
+    assert_eq!(listed(), 0, "retired alerts left the outbox");
+
+    // The same lines again (a relay's replay), a change to D that the absence rules look at again, and a
+    // restart: both ids are still known, so nothing is raised or sent again.
+    let wal = |seg: u32| {
+        container(now_ms(), &d, &format!(r#"        DETAIL: Archiving to "s3://{bucket}/backups/{}/wal/wal_005/{seg:024X}.lzo" complete at 1KiB/s."#, d.id))
+    };
+    send(port, &lines);
+    send(port, &[wal(7)]);
+    std::thread::sleep(Duration::from_secs(4));
+    w.stop();
+    let w = watch(&cfg, &store, port);
+    send(port, &lines);
+    send(port, &[wal(8)]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(mails(&maildir, &c.id).len(), 1, "a retired deletion alert went out again");
+    assert_eq!(mails(&maildir, &d.id).len(), 1, "a retired absence alert went out again");
+    assert_eq!((retired(), listed()), (2, 0));
+    w.stop();
+}
+
+#[test]
 fn an_alert_waits_for_a_down_smtp_server_across_a_restart_and_is_sent_once() {
     let python = env("SAFEGUARD_TEST_PYTHON");
     let _ = env("SAFEGUARD_TEST_S3");

@@ -27,4 +27,5 @@ mod redaction;
 mod report;
 mod robustness;
 mod s3_verify;
+mod scale;
 mod watch;
