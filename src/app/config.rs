@@ -238,6 +238,7 @@ session_timeout = "15s"
             ("[watch]\ncommit_interval = \"0s\"\n", "watch.commit_interval"),
             ("[watch]\nstats_interval = \"0ms\"\n", "watch.stats_interval"),
             ("[alerts]\nabsence_scan_interval = \"0s\"\n", "alerts.absence_scan_interval"),
+            ("[alerts]\nretention = \"0s\"\n", "alerts.retention"),
             ("[alerts.webhook]\nurl = \"http://127.0.0.1:1/\"\ntimeout = \"0s\"\n", "alerts.webhook.timeout"),
             ("[s3]\ntimeout = \"0s\"\n", "s3.timeout"),
             ("[etcd]\ntimeout = \"0s\"\n", "etcd.timeout"),

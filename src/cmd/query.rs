@@ -126,7 +126,7 @@ pub fn retry_alert(ctx: Ctx, id: String, json: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            eprintln!("error: no alert {id}; list them with `safeguard alerts`");
+            eprintln!("error: no alert {id} in the outbox; list them with `safeguard alerts --all` (an alert finished more than `alerts.retention` ago is kept as its id only and cannot be requeued)");
             Ok(ExitCode::from(1))
         }
     }

@@ -708,6 +708,16 @@ impl Engine {
 }
 
 impl Engine {
+    /// Queues an alert for the next commit (which skips it if its id was ever raised).
+    pub fn raise(&mut self, a: Alert) {
+        self.alerts.push(a);
+    }
+
+    /// Whether instances wait for the absence rules to look at them (an absence scan still running).
+    pub fn absence_scan_running(&self) -> bool {
+        self.absence_scan
+    }
+
     /// Asks for the absence rules (no recent base backup, WAL failing or silent) to look at every instance
     /// changed since they last did; commits from now on visit them ([`VISIT_MAX`] each) and commit what
     /// they raise. Instances nothing happened to are visited only when their deadline passes.

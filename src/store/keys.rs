@@ -12,6 +12,14 @@
 //! | `p/<source-id>`             | JSON [`super::Position`]                |
 //! | `o/<alert id>`              | JSON [`safeguard_core::alerts::Alert`] (outbox)  |
 //! | `q/<seq, 16 hex>`           | JSON [`super::Parked`]: a line waiting for its instance |
+//! | `m/tally`, `m/alerts`       | JSON [`super::tally::Tally`], [`super::tally::AlertTally`]: counts kept |
+//! | `k/<instance-id>`           | 9 bytes: the instance's standing as counted (flags, deadline) |
+//! | `t/<ms, 16 hex>/<instance>` | empty: when its risk or absence can next change by time alone |
+//! | `e/<instance-id>`           | empty: changed since the absence rules last looked        |
+//! | `x/<instance-id>`           | empty: a deleted instance                                 |
+//! | `w/<ms, 16 hex>/<alert id>` | raised-at ms: a pending alert, by next attempt            |
+//! | `f/<ms, 16 hex>/<alert id>` | empty: a finished alert, by when (retention)              |
+//! | `z/<alert id>`              | JSON [`super::tally::Tombstone`]: an alert past retention |
 //!
 //! Beside the sled files, `<store>/snapshot` holds a copy of all of these for queries run while no
 //! watcher is (see [`super::snapshot`]).

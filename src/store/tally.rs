@@ -160,7 +160,7 @@ impl Tally {
     }
 }
 
-/// Alerts by rule and delivery state (`m/alerts`), over every alert raised, retired ones included.
+/// Alerts in the outbox by rule and delivery state (`m/alerts`), and how many were retired.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertTally {
     /// `<rule>/<state>` -> alerts; the rule is `undecided` until the sender checked the object store.
@@ -417,6 +417,7 @@ impl Store {
             let t = Tombstone { state: a.state, rule: a.rule, raised_at: a.raised_at, finished_at: finished_at(&a) };
             b.insert(keys::tombstone(&id), encode(&id, &t)?);
             b.remove(keys::alert(&id));
+            tally.count(&a, false);
             tally.retired += 1;
             n += 1;
         }

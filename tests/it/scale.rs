@@ -59,7 +59,7 @@ fn check(store: &Store, now: i64) {
     let listed: BTreeSet<String> = store.deleted_ids().unwrap().unwrap().into_iter().collect();
     assert_eq!(listed, deleted_ids, "the deleted index");
 
-    // Alerts: by rule and state over the outbox and the tombstones; the due index lists the pending ones.
+    // Alerts: by rule and state over the outbox, retired ones by their tombstones; the due index lists the pending ones.
     let mut by: BTreeMap<String, u64> = BTreeMap::new();
     let mut pending = BTreeSet::new();
     for a in store.alerts() {
@@ -69,12 +69,7 @@ fn check(store: &Store, now: i64) {
             pending.insert(a.id.clone());
         }
     }
-    let mut retired = 0;
-    for tb in store.tombstones() {
-        let (_, tb) = tb.unwrap();
-        *by.entry(format!("{}/{}", tb.rule.map_or("undecided", |r| r.as_str()), tb.state.as_str())).or_default() += 1;
-        retired += 1;
-    }
+    let retired = store.tombstones().count() as u64;
     let at = store.alert_tally().unwrap().expect("an engine keeps the alert counts");
     assert_eq!(at.by, by, "alerts by rule and state");
     assert_eq!(at.retired, retired);
