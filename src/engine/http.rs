@@ -397,6 +397,9 @@ async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
     json_response(ok, json!({ "status": if ok { "ok" } else { "failing" }, "engine": engine, "sources_started": sh.sources_started.load(Ordering::Relaxed) }))
 }
 
+/// (topic, partition, messages behind) for each Kafka partition.
+pub type PartitionLags = Vec<(String, i32, i64)>;
+
 /// Shares the watcher's readiness with a task (the heartbeat).
 #[derive(Clone)]
 pub struct Health(Arc<Shared>);
@@ -411,6 +414,30 @@ impl Health {
         } else {
             Err(reasons.join("; "))
         }
+    }
+
+    /// Each Kafka partition's lag (topic, partition, messages) as `/metrics` reports it: the brokers'
+    /// high watermark minus the store's durable position. `Err` says why it is not known (a source's
+    /// brokers gave no answer lately); `None` without Kafka sources.
+    pub fn kafka_lag(&self) -> Option<Result<PartitionLags, String>> {
+        let sh = &self.0;
+        if sh.kafka.is_empty() {
+            return None;
+        }
+        let positions: BTreeMap<SourceId, u64> = match sh.store.positions() {
+            Ok(p) => p.into_iter().filter_map(|(id, p)| Some((id.parse().ok()?, p.offset))).collect(),
+            Err(e) => return Some(Err(format!("the store's positions cannot be read: {e}"))),
+        };
+        let mut out = Vec::new();
+        for k in &sh.kafka {
+            let st = k.status();
+            if !st.fresh(KAFKA_READY_WITHIN) {
+                let why = st.error.clone().unwrap_or_else(|| "no answer from the brokers yet".into());
+                return Some(Err(crate::redact::text(&format!("kafka {}: {why}", k.label))));
+            }
+            out.extend(st.lags(&positions));
+        }
+        Some(Ok(out))
     }
 }
 
@@ -590,7 +617,7 @@ fn alert_metrics(sh: &Shared) -> Result<(), crate::store::StoreError> {
         Delivery::Suppressed => "suppressed",
     };
     let mut by: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
-    for rule in ["instance_deleted", "deleted_without_base_backup", "no_recent_base_backup", "wal_archiving_failing", "undecided"] {
+    for rule in ["instance_deleted", "deleted_without_base_backup", "no_recent_base_backup", "wal_archiving_failing", "digest", "undecided"] {
         for state in ["pending", "sent", "failed", "suppressed"] {
             by.insert((rule, state), 0);
         }

@@ -669,6 +669,12 @@ impl Engine {
 }
 
 impl Engine {
+    /// Queues an alert raised beside the stream (the daily digest): it is committed with the next
+    /// commit, unless an alert with its id exists already.
+    pub fn raise(&mut self, a: Alert) {
+        self.alerts.push(a);
+    }
+
     /// Checks every live instance for the absence rules (no recent base backup, WAL failing or silent)
     /// at `now`; what it raises is committed with the next commit.
     pub fn scan_absence(&mut self, now: i64) -> Result<usize, StoreError> {
