@@ -4,6 +4,7 @@
 pub mod keys;
 pub mod query;
 pub mod snapshot;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -513,16 +514,17 @@ impl Store {
     /// Updates an alert's delivery state. The engine only ever creates alerts (in [`Store::commit`]);
     /// the sender and `alerts retry` only update existing ones, so the two never race on a key.
     pub fn put_alert(&self, a: &safeguard_core::alerts::Alert) -> Result<(), StoreError> {
-        self.snap.before_write()?;
-        self.db.insert(keys::alert(&a.id), encode(&a.id, a)?)?;
-        self.db.flush()?;
+        self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
+        self.db.insert(keys::alert(&a.id), encode(&a.id, a)?).inspect_err(|_| telemetry::failed("alert_update"))?;
+        self.db.flush().inspect_err(|_| telemetry::failed("alert_update"))?;
         Ok(())
     }
 
     /// Writes everything in one atomic batch, then flushes to disk: when this returns Ok, the state, the
     /// effects it caused and the source positions it covers are all durable, or none of them are.
     pub fn commit(&self, ws: WriteSet<'_>) -> Result<(), StoreError> {
-        self.snap.before_write()?;
+        let started = std::time::Instant::now();
+        self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
         let mut b = sled::Batch::default();
         for r in &ws.records {
             put_record(&mut b, r)?;
@@ -543,8 +545,9 @@ impl Store {
         if let Some(c) = ws.counters {
             b.insert(keys::COUNTERS, encode("the counters", c)?);
         }
-        self.db.apply_batch(b)?;
-        self.db.flush()?;
+        self.db.apply_batch(b).inspect_err(|_| telemetry::failed("commit"))?;
+        self.db.flush().inspect_err(|_| telemetry::failed("flush"))?;
+        telemetry::commit_took(started.elapsed());
         Ok(())
     }
 }
