@@ -380,3 +380,57 @@ fn a_bad_digest_time_or_zone_stops_the_watcher_at_start_naming_the_key() {
         assert!(err.contains(key) && err.contains(value), "{digest}: {err}");
     }
 }
+
+#[test]
+fn with_a_kafka_source_the_digest_carries_each_partitions_lag_as_metrics_computes_it() {
+    // No [http] section: the digest starts the probes /metrics would use on its own.
+    let broker = env("SAFEGUARD_TEST_KAFKA");
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
+    let topic = format!("digest-{}-{n}", std::process::id());
+    common::create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let (hook_url, hooks) = webhook_server();
+    let cfg = tmp.path().join("safeguard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[watch]
+commit_interval = "200ms"
+
+[[sources]]
+type = "kafka"
+brokers = ["{broker}"]
+topics = ["{topic}"]
+group_id = "{topic}-group"
+
+[alerts.webhook]
+url = "{hook_url}"
+
+[alerts.digest]
+at = "00:00"
+timezone = "+14:00"
+"#
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin())
+        .args(["watch", "--config", cfg.to_str().unwrap(), "--store", tmp.path().join("store").to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = Proc(child);
+    let v = hooks.recv_timeout(Duration::from_secs(60)).expect("the digest's webhook");
+    let lag = &v["alert"]["digest"]["kafka"];
+    assert_eq!(lag["state"], "measured", "the lag is measured, not unknown: {v}");
+    let mut parts: Vec<(String, i64, i64)> = lag["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["topic"].as_str().unwrap().to_string(), p["partition"].as_i64().unwrap(), p["lag"].as_i64().unwrap()))
+        .collect();
+    parts.sort();
+    assert_eq!(parts, [(topic.clone(), 0, 0), (topic.clone(), 1, 0)], "{v}");
+    w.stop();
+}
