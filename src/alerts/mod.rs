@@ -2,6 +2,9 @@
 //! themselves, the durable outbox entry ([`Alert`]) and the message an operator reads are pure and live
 //! in the core (`safeguard_core::alerts`, re-exported here); delivery is `crate::sinks`.
 //!
+//! `[alerts.digest]` ([`digest`]) adds one message a day, raised by the watcher as an outbox entry of
+//! its own (`digest:<local date>`), so it is delivered, retried and kept once per day like any alert.
+//!
 //! A deletion alert is created by the engine in the same store commit as the deletion it reports; the
 //! sender later checks the object store, decides the rule (`instance_deleted`, warning, or
 //! `deleted_without_base_backup`, critical), and delivers by email and webhook until it succeeds or gives
@@ -9,6 +12,8 @@
 //! pass never creates a second alert for the same thing.
 
 pub use safeguard_core::alerts::*;
+
+pub mod digest;
 
 use std::time::Duration;
 
@@ -41,6 +46,8 @@ pub struct AlertsConfig {
     pub retention: Duration,
     pub email: Option<email::EmailConfig>,
     pub webhook: Option<webhook::WebhookConfig>,
+    /// A daily digest through the same channels; none without this section.
+    pub digest: Option<digest::DigestConfig>,
 }
 
 impl AlertsConfig {
@@ -54,6 +61,9 @@ impl AlertsConfig {
         }
         if let Some(w) = &self.webhook {
             check_nonzero("alerts.webhook.timeout", w.timeout, "every webhook call would time out at once")?;
+        }
+        if let Some(d) = &self.digest {
+            d.validate()?;
         }
         Ok(())
     }
@@ -70,6 +80,7 @@ impl Default for AlertsConfig {
             retention: Duration::from_secs(90 * 86_400),
             email: None,
             webhook: None,
+            digest: None,
         }
     }
 }

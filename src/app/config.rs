@@ -172,6 +172,25 @@ mod tests {
         let a = c.alerts.unwrap();
         assert_eq!(a.backfill_window, Duration::from_secs(7 * 86_400));
         assert_eq!(a.email.unwrap().to_critical.len(), 2);
+        let d = a.digest.unwrap();
+        assert_eq!((d.at.as_str(), d.timezone.as_str()), ("08:00", "Europe/Berlin"));
+    }
+
+    #[test]
+    fn the_digest_time_and_zone_are_checked_at_load_naming_the_key() {
+        for (text, key) in [
+            ("[alerts.digest]\nat = \"24:00\"\n", "`alerts.digest.at` = \"24:00\""),
+            ("[alerts.digest]\nat = \"8h\"\n", "`alerts.digest.at` = \"8h\""),
+            ("[alerts.digest]\nat = \"08:00\"\ntimezone = \"Europe/Paris2\"\n", "`alerts.digest.timezone` = \"Europe/Paris2\""),
+            ("[alerts.digest]\nat = \"08:00\"\ntimezone = \"+15:00\"\n", "`alerts.digest.timezone` = \"+15:00\""),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = Config::parse("[alerts.digest]\ntimezone = \"UTC\"\n").unwrap_err();
+        assert!(e.contains("at"), "{e}");
+        let c = Config::parse("[alerts.digest]\nat = \"7:30\"\n").unwrap();
+        assert_eq!(c.alerts.unwrap().digest.unwrap().timezone, "UTC");
     }
 
     #[test]

@@ -26,8 +26,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
@@ -84,7 +84,15 @@ static EXPORTER: OnceLock<Exporter> = OnceLock::new();
 
 fn exporter() -> &'static Exporter {
     EXPORTER.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        // Commit latency as a Prometheus histogram (not the exporter's default summary), so it can be
+        // aggregated and its quantiles taken over any window: from a 1 ms flush to a 10 s stall.
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(crate::store::telemetry::COMMIT_DURATION.to_string()),
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            )
+            .expect("static, non-empty buckets")
+            .build_recorder();
         let handle = recorder.handle();
         let ex = match metrics::set_global_recorder(recorder) {
             Ok(()) => Exporter { handle, local: None },
@@ -140,6 +148,21 @@ fn describe() {
         "When the most recent failed delivery attempt of an alert that is still pending or failed was made (0: none)."
     );
     describe_gauge!("safeguard_store_size_bytes", Unit::Bytes, "Bytes of all files under the store directory (sled, blobs, read snapshot).");
+    describe_gauge!(
+        "safeguard_store_fs_free_bytes",
+        Unit::Bytes,
+        "Bytes the watcher may still write on the filesystem holding the store (statvfs f_bavail x f_frsize)."
+    );
+    describe_gauge!("safeguard_store_fs_size_bytes", Unit::Bytes, "Size of the filesystem holding the store (statvfs f_blocks x f_frsize).");
+    describe_counter!(
+        "safeguard_store_errors_total",
+        "Store writes that failed, by op: snapshot (removing the stale read snapshot), commit (the batch), flush, alert_update (the sender's delivery state)."
+    );
+    describe_histogram!(
+        "safeguard_engine_commit_duration_seconds",
+        Unit::Seconds,
+        "How long each store commit took (building the batch, applying it, flushing it to disk)."
+    );
     describe_gauge!("safeguard_recoveries", "Recoveries in the journal, by outcome (running, failed, succeeded, abandoned).");
     describe_gauge!(
         "safeguard_kafka_consumer_lag",
@@ -398,6 +421,9 @@ async fn healthz(State(sh): State<Arc<Shared>>) -> Response {
     json_response(ok, json!({ "status": if ok { "ok" } else { "failing" }, "engine": engine, "sources_started": sh.sources_started.load(Ordering::Relaxed) }))
 }
 
+/// (topic, partition, messages behind) for each Kafka partition.
+pub type PartitionLags = Vec<(String, i32, i64)>;
+
 /// Shares the watcher's readiness with a task (the heartbeat).
 #[derive(Clone)]
 pub struct Health(Arc<Shared>);
@@ -412,6 +438,30 @@ impl Health {
         } else {
             Err(reasons.join("; "))
         }
+    }
+
+    /// Each Kafka partition's lag (topic, partition, messages) as `/metrics` reports it: the brokers'
+    /// high watermark minus the store's durable position. `Err` says why it is not known (a source's
+    /// brokers gave no answer lately); `None` without Kafka sources.
+    pub fn kafka_lag(&self) -> Option<Result<PartitionLags, String>> {
+        let sh = &self.0;
+        if sh.kafka.is_empty() {
+            return None;
+        }
+        let positions: BTreeMap<SourceId, u64> = match sh.store.positions() {
+            Ok(p) => p.into_iter().filter_map(|(id, p)| Some((id.parse().ok()?, p.offset))).collect(),
+            Err(e) => return Some(Err(format!("the store's positions cannot be read: {e}"))),
+        };
+        let mut out = Vec::new();
+        for k in &sh.kafka {
+            let st = k.status();
+            if !st.fresh(KAFKA_READY_WITHIN) {
+                let why = st.error.clone().unwrap_or_else(|| "no answer from the brokers yet".into());
+                return Some(Err(crate::redact::text(&format!("kafka {}: {why}", k.label))));
+            }
+            out.extend(st.lags(&positions));
+        }
+        Some(Ok(out))
     }
 }
 
@@ -509,6 +559,17 @@ fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
     counter!("safeguard_events_applied_total").absolute(c.events_applied);
     counter!("safeguard_effects_total").absolute(c.effects);
     gauge!("safeguard_store_size_bytes").set(store.size_on_disk() as f64);
+    match crate::store::telemetry::fs_space(store.path()) {
+        Ok(fs) => {
+            gauge!("safeguard_store_fs_free_bytes").set(fs.free_bytes as f64);
+            gauge!("safeguard_store_fs_size_bytes").set(fs.size_bytes as f64);
+        }
+        Err(e) => tracing::warn!(store = %store.path().display(), error = %e, "cannot read the free space of the store's filesystem for /metrics"),
+    }
+    // Every op from zero, so a rule on its increase has a series before the first failure.
+    for op in crate::store::telemetry::ERROR_OPS {
+        counter!("safeguard_store_errors_total", "op" => op).increment(0);
+    }
 
     let stats = instance_stats(sh, (c.events_applied, c.effects))?;
     gauge!("safeguard_instances", "status" => "live").set(stats.live as f64);
@@ -591,7 +652,7 @@ fn alert_metrics(sh: &Shared) -> Result<(), crate::store::StoreError> {
     use crate::alerts::Rule;
     // Every rule and state is exported, zero when none, so a rule's first alert is a change, not a new series.
     let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for rule in ["instance_deleted", "deleted_without_base_backup", "deletion_resolved", "no_recent_base_backup", "wal_archiving_failing", "undecided"] {
+    for rule in ["instance_deleted", "deleted_without_base_backup", "deletion_resolved", "no_recent_base_backup", "wal_archiving_failing", "digest", "undecided"] {
         for state in ["pending", "sent", "failed", "suppressed"] {
             by.insert((rule.to_string(), state.to_string()), 0);
         }

@@ -708,7 +708,8 @@ impl Engine {
 }
 
 impl Engine {
-    /// Queues an alert for the next commit (which skips it if its id was ever raised).
+    /// Queues an alert raised beside the stream (the daily digest): it is committed with the next
+    /// commit, unless an alert with its id was ever raised.
     pub fn raise(&mut self, a: Alert) {
         self.alerts.push(a);
     }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::adapters::s3::{S3Config, S3Error};
 use crate::alerts::AlertsConfig;
+use crate::engine::digest::{DigestRun, LagProbe};
 use crate::engine::http::{HttpConfig, HttpError};
 use crate::engine::pipeline::{Committed, Engine, EngineConfig};
 use crate::settings::{check_nonzero, millis};
@@ -136,6 +137,8 @@ pub enum WatchError {
     S3(#[from] S3Error),
     #[error(transparent)]
     Alerts(#[from] crate::sinks::sender::SenderError),
+    #[error("[alerts.digest]: {0}")]
+    Digest(String),
     #[error("the engine thread panicked; the store keeps what it last committed and a restart resumes from there; please report the panic in the log above")]
     EnginePanicked,
     #[error("the engine did not finish within 30s of shutdown; the store keeps what it last committed and a restart resumes from there")]
@@ -170,6 +173,7 @@ fn engine_loop(
     mut rx: mpsc::Receiver<Msg>,
     cfg: WatchConfig,
     scan_every: Option<Duration>,
+    mut digest: Option<DigestRun>,
     sources_total: usize,
     durable: tokio::sync::watch::Sender<Durable>,
 ) -> Result<Counters, StoreError> {
@@ -207,6 +211,15 @@ fn engine_loop(
                     engine.scan_absence();
                 }
                 commit(&mut engine, true)?;
+                // After the commit, so the store holds every record the digest reads; its own commit
+                // follows at once.
+                if let Some(d) = digest.as_mut() {
+                    match d.tick(&mut engine, now_ms()) {
+                        Ok(Some(_)) => commit(&mut engine, false)?,
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "the daily digest could not be gathered; trying again in a minute"),
+                    }
+                }
                 if last_stats.elapsed() >= cfg.stats_interval {
                     let d = engine.counters().since(&stats_base);
                     let secs = last_stats.elapsed().as_secs_f64();
@@ -229,6 +242,24 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
     let Setup { watch, mut engine, sources, http, alerts, s3, risk, recoveries, heartbeat } = setup;
     engine.raise_absence = alerts.is_some();
     let engine = Engine::new(store.clone(), engine)?;
+    // [alerts.digest]: the Kafka lag it reports is the one /metrics computes, from the health server's
+    // probes (started below, so handed over once they exist).
+    let health: Arc<OnceLock<crate::engine::http::Health>> = Arc::new(OnceLock::new());
+    let has_kafka = sources.iter().any(|s| matches!(s, SourceConfig::Kafka(_)));
+    let digest = match alerts.as_ref().and_then(|a| Some((a, a.digest.as_ref()?))) {
+        Some((a, d)) => {
+            let lag: Option<LagProbe> = has_kafka.then(|| {
+                let health = health.clone();
+                Arc::new(move || match health.get().and_then(|h| h.kafka_lag()) {
+                    Some(r) => r,
+                    None => Err("the Kafka probes have not started".to_string()),
+                }) as LagProbe
+            });
+            Some(DigestRun::new(d.schedule().map_err(WatchError::Digest)?, risk, millis(a.give_up_after), now_ms(), engine.counters(), lag))
+        }
+        None => None,
+    };
+    let with_digest = digest.is_some();
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let sink = Sink::new(tx.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -239,17 +270,21 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
     let (wcfg, scan_every) = (watch.clone(), alerts.as_ref().map(|a| a.absence_scan_interval));
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine_loop(engine, rx, wcfg, scan_every, if all_finite { finite } else { usize::MAX }, durable_tx))
+        .spawn(move || engine_loop(engine, rx, wcfg, scan_every, digest, if all_finite { finite } else { usize::MAX }, durable_tx))
         .map_err(WatchError::Thread)?;
 
     // [http]: health and metrics, up before the sources so /readyz can say they are starting.
-    // The heartbeat asks the same health as /readyz, so it is kept without [http] too.
-    let mut http = if http.is_some() || heartbeat.is_some() {
+    // The heartbeat asks the same health as /readyz, so it is kept without [http] too; so does the
+    // digest, for the Kafka lag.
+    let mut http = if http.is_some() || heartbeat.is_some() || (with_digest && has_kafka) {
         let watched = crate::engine::http::Watched { sources: sources.clone(), commit_interval: watch.commit_interval, risk, recoveries };
         Some(crate::engine::http::Server::start(http.as_ref(), watched, store.clone(), durable_rx.clone()).await?)
     } else {
         None
     };
+    if let Some(server) = &http {
+        let _ = health.set(server.health());
+    }
     let heartbeat = match (heartbeat, &http) {
         (Some(cfg), Some(server)) => {
             let health = server.health();

@@ -38,7 +38,7 @@ pub struct EmailConfig {
     /// Recipients for critical alerts (default: `to`).
     #[serde(default)]
     pub to_critical: Vec<String>,
-    /// Recipients for warnings (default: `to`).
+    /// Recipients for warnings and the daily digest (default: `to`).
     #[serde(default)]
     pub to_warning: Vec<String>,
     #[serde(default = "default_timeout", deserialize_with = "crate::settings::duration")]
@@ -125,7 +125,8 @@ impl Mailer {
         let c = &self.cfg;
         match sev {
             Severity::Critical => pick(&c.to, &c.to_critical),
-            Severity::Warning => pick(&c.to, &c.to_warning),
+            // The daily digest is news, not a page: whoever gets the warnings.
+            Severity::Warning | Severity::Info => pick(&c.to, &c.to_warning),
             // The all-clear goes to whoever may have been paged for the deletion, each once.
             Severity::Resolved => {
                 let mut all = pick(&c.to, &c.to_critical);

@@ -5,6 +5,7 @@ pub mod keys;
 pub mod query;
 pub mod snapshot;
 pub mod tally;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -534,7 +535,7 @@ impl Store {
     /// the sender and `alerts retry` only update existing ones, so the two never race on a key.
     pub fn put_alert(&self, a: &safeguard_core::alerts::Alert) -> Result<(), StoreError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        self.snap.before_write()?;
+        self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
         let old = self.alert(&a.id)?;
         let kept = self.alert_tally()?;
         let mut t = kept.clone().unwrap_or_default();
@@ -544,8 +545,8 @@ impl Store {
         if kept.is_some() {
             b.insert(keys::ALERT_TALLY, encode("the alert counts", &t)?);
         }
-        self.db.apply_batch(b)?;
-        self.db.flush()?;
+        self.db.apply_batch(b).inspect_err(|_| telemetry::failed("alert_update"))?;
+        self.db.flush().inspect_err(|_| telemetry::failed("alert_update"))?;
         Ok(())
     }
 
@@ -553,7 +554,8 @@ impl Store {
     /// effects it caused and the source positions it covers are all durable, or none of them are.
     pub fn commit(&self, ws: WriteSet<'_>) -> Result<(), StoreError> {
         let w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        self.snap.before_write()?;
+        let started = std::time::Instant::now();
+        self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
         let mut b = sled::Batch::default();
         // Counts are kept only with the parameters an engine settled; a write without them drops the
         // counts (readers recount, the next engine indexes again) rather than let them go stale.
@@ -607,8 +609,9 @@ impl Store {
         if let Some(c) = ws.counters {
             b.insert(keys::COUNTERS, encode("the counters", c)?);
         }
-        self.db.apply_batch(b)?;
-        self.db.flush()?;
+        self.db.apply_batch(b).inspect_err(|_| telemetry::failed("commit"))?;
+        self.db.flush().inspect_err(|_| telemetry::failed("flush"))?;
+        telemetry::commit_took(started.elapsed());
         Ok(())
     }
 }

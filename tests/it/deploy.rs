@@ -189,6 +189,8 @@ fn deploy_readme_explains_every_piece() {
         "safeguard doctor",
         "completions",
         "SAFEGUARD_SMTP_PASSWORD",
+        "[heartbeat]",
+        "[alerts.digest]",
     ] {
         assert!(text.contains(needle), "deploy/README.md does not mention {needle}");
     }

@@ -10,6 +10,7 @@ mod alert_rules;
 mod alerts;
 mod archives;
 mod deploy;
+mod digest;
 mod doctor;
 mod e2e;
 mod heartbeat;

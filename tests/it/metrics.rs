@@ -47,11 +47,12 @@ fn get(port: u16, path: &str) -> (u16, String, String) {
 
 /// Checks every line of a Prometheus text exposition (0.0.4): HELP/TYPE comments, and samples
 /// `name{label="value",...} value` with valid names, quoted label values and a float value; every
-/// sample's family has a TYPE.
+/// sample's family has a TYPE (a histogram's `_bucket`, `_sum` and `_count` samples, a summary's
+/// `_sum` and `_count`, belong to the family named without the suffix).
 fn check_exposition(body: &str) {
     let name_ok =
         |n: &str| !n.is_empty() && n.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()));
-    let mut typed = std::collections::HashSet::new();
+    let mut typed = std::collections::HashMap::new();
     for line in body.lines() {
         if line.is_empty() {
             continue;
@@ -63,7 +64,7 @@ fn check_exposition(body: &str) {
             assert!(name_ok(name), "bad metric name in: {line}");
             if kind == "TYPE" {
                 assert!(matches!(text, "counter" | "gauge" | "histogram" | "summary" | "untyped"), "bad type: {line}");
-                typed.insert(name.to_string());
+                typed.insert(name.to_string(), text.to_string());
             }
             continue;
         }
@@ -81,7 +82,14 @@ fn check_exposition(body: &str) {
             None => series,
         };
         assert!(name_ok(name), "bad metric name: {line}");
-        assert!(typed.contains(name), "sample without a TYPE line: {line}");
+        let family = |suffix: &str, kinds: &[&str]| name.strip_suffix(suffix).and_then(|f| typed.get(f)).is_some_and(|k| kinds.contains(&k.as_str()));
+        assert!(
+            typed.contains_key(name)
+                || family("_bucket", &["histogram"])
+                || family("_sum", &["histogram", "summary"])
+                || family("_count", &["histogram", "summary"]),
+            "sample without a TYPE line: {line}"
+        );
     }
 }
 
@@ -236,6 +244,18 @@ secret_access_key = "metrics-secret-never-shown"
     let deleted = last.value("safeguard_instances", &[("status", "deleted")]).unwrap();
     assert!(live + deleted > 0.0, "instances gauges: live {live} deleted {deleted}");
     assert!(last.value("safeguard_store_size_bytes", &[]).unwrap() > 0.0);
+    // The store's filesystem, its failed writes (none, each op from zero) and its commits, each timed.
+    let (free, size) = (last.value("safeguard_store_fs_free_bytes", &[]).unwrap(), last.value("safeguard_store_fs_size_bytes", &[]).unwrap());
+    assert!(free > 0.0 && free <= size, "store filesystem: {free} free of {size}");
+    for op in ["snapshot", "commit", "flush", "alert_update"] {
+        assert_eq!(last.value("safeguard_store_errors_total", &[("op", op)]), Some(0.0), "store errors, op {op}");
+    }
+    let (_, _, body) = get(http, "/metrics");
+    let sample = |prefix: &str| body.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse::<f64>().ok());
+    let commits = sample("safeguard_engine_commit_duration_seconds_count ").expect("the commit duration histogram");
+    assert!(commits >= 1.0, "{commits} commits timed");
+    assert_eq!(sample("safeguard_engine_commit_duration_seconds_bucket{le=\"+Inf\"} "), Some(commits));
+    assert!(sample("safeguard_engine_commit_duration_seconds_sum ").is_some_and(|s| s > 0.0 && s < 60.0 * commits));
     let at_risk = last.value("safeguard_instances_at_risk", &[]).unwrap();
     assert!(at_risk <= live);
     for reason in ["no_base_backup", "stale_base_backup", "wal_push_failing", "wal_silent"] {

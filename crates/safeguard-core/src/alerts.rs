@@ -52,6 +52,8 @@ pub enum Kind {
     DeletionResolved,
     NoRecentBaseBackup,
     WalArchivingFailing,
+    /// The daily digest (`[alerts.digest]`): about the watcher and every instance, not one.
+    Digest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +64,7 @@ pub enum Rule {
     DeletionResolved,
     NoRecentBaseBackup,
     WalArchivingFailing,
+    Digest,
 }
 
 impl Rule {
@@ -72,6 +75,7 @@ impl Rule {
             Rule::DeletionResolved => "deletion_resolved",
             Rule::NoRecentBaseBackup => "no_recent_base_backup",
             Rule::WalArchivingFailing => "wal_archiving_failing",
+            Rule::Digest => "digest",
         }
     }
     pub fn enabled(self, c: &RuleParams) -> bool {
@@ -82,12 +86,15 @@ impl Rule {
             Rule::DeletionResolved => c.instance_deleted || c.deleted_without_base_backup,
             Rule::NoRecentBaseBackup => c.no_recent_base_backup,
             Rule::WalArchivingFailing => c.wal_archiving_failing,
+            // Raised only when `[alerts.digest]` is configured, whichever deletion rules are on.
+            Rule::Digest => true,
         }
     }
     pub fn severity(self) -> Severity {
         match self {
             Rule::DeletedWithoutBaseBackup => Severity::Critical,
             Rule::DeletionResolved => Severity::Resolved,
+            Rule::Digest => Severity::Info,
             _ => Severity::Warning,
         }
     }
@@ -99,6 +106,8 @@ pub enum Severity {
     Warning,
     Critical,
     Resolved,
+    /// News, not a problem: the daily digest.
+    Info,
 }
 
 impl Severity {
@@ -107,6 +116,7 @@ impl Severity {
             Severity::Warning => "warning",
             Severity::Critical => "critical",
             Severity::Resolved => "resolved",
+            Severity::Info => "info",
         }
     }
 }
@@ -172,8 +182,9 @@ impl Snapshot {
 /// One outbox entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// `<instance>:<kind>:<episode>`: the idempotency key.
+    /// `<instance>:<kind>:<episode>` (`digest:<local date>` for the daily digest): the idempotency key.
     pub id: String,
+    /// Empty for the daily digest, which is about no one instance.
     pub instance_id: String,
     pub kind: Kind,
     /// Decided when raised, except for deletions, which the object store decides at delivery.
@@ -205,6 +216,9 @@ pub struct Alert {
     pub webhook_sent_at: Option<i64>,
     #[serde(with = "serde_opt_ms", default)]
     pub sent_at: Option<i64>,
+    /// The daily digest's figures (its counters are what the next day's digest diffs against).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Box<crate::digest::Digest>>,
 }
 
 impl Alert {
@@ -214,6 +228,7 @@ impl Alert {
             Kind::DeletionResolved => "deletion_resolved",
             Kind::NoRecentBaseBackup => "no_recent_base_backup",
             Kind::WalArchivingFailing => "wal_archiving_failing",
+            Kind::Digest => "digest",
         };
         Alert {
             id: format!("{}:{kind_s}:{episode}", r.instance_id),
@@ -237,6 +252,7 @@ impl Alert {
             email_sent_at: None,
             webhook_sent_at: None,
             sent_at: None,
+            digest: None,
         }
     }
 
@@ -359,11 +375,15 @@ pub struct Message {
 }
 
 pub fn compose(a: &Alert) -> Message {
+    if let Some(d) = a.digest.as_deref() {
+        return crate::digest::compose(a, d);
+    }
     let sev = a.severity.unwrap_or(Severity::Warning);
     let tag = match sev {
         Severity::Critical => "CRITICAL",
         Severity::Warning => "WARNING",
         Severity::Resolved => "RESOLVED",
+        Severity::Info => "INFO",
     };
     let id = &a.instance_id;
     let subject = match a.rule {
@@ -372,6 +392,7 @@ pub fn compose(a: &Alert) -> Message {
         Some(Rule::DeletionResolved) => format!("[safeguard] {tag}: instance {id} is live again - the deletion reported at {} did not happen", a.episode),
         Some(Rule::NoRecentBaseBackup) => format!("[safeguard] {tag}: instance {id} has no recent base backup"),
         Some(Rule::WalArchivingFailing) => format!("[safeguard] {tag}: WAL archiving problem on instance {id}"),
+        Some(Rule::Digest) => format!("[safeguard] {tag}: daily digest {}", a.episode),
         None => format!("[safeguard] {tag}: instance {id}"),
     };
     let s = &a.snapshot;
@@ -424,6 +445,9 @@ pub fn compose(a: &Alert) -> Message {
 
 /// The webhook's JSON body: a Slack-compatible `text` plus the structured alert.
 pub fn webhook_body(a: &Alert) -> serde_json::Value {
+    if let Some(d) = a.digest.as_deref() {
+        return crate::digest::webhook_body(a, d);
+    }
     let m = compose(a);
     serde_json::json!({
         "text": format!("{}\n{}", m.subject, a.summary),

@@ -1,11 +1,12 @@
 //! safeguard's pure core: [`parse`] turns one syslog line into a typed [`parse::Event`]; [`state`]
 //! applies events to an instance record and says what they caused ([`state::Effect`]), as a function of
 //! the set of facts seen. No I/O, no clock (time is passed in), no panic on any input. [`timeutil`] holds
-//! the time arithmetic both need; [`alerts`] are the alert rules and messages; [`layout`] is WAL-E's object layout, which the log lines, `verify` and
+//! the time arithmetic both need; [`alerts`] are the alert rules and messages, [`digest`] the daily digest's figures and text; [`layout`] is WAL-E's object layout, which the log lines, `verify` and
 //! recovery all read; [`gen`] generates realistic platform syslog with its truth, for tests
 //! and benchmarks.
 
 pub mod alerts;
+pub mod digest;
 pub mod gen;
 pub mod layout;
 pub mod parse;
