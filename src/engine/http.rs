@@ -652,7 +652,9 @@ fn alert_metrics(sh: &Shared) -> Result<(), crate::store::StoreError> {
     use crate::alerts::Rule;
     // Every rule and state is exported, zero when none, so a rule's first alert is a change, not a new series.
     let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for rule in ["instance_deleted", "deleted_without_base_backup", "deletion_resolved", "no_recent_base_backup", "wal_archiving_failing", "digest", "undecided"] {
+    for rule in
+        ["instance_deleted", "deleted_without_base_backup", "deletion_resolved", "no_recent_base_backup", "wal_archiving_failing", "digest", "undecided"]
+    {
         for state in ["pending", "sent", "failed", "suppressed"] {
             by.insert((rule.to_string(), state.to_string()), 0);
         }
