@@ -83,7 +83,8 @@ fn fill_outbox(store: &safeguard::store::Store, mut cfg: safeguard::pipeline::En
         e.commit(None)?;
     }
     let p = RuleParams::default();
-    let far = safeguard::timeutil::now_ms() + 365 * 86_400_000;
+    let now = safeguard::timeutil::now_ms();
+    let far = now + 365 * 86_400_000;
     let mut made = 0;
     'records: for r in store.records() {
         let r = r?;
@@ -98,6 +99,8 @@ fn fill_outbox(store: &safeguard::store::Store, mut cfg: safeguard::pipeline::En
                 break 'records;
             }
             if made < delivered {
+                // Delivered in the last month: inside the default retention, so they stay in the outbox.
+                a.raised_at = now - (1 + made as i64 % 30) * 86_400_000;
                 a.state = Delivery::Sent;
                 a.sent_at = Some(a.raised_at + 1_000);
             } else {

@@ -353,13 +353,23 @@ fn deadline_of(key: &[u8]) -> Option<i64> {
 /// `instances`' selection on an open store: deleted ones from the deleted index when it is kept, so the
 /// cost follows what is listed.
 fn select_in(s: &Store, filter: &Filter, now: i64, rules: &RiskRules) -> Result<Vec<InstanceRecord>, StoreError> {
+    let mut out = Vec::new();
+    each_in(s, filter, now, rules, |r| {
+        out.push(r);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Hands each selected record to `f` (which returns whether to go on), without collecting them.
+fn each_in(s: &Store, filter: &Filter, now: i64, rules: &RiskRules, f: impl FnMut(InstanceRecord) -> bool) -> Result<(), StoreError> {
     if filter.deleted {
         if let Some(ids) = s.deleted_ids()? {
             let recs = ids.into_iter().filter_map(|id| s.record(&id).transpose());
-            return select(recs, filter, now, rules);
+            return each(recs, filter, now, rules, f);
         }
     }
-    select(s.records(), filter, now, rules)
+    each(s.records(), filter, now, rules, f)
 }
 
 fn select(
@@ -369,6 +379,20 @@ fn select(
     rules: &RiskRules,
 ) -> Result<Vec<InstanceRecord>, StoreError> {
     let mut out = Vec::new();
+    each(records, filter, now, rules, |r| {
+        out.push(r);
+        true
+    })?;
+    Ok(out)
+}
+
+fn each(
+    records: impl Iterator<Item = Result<InstanceRecord, StoreError>>,
+    filter: &Filter,
+    now: i64,
+    rules: &RiskRules,
+    mut f: impl FnMut(InstanceRecord) -> bool,
+) -> Result<(), StoreError> {
     for r in records {
         let r = r?;
         if filter.deleted && r.status != Status::Deleted {
@@ -377,9 +401,57 @@ fn select(
         if filter.at_risk && assess(&r, now, rules).is_empty() {
             continue;
         }
-        out.push(r);
+        if !f(r) {
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Bytes of a streamed answer handed to the connection at a time.
+const STREAM_CHUNK: usize = 64 << 10;
+
+/// Answers one request into `tx`, in chunks. A listing is written record by record as it is read, in
+/// the same JSON as [`Response::Records`], so the watcher holds a chunk, not the whole answer (100,000
+/// deleted instances are hundreds of megabytes of JSON). A store error after records went out ends the
+/// answer early: the client reports an unreadable answer.
+fn respond(store: &Store, line: &str, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) {
+    let one = |resp: Response| {
+        let mut out = serde_json::to_vec(&resp)
+            .unwrap_or_else(|e| serde_json::to_vec(&Response::Error(format!("cannot encode the answer: {e}"))).unwrap_or_else(|_| b"{}".to_vec()));
+        out.push(b'\n');
+        let _ = tx.blocking_send(out);
+    };
+    let Ok(Request::Instances { filter, now, rules }) = serde_json::from_str::<Request>(line) else {
+        return one(answer(store, line));
+    };
+    let rules = RiskRules { max_base_backup_age_ms: rules.0, wal_silence_ms: rules.1 };
+    let mut buf = br#"{"records":["#.to_vec();
+    let (mut sent, mut first, mut open) = (false, true, true);
+    let res = each_in(store, &filter, now, &rules, |r| {
+        if !first {
+            buf.push(b',');
+        }
+        first = false;
+        if serde_json::to_writer(&mut buf, &r).is_err() {
+            open = false;
+            return false;
+        }
+        if buf.len() >= STREAM_CHUNK {
+            sent = true;
+            open = tx.blocking_send(std::mem::take(&mut buf)).is_ok();
+        }
+        open
+    });
+    match res {
+        Ok(()) if open => {
+            buf.extend_from_slice(b"]}\n");
+            let _ = tx.blocking_send(buf);
+        }
+        Err(e) if !sent => one(Response::Error(e.to_string())),
+        Err(e) => tracing::warn!(error = %e, "a listing failed part way; the client was sent what was read"),
+        Ok(()) => {}
+    }
 }
 
 /// (instances, deleted).
@@ -509,12 +581,28 @@ async fn serve_conn(conn: tokio::net::UnixStream, store: Store, limits: Limits) 
             }
         };
         let s = store.clone();
-        let resp = tokio::task::spawn_blocking(move || answer(&s, &line)).await.unwrap_or_else(|e| Response::Error(format!("query failed: {e}")));
-        // An answer that cannot be encoded still gets an answer: the error, which always encodes.
-        let mut out = serde_json::to_vec(&resp)
-            .unwrap_or_else(|e| serde_json::to_vec(&Response::Error(format!("cannot encode the answer: {e}"))).unwrap_or_else(|_| b"{}".to_vec()));
-        out.push(b'\n');
-        if w.write_all(&out).await.is_err() {
+        // The answer comes in chunks, a few at a time: a long listing never sits whole in the watcher.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let job = tokio::task::spawn_blocking(move || respond(&s, &line, &tx));
+        let (mut ok, mut wrote) = (true, false);
+        while let Some(chunk) = rx.recv().await {
+            wrote = true;
+            if w.write_all(&chunk).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        // Dropping the receiver ends a listing whose reader left.
+        drop(rx);
+        if let Err(e) = job.await {
+            if !wrote {
+                let mut out = serde_json::to_vec(&Response::Error(format!("query failed: {e}"))).unwrap_or_else(|_| b"{}".to_vec());
+                out.push(b'\n');
+                let _ = w.write_all(&out).await;
+            }
+            return;
+        }
+        if !ok {
             return;
         }
     }

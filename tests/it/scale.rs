@@ -203,3 +203,43 @@ proptest! {
         }
     }
 }
+
+/// A listing through the running watcher is streamed record by record (the watcher never holds the
+/// whole answer); it must be the same listing the snapshot gives without a watcher, across many chunks.
+#[test]
+fn a_long_listing_through_the_watcher_equals_the_one_without_it() {
+    use crate::common::{bin, free_port, run, wait_until, KillOnDrop};
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("syslog");
+    let cfg = GenConfig { seed: 5, lines: 40_000, concurrent_instances: 150, noise: 0.2, delete_fraction: 0.5, ..GenConfig::default() };
+    Generator::new(cfg).write_all(&mut std::io::BufWriter::new(std::fs::File::create(&log).unwrap())).unwrap();
+    let store = tmp.path().join("store");
+    let s = store.to_str().unwrap();
+    let (code, _, err) = run(&["ingest", log.to_str().unwrap(), "--quiet", "--store", s]);
+    assert_eq!(code, 0, "{err}");
+    let list = |args: &[&str]| {
+        let mut a = vec!["instances", "--json", "--store", s];
+        a.extend_from_slice(args);
+        let (code, out, err) = run(&a);
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let (all, deleted) = (list(&[]), list(&["--deleted"]));
+    assert!(all.len() > 256 << 10, "the listing must span several chunks: {} bytes", all.len());
+    let n: Vec<serde_json::Value> = serde_json::from_str(&deleted).unwrap();
+    assert!(n.len() > 50, "{} deleted", n.len());
+
+    let port = free_port();
+    let _w = KillOnDrop(
+        std::process::Command::new(bin())
+            .args(["watch", "--store", s, "--syslog", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the watcher's socket", std::time::Duration::from_secs(20), || store.join("safeguard.sock").exists());
+    let (_, st, _) = run(&["status", "--json", "--store", s]);
+    assert!(st.contains("\"watcher_running\": true"), "{st}");
+    assert_eq!(list(&[]), all, "the watcher's streamed listing differs from the snapshot's");
+    assert_eq!(list(&["--deleted"]), deleted);
+}
