@@ -134,7 +134,7 @@ pub fn ingest_with(store: &Store, cfg: EngineConfig, paths: &[PathBuf], mut opts
             Step::Restart { input } => engine.restart(handles[input].expect("registered")),
             Step::Skipped { input, lines } => engine.note_skipped(handles[input].expect("registered"), lines),
         }
-        if since_commit >= COMMIT_BYTES {
+        if since_commit >= COMMIT_BYTES || engine.should_commit() {
             effects.extend(engine.commit(None)?.effects);
             since_commit = 0;
         }

@@ -51,6 +51,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// Most changed records held between commits (see [`Engine::should_commit`]).
+pub const DIRTY_MAX: usize = 20_000;
+
 /// Most instances visited per commit for a passed deadline or the absence rules: a backlog (after an
 /// ingest, or changed thresholds) is worked off over several commits, never in one long stall.
 pub const VISIT_MAX: usize = 10_000;
@@ -237,6 +240,12 @@ impl Engine {
     /// Lines fed since the last commit.
     pub fn uncommitted_lines(&self) -> u64 {
         self.uncommitted_lines
+    }
+
+    /// Whether what waits for the next commit has grown to [`DIRTY_MAX`] records: a backfill that touches
+    /// a million instances must not hold them all in memory (and in one batch) until its next commit.
+    pub fn should_commit(&self) -> bool {
+        self.dirty.len() >= DIRTY_MAX
     }
 
     /// Registers a live source (its clock is the wall clock). `id` must be stable across restarts for a

@@ -229,7 +229,7 @@ fn engine_loop(
                 }
             }
         }
-        if engine.uncommitted_lines() >= cfg.commit_lines {
+        if engine.uncommitted_lines() >= cfg.commit_lines || engine.should_commit() {
             commit(&mut engine, false)?;
         }
     }

@@ -243,3 +243,28 @@ fn a_long_listing_through_the_watcher_equals_the_one_without_it() {
     assert_eq!(list(&[]), all, "the watcher's streamed listing differs from the snapshot's");
     assert_eq!(list(&["--deleted"]), deleted);
 }
+
+/// Changed records wait in memory for the next commit; past DIRTY_MAX the engine asks for one (ingest and
+/// the watcher then commit), so a backfill touching a million instances holds a bounded number.
+#[test]
+fn changed_records_held_between_commits_are_bounded() {
+    use safeguard::pipeline::DIRTY_MAX;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut e = Engine::new(Store::open(tmp.path(), 8 << 20).unwrap(), EngineConfig::default()).unwrap();
+    let h = e.add_source(SourceId::stream(b"bound"), "t", true).unwrap();
+    let mut off = 0;
+    for i in 0..DIRTY_MAX {
+        let l = crate::common::lager(
+            1_772_323_200_000 + i as i64,
+            "add-node.perform",
+            &format!(r#""instance-id":"{i:08x}-0000-4000-8000-000000000000","node-uuid":"{i:08x}-1111-4000-8000-000000000000""#),
+        );
+        off += l.len() as u64 + 1;
+        assert!(!e.should_commit(), "asked for a commit at {i} records");
+        e.feed_line(h, off, l.as_bytes());
+    }
+    assert!(e.should_commit(), "{DIRTY_MAX} changed records and no commit asked for");
+    e.commit(None).unwrap();
+    assert!(!e.should_commit());
+    assert_eq!(e.store().tally().unwrap().unwrap().instances, DIRTY_MAX as u64);
+}
