@@ -171,6 +171,15 @@ fn container_definition_is_multi_stage_and_runs_as_a_non_root_user() {
     assert!(text.contains("cargo build --release --locked"));
     let ignore = std::fs::read_to_string(deploy("container/Dockerfile.dockerignore")).unwrap();
     assert!(ignore.lines().next().is_some() && ignore.contains("!src/"), "{ignore}");
+    // Every workspace member is built from inside the image: its directory is sent and copied.
+    let manifest: toml::Value = toml::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap()).unwrap();
+    for m in manifest["workspace"]["members"].as_array().unwrap() {
+        let m = m.as_str().unwrap();
+        let top = m.split('/').next().unwrap();
+        assert!(ignore.lines().any(|l| l == format!("!{top}/")), "the dockerignore leaves out workspace member {m}");
+        assert!(text.contains(&format!("COPY {m}/Cargo.toml")), "the dependency layer lacks {m}'s manifest");
+        assert!(text.lines().any(|l| l.starts_with(&format!("COPY {top} "))), "the image does not copy {m}");
+    }
 }
 
 #[test]
