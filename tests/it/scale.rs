@@ -148,7 +148,9 @@ proptest! {
                 Op::Restart => {
                     e.commit_at(None, clock).unwrap();
                     drop(e);
-                    e = Engine::new(Store::open(tmp.path(), 8 << 20).unwrap(), config()).unwrap();
+                    // sled's flusher thread may hold the lock for a moment after the last handle drops.
+                    let store = Store::open_waiting(tmp.path(), 8 << 20, std::time::Duration::from_secs(10)).unwrap();
+                    e = Engine::new(store, config()).unwrap();
                 }
                 Op::Advance(m) => clock += i64::from(m) * 60_000,
                 Op::Scan => e.scan_absence(),
