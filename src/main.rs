@@ -146,6 +146,11 @@ enum Cmd {
         #[command(subcommand)]
         what: ReportWhat,
     },
+    /// The store's own backups in the object store: `store backup`, `store backups`, `store restore`.
+    Store {
+        #[command(subcommand)]
+        action: cmd::store::StoreCmd,
+    },
     /// Check every configured connection (store, Kafka, S3, etcd, SMTP, webhook, Cloud Controller,
     /// HTTP endpoint) with the same kind of call the real work makes; exit 1 if any fails.
     Doctor {
@@ -244,6 +249,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Status { json } => cmd::query::status(ctx, json),
         Cmd::Recover(args) => cmd::recover::run(ctx, *args),
         Cmd::Recoveries(args) => cmd::recover::recoveries(ctx, args),
+        Cmd::Store { action } => cmd::store::run(ctx, action),
         Cmd::Doctor { timeout, json } => cmd::doctor::run(ctx, timeout, json),
         Cmd::Report { what: ReportWhat::Deleted { older_than, json, csv } } => cmd::report::deleted(ctx, older_than, json, csv),
         Cmd::Completions { shell } => {

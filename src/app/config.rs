@@ -59,6 +59,8 @@ pub struct Config {
     pub report: crate::app::cost::ReportConfig,
     /// A dead-man's switch pinged while the watcher is ready; off without this section.
     pub heartbeat: Option<crate::engine::heartbeat::HeartbeatConfig>,
+    /// The watcher backs its store up to the object store (`[s3]` gives the endpoint); off without it.
+    pub backup: Option<crate::store::backup::BackupConfig>,
     /// What `safeguard doctor` needs beyond the rest (the S3 prefix to list, the etcd key to read).
     pub doctor: DoctorConfig,
 }
@@ -95,6 +97,9 @@ impl Config {
         if let Some(h) = &self.heartbeat {
             h.validate()?;
         }
+        if let Some(b) = &self.backup {
+            b.validate()?;
+        }
         self.report.validate()?;
         if let Some(cc) = &self.cloud_controller {
             cc.validate()?;
@@ -130,6 +135,7 @@ impl Config {
             risk: self.risk_rules(),
             recoveries: None,
             heartbeat: self.heartbeat.clone(),
+            backup: self.backup.clone(),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod query;
 pub mod recover;
 pub mod report;
+pub mod store;
 pub mod verify;
 pub mod watch;
 

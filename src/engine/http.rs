@@ -163,6 +163,13 @@ fn describe() {
         Unit::Seconds,
         "How long each store commit took (building the batch, applying it, flushing it to disk)."
     );
+    describe_gauge!(
+        "safeguard_backup_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "When the store's last backup ([backup]) was uploaded with its manifest (absent: none since the watcher started)."
+    );
+    describe_gauge!("safeguard_backup_last_bytes", Unit::Bytes, "Compressed size of the store's last backup.");
+    describe_counter!("safeguard_backup_failures_total", "Backups of the store that were due and did not reach the object store (the log says why).");
     describe_gauge!("safeguard_recoveries", "Recoveries in the journal, by outcome (running, failed, succeeded, abandoned).");
     describe_gauge!(
         "safeguard_kafka_consumer_lag",

@@ -19,6 +19,7 @@ use crate::settings::{check_nonzero, millis};
 use crate::sources::{Durable, Msg, Sink, SourceConfig, StartError};
 use crate::state::risk::RiskRules;
 use crate::state::{Effect, Rules};
+use crate::store::backup::BackupRun;
 use crate::store::{Counters, Store, StoreError};
 use crate::timeutil::{now_ms, rfc3339};
 
@@ -121,6 +122,8 @@ pub struct Setup {
     pub recoveries: Option<crate::engine::http::RecoveryCounts>,
     /// Pings a dead-man's switch while the watcher is ready.
     pub heartbeat: Option<crate::engine::heartbeat::HeartbeatConfig>,
+    /// Backs the store up to the object store (`s3` gives the endpoint and credentials).
+    pub backup: Option<crate::store::backup::BackupConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,8 @@ pub enum WatchError {
     S3(#[from] S3Error),
     #[error(transparent)]
     Alerts(#[from] crate::sinks::sender::SenderError),
+    #[error(transparent)]
+    Backup(#[from] crate::store::backup::BackupError),
     #[error("[alerts.digest]: {0}")]
     Digest(String),
     #[error("the engine thread panicked; the store keeps what it last committed and a restart resumes from there; please report the panic in the log above")]
@@ -173,7 +178,7 @@ fn engine_loop(
     mut rx: mpsc::Receiver<Msg>,
     cfg: WatchConfig,
     scan_every: Option<Duration>,
-    mut digest: Option<DigestRun>,
+    (mut digest, mut backup): (Option<DigestRun>, Option<BackupRun>),
     sources_total: usize,
     durable: tokio::sync::watch::Sender<Durable>,
 ) -> Result<Counters, StoreError> {
@@ -211,6 +216,10 @@ fn engine_loop(
                     engine.scan_absence();
                 }
                 commit(&mut engine, true)?;
+                // Between commits, on the one thread that commits: the copy is one moment of the store.
+                if let Some(b) = backup.as_mut() {
+                    b.tick(engine.store(), now_ms());
+                }
                 // After the commit, so the store holds every record the digest reads; its own commit
                 // follows at once.
                 if let Some(d) = digest.as_mut() {
@@ -239,7 +248,8 @@ fn engine_loop(
 
 /// Runs until `shutdown` resolves or every source has finished (stdin or a non-followed file).
 pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<Output = ()>) -> Result<Counters, WatchError> {
-    let Setup { watch, mut engine, sources, http, alerts, s3, risk, recoveries, heartbeat } = setup;
+    let Setup { watch, mut engine, sources, http, alerts, s3, risk, recoveries, heartbeat, backup } = setup;
+    let backup = backup.map(|b| BackupRun::new(b, s3.as_ref(), tokio::runtime::Handle::current(), store.path())).transpose()?;
     engine.raise_absence = alerts.is_some();
     let engine = Engine::new(store.clone(), engine)?;
     // [alerts.digest]: the Kafka lag it reports is the one /metrics computes, from the health server's
@@ -270,7 +280,7 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
     let (wcfg, scan_every) = (watch.clone(), alerts.as_ref().map(|a| a.absence_scan_interval));
     let engine_thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine_loop(engine, rx, wcfg, scan_every, digest, if all_finite { finite } else { usize::MAX }, durable_tx))
+        .spawn(move || engine_loop(engine, rx, wcfg, scan_every, (digest, backup), if all_finite { finite } else { usize::MAX }, durable_tx))
         .map_err(WatchError::Thread)?;
 
     // [http]: health and metrics, up before the sources so /readyz can say they are starting.

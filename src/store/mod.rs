@@ -1,6 +1,7 @@
 //! The embedded sled store: instance records, attribution indexes, source positions, counters and effects.
 //! Every write goes through [`Store::commit`], one atomic batch followed by a flush.
 
+pub mod backup;
 pub mod keys;
 pub mod query;
 pub mod snapshot;
@@ -76,6 +77,20 @@ pub enum StoreError {
     Encode { key: String, source: serde_json::Error },
     #[error("cannot remove the read snapshot {path} before writing: {source}; remove it by hand (it is rebuilt when the store next closes)")]
     StaleSnapshot { path: PathBuf, source: std::io::Error },
+    #[error("writing a copy of the store to {path} failed: {source}; free space on the disk holding it (the store itself is unchanged)")]
+    Copy { path: PathBuf, source: std::io::Error },
+}
+
+/// What a consistent copy of the store holds, counted while it was written ([`Store::write_backup_snapshot`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    pub schema: u32,
+    pub entries: u64,
+    pub instances: u64,
+    /// Each source's position (its stored key, without `p/`) -> offset.
+    pub positions: BTreeMap<String, u64>,
+    /// How long the writers were held off.
+    pub held: std::time::Duration,
 }
 
 fn disk_full(e: &sled::Error) -> bool {
@@ -613,6 +628,70 @@ impl Store {
         self.db.flush().inspect_err(|_| telemetry::failed("flush"))?;
         telemetry::commit_took(started.elapsed());
         Ok(())
+    }
+}
+
+impl Store {
+    /// Writes a consistent point-in-time copy of everything the store holds to `path`, in the read
+    /// snapshot's format ([`snapshot::write_file`]), while holding the write lock: no commit, alert
+    /// update or retirement runs meanwhile, so the records, indexes, counts, outbox and source positions
+    /// in it are those of one moment between commits. The writers wait only for this local, sequential
+    /// copy; compressing and uploading it is the caller's, after this returns.
+    pub fn write_backup_snapshot(&self, path: &Path) -> Result<CopyStats, StoreError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let started = std::time::Instant::now();
+        let schema = self.schema_version()?.and_then(|v| v.parse().ok()).unwrap_or(SCHEMA_VERSION);
+        let mut stats = CopyStats { schema, ..CopyStats::default() };
+        let res = snapshot::write_file(path, schema, &self.db, |k, v| {
+            if k.starts_with(keys::INSTANCE.as_bytes()) {
+                stats.instances += 1;
+            } else if k.starts_with(keys::POSITION.as_bytes()) {
+                if let Ok((src, pos)) = Self::position_entry(k, v) {
+                    stats.positions.insert(src, pos.offset);
+                }
+            }
+        });
+        match res {
+            Ok(n) => {
+                stats.entries = n;
+                stats.held = started.elapsed();
+                Ok(stats)
+            }
+            Err(source) => {
+                let _ = std::fs::remove_file(path);
+                Err(StoreError::Copy { path: path.to_path_buf(), source })
+            }
+        }
+    }
+
+    /// Writes entries as they are (a restore rebuilding a store from a backup's copy) in one atomic
+    /// batch, under the write lock. Only for a store being rebuilt: nothing else may run on it, and the
+    /// entries must be a whole store's (their counts and indexes come with them).
+    pub fn load_entries(&self, entries: Vec<snapshot::KeyValue>) -> Result<(), StoreError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.snap.before_write()?;
+        let mut b = sled::Batch::default();
+        for (k, v) in entries {
+            b.insert(k, v);
+        }
+        self.db.apply_batch(b)?;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// True when at least one instance is recorded.
+    pub fn has_instances(&self) -> bool {
+        self.db.scan_prefix(keys::INSTANCE).next().is_some()
+    }
+
+    /// Entries in the store (a fresh one holds only its schema version).
+    pub fn entry_count(&self) -> usize {
+        self.db.len()
     }
 }
 

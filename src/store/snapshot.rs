@@ -52,7 +52,11 @@ pub fn remove(store_dir: &Path) -> std::io::Result<()> {
 /// Writes every entry of `db` (in key order) as the store's snapshot, atomically.
 pub fn write(store_dir: &Path, schema: u32, db: &sled::Db) -> std::io::Result<u64> {
     let tmp = store_dir.join(format!("{FILE_NAME}.tmp"));
-    let res = write_to(&tmp, store_dir, schema, db);
+    let res = write_file(&tmp, schema, db, |_, _| {}).and_then(|n| {
+        std::fs::rename(&tmp, path_in(store_dir))?;
+        fsync_dir(store_dir)?;
+        Ok(n)
+    });
     if res.is_err() {
         // A full disk must not also keep a half-written copy around.
         let _ = std::fs::remove_file(&tmp);
@@ -60,9 +64,13 @@ pub fn write(store_dir: &Path, schema: u32, db: &sled::Db) -> std::io::Result<u6
     res
 }
 
-fn write_to(tmp: &Path, store_dir: &Path, schema: u32, db: &sled::Db) -> std::io::Result<u64> {
+/// Writes every entry of `db` (in key order) in this format to `path` (created 0600, fsynced), showing
+/// each (key, value) to `visit` on the way; the caller decides where the file goes. Returns the count.
+/// The copy is of whatever `db` holds while it is read: a consistent one needs its writers held off
+/// (see `Store::write_backup_snapshot`).
+pub fn write_file(path: &Path, schema: u32, db: &sled::Db, mut visit: impl FnMut(&[u8], &[u8])) -> std::io::Result<u64> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     w.write_all(&[0u8; HEADER as usize])?;
     let mut index: Vec<u8> = Vec::new();
@@ -73,6 +81,7 @@ fn write_to(tmp: &Path, store_dir: &Path, schema: u32, db: &sled::Db) -> std::io
         let (kl, vl) = (u32::try_from(k.len()).map_err(std::io::Error::other)?, u32::try_from(v.len()).map_err(std::io::Error::other)?);
         w.write_all(&k)?;
         w.write_all(&v)?;
+        visit(&k, &v);
         index.extend_from_slice(&off.to_le_bytes());
         index.extend_from_slice(&kl.to_le_bytes());
         index.extend_from_slice(&vl.to_le_bytes());
@@ -89,9 +98,6 @@ fn write_to(tmp: &Path, store_dir: &Path, schema: u32, db: &sled::Db) -> std::io
     h[24..32].copy_from_slice(&off.to_le_bytes());
     f.write_all(&h)?;
     f.sync_all()?;
-    drop(f);
-    std::fs::rename(tmp, path_in(store_dir))?;
-    fsync_dir(store_dir)?;
     Ok(count)
 }
 
@@ -109,7 +115,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Opens the store's snapshot; `Ok(None)` when there is none.
     pub fn open(store_dir: &Path) -> Result<Option<Snapshot>, SnapshotError> {
-        let path = path_in(store_dir);
+        Self::open_file(&path_in(store_dir))
+    }
+
+    /// Opens a file in this format anywhere (a backup being restored); `Ok(None)` when there is none.
+    pub fn open_file(path: &Path) -> Result<Option<Snapshot>, SnapshotError> {
+        let path = path.to_path_buf();
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -130,6 +141,43 @@ impl Snapshot {
 
     pub fn schema(&self) -> u32 {
         self.schema
+    }
+
+    /// How many entries it holds.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Every entry in key order, `batch` at a time (the last batch may be shorter): one pass over the
+    /// index and one sequential pass over the data, so a restore reads the file once.
+    pub fn for_each_batch(&self, batch: usize, mut f: impl FnMut(Vec<KeyValue>) -> Result<(), SnapshotError>) -> Result<(), SnapshotError> {
+        let batch = batch.max(1) as u64;
+        let mut i = 0u64;
+        while i < self.count {
+            let n = batch.min(self.count - i);
+            let idx = self.read(self.index_off + i * ENTRY, usize::try_from(n * ENTRY).map_err(|_| self.bad("index too large"))?)?;
+            let entries: Vec<(u64, u32, u32)> = idx.chunks_exact(ENTRY as usize).map(index_entry).collect();
+            let start = entries[0].0;
+            let end = entries.iter().map(|&(o, k, v)| o + u64::from(k) + u64::from(v)).max().unwrap_or(start);
+            if start < HEADER || end > self.index_off || end < start {
+                return Err(self.bad("an index entry points outside the data"));
+            }
+            let data = self.read(start, usize::try_from(end - start).map_err(|_| self.bad("batch too large"))?)?;
+            let mut out = Vec::with_capacity(entries.len());
+            for (o, k, v) in entries {
+                let a = usize::try_from(o.checked_sub(start).ok_or_else(|| self.bad("entries out of order"))?).map_err(|_| self.bad("offset"))?;
+                let (k, v) = (k as usize, v as usize);
+                let kv = data.get(a..a + k + v).ok_or_else(|| self.bad("an index entry points outside the data"))?;
+                out.push((kv[..k].to_vec(), kv[k..].to_vec()));
+            }
+            f(out)?;
+            i += n;
+        }
+        Ok(())
     }
 
     fn io(&self, source: std::io::Error) -> SnapshotError {

@@ -20,6 +20,18 @@ pub fn failed(op: &'static str) {
     metrics::counter!(ERRORS, "op" => op).increment(1);
 }
 
+/// `safeguard_backup_last_success_timestamp_seconds` and `safeguard_backup_last_bytes`: a backup
+/// uploaded with its manifest ([`super::backup`]).
+pub fn backup_made(bytes: u64) {
+    metrics::gauge!("safeguard_backup_last_success_timestamp_seconds").set(crate::timeutil::now_ms() as f64 / 1000.0);
+    metrics::gauge!("safeguard_backup_last_bytes").set(bytes as f64);
+}
+
+/// `safeguard_backup_failures_total`: a backup that was due and did not reach the object store.
+pub fn backup_failed() {
+    metrics::counter!("safeguard_backup_failures_total").increment(1);
+}
+
 pub fn commit_took(d: std::time::Duration) {
     metrics::histogram!(COMMIT_DURATION).record(d.as_secs_f64());
 }

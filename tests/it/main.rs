@@ -9,6 +9,7 @@ mod recover_support;
 mod alert_rules;
 mod alerts;
 mod archives;
+mod backup;
 mod deploy;
 mod digest;
 mod doctor;

@@ -14,6 +14,8 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod objects;
+
 /// Object store settings (`[s3]` in the configuration file).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -167,6 +169,9 @@ pub enum S3Error {
 
     #[error("refused: {reason}")]
     Guard { reason: String },
+
+    #[error("{op} {url}: the local file {path} failed: {detail}. Check the disk holding it (space, permissions)")]
+    Local { op: &'static str, url: String, path: String, detail: String },
 }
 
 /// An `s3://bucket/key` location. A prefix parsed with [`S3Url::parse`] always ends with `/`.

@@ -1,0 +1,125 @@
+//! Whole objects: put a file or bytes, get one as a stream of chunks, delete named keys under a prefix.
+//! What the store's own backups need (`store::backup`); WAL-E's objects are only ever listed and copied.
+
+use std::path::Path;
+
+use aws_sdk_s3::primitives::ByteStream;
+
+use super::{ObjectStore, S3Error, S3Url};
+
+/// Attempts for each whole-object call on transient errors (throttling, 5xx, timeouts, resets).
+const ATTEMPTS: u32 = 3;
+
+impl ObjectStore {
+    /// Uploads the file at `path` as the object `url` (one PutObject: up to 5 GiB).
+    pub async fn put_file(&self, url: &S3Url, path: &Path) -> Result<(), S3Error> {
+        let client = self.client().await;
+        self.retrying(ATTEMPTS, None, || async {
+            let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Local {
+                op: "PutObject",
+                url: url.to_string(),
+                path: path.display().to_string(),
+                detail: crate::error_chain(&e),
+            })?;
+            client.put_object().bucket(&url.bucket).key(&url.key).body(body).send().await.map_err(|e| self.op_err("PutObject", url, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Uploads `bytes` as the object `url`.
+    pub async fn put_bytes(&self, url: &S3Url, bytes: Vec<u8>, content_type: &str) -> Result<(), S3Error> {
+        let client = self.client().await;
+        self.retrying(ATTEMPTS, None, || async {
+            client
+                .put_object()
+                .bucket(&url.bucket)
+                .key(&url.key)
+                .content_type(content_type)
+                .body(ByteStream::from(bytes.clone()))
+                .send()
+                .await
+                .map_err(|e| self.op_err("PutObject", url, e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Downloads the object `url`, handing each chunk to `sink` as it arrives (nothing is held in
+    /// memory beyond one chunk). Returns the bytes received. An error from `sink` stops the download and
+    /// is reported as a local failure on `local` (what the sink writes to).
+    pub async fn get_chunks(&self, url: &S3Url, local: &Path, mut sink: impl FnMut(&[u8]) -> std::io::Result<()>) -> Result<u64, S3Error> {
+        let client = self.client().await;
+        let out = client.get_object().bucket(&url.bucket).key(&url.key).send().await.map_err(|e| self.op_err("GetObject", url, e))?;
+        let mut body = out.body;
+        let mut n = 0u64;
+        loop {
+            let chunk = body.try_next().await.map_err(|e| S3Error::Operation {
+                op: "GetObject",
+                endpoint: self.endpoint_label(),
+                url: url.to_string(),
+                code: "read".into(),
+                status: 0,
+                detail: self.config.scrub(&crate::error_chain(&e)),
+            })?;
+            let Some(chunk) = chunk else { break };
+            sink(&chunk).map_err(|e| S3Error::Local { op: "GetObject", url: url.to_string(), path: local.display().to_string(), detail: e.to_string() })?;
+            n += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Downloads a small object whole (at most `max` bytes: a manifest, not a backup).
+    pub async fn get_bytes(&self, url: &S3Url, max: usize) -> Result<Vec<u8>, S3Error> {
+        let mut buf = Vec::new();
+        let too_big = std::io::Error::other(format!("the object is larger than {max} bytes"));
+        let mut over = Some(too_big);
+        self.get_chunks(url, Path::new("(memory)"), |c| {
+            if buf.len() + c.len() > max {
+                return Err(over.take().unwrap_or_else(|| std::io::Error::other("too large")));
+            }
+            buf.extend_from_slice(c);
+            Ok(())
+        })
+        .await?;
+        Ok(buf)
+    }
+
+    /// Deletes `keys` (full keys in `prefix`'s bucket), each checked to lie under `prefix`, which must
+    /// not be a whole bucket; keys already gone count as deleted.
+    pub async fn delete_under(&self, prefix: &S3Url, keys: &[String]) -> Result<u64, S3Error> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        if prefix.key.is_empty() || !prefix.is_prefix() {
+            return Err(S3Error::Guard { reason: format!("deleting under {prefix}: a prefix ending in '/' inside a bucket is needed, never a whole bucket") });
+        }
+        let client = self.client().await;
+        let mut deleted = 0u64;
+        for chunk in keys.chunks(1000) {
+            let mut ids = Vec::with_capacity(chunk.len());
+            for k in chunk {
+                if prefix.relative(k).is_none_or(|r| r.is_empty() || r.split('/').any(|p| p == ".." || p == ".")) {
+                    return Err(S3Error::Guard { reason: format!("refusing to delete s3://{}/{k}: it is not under {prefix}", prefix.bucket) });
+                }
+                ids.push(ObjectIdentifier::builder().key(k).build().map_err(|e| S3Error::Guard { reason: e.to_string() })?);
+            }
+            let del = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| S3Error::Guard { reason: e.to_string() })?;
+            let out = self
+                .retrying(ATTEMPTS, None, || async {
+                    client.delete_objects().bucket(&prefix.bucket).delete(del.clone()).send().await.map_err(|e| self.op_err("DeleteObjects", prefix, e))
+                })
+                .await?;
+            if let Some(e) = out.errors().first() {
+                return Err(S3Error::Operation {
+                    op: "DeleteObjects",
+                    endpoint: self.endpoint_label(),
+                    url: format!("s3://{}/{}", prefix.bucket, e.key().unwrap_or("?")),
+                    code: e.code().unwrap_or("").to_string(),
+                    status: 0,
+                    detail: format!("{} of {} keys were not deleted: {}", out.errors().len(), chunk.len(), e.message().unwrap_or("")),
+                });
+            }
+            deleted += chunk.len() as u64;
+        }
+        Ok(deleted)
+    }
+}
