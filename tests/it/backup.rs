@@ -25,7 +25,7 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 }
 
 /// A new bucket for this run (moto outlives the tests), named from `base`.
-fn make_bucket(base: &str) -> String {
+pub(crate) fn make_bucket(base: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     let bucket = format!("{base}-{}-{nanos}", std::process::id());
     block_on(async {

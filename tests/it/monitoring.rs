@@ -540,10 +540,23 @@ fn the_rules_and_the_dashboard_query_only_metrics_a_running_watcher_exports() {
     create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 1);
     let tmp = tempfile::tempdir().unwrap();
     let (syslog, http) = (free_port(), free_port());
+    // And store backups to the test object store, every 2 s once the store holds something.
+    let bucket = crate::backup::make_bucket("monitoring");
     let _w = start_watcher(
         &format!(
             r#"[watch]
 commit_interval = "200ms"
+
+[s3]
+endpoint = "{s3}"
+path_style = true
+access_key_id = "test"
+secret_access_key = "test-secret"
+timeout = "5s"
+
+[backup]
+to = "s3://{bucket}/safeguard/"
+interval = "2s"
 
 [[sources]]
 type = "syslog"
@@ -557,7 +570,8 @@ group_id = "{topic}-group"
 
 [http]
 listen = "127.0.0.1:{http}"
-"#
+"#,
+            s3 = env("SAFEGUARD_TEST_S3")
         ),
         tmp.path(),
         http,
