@@ -550,13 +550,34 @@ impl Store {
     /// the sender and `alerts retry` only update existing ones, so the two never race on a key.
     pub fn put_alert(&self, a: &safeguard_core::alerts::Alert) -> Result<(), StoreError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
         let old = self.alert(&a.id)?;
+        if old.is_none() && self.db.contains_key(keys::tombstone(&a.id))? {
+            // Retired while the sender held its copy: it stays retired.
+            tracing::debug!(alert = %a.id, "not writing back an alert retired meanwhile");
+            return Ok(());
+        }
+        self.write_alert(old.as_ref(), a)
+    }
+
+    /// Changes an alert in the outbox under the write lock (`alerts retry`): nothing can retire or
+    /// update it between the read and the write. `None` when it is not in the outbox.
+    pub fn update_alert(&self, id: &str, f: impl FnOnce(&mut safeguard_core::alerts::Alert)) -> Result<Option<safeguard_core::alerts::Alert>, StoreError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(old) = self.alert(id)? else { return Ok(None) };
+        let mut a = old.clone();
+        f(&mut a);
+        self.write_alert(Some(&old), &a)?;
+        Ok(Some(a))
+    }
+
+    /// Writes an alert, moving its index entry and the counts; the caller holds the write lock.
+    fn write_alert(&self, old: Option<&safeguard_core::alerts::Alert>, a: &safeguard_core::alerts::Alert) -> Result<(), StoreError> {
+        self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
         let kept = self.alert_tally()?;
         let mut t = kept.clone().unwrap_or_default();
         let mut b = sled::Batch::default();
         b.insert(keys::alert(&a.id), encode(&a.id, a)?);
-        tally::index_changed_alert(&mut b, &mut t, old.as_ref(), a);
+        tally::index_changed_alert(&mut b, &mut t, old, a);
         if kept.is_some() {
             b.insert(keys::ALERT_TALLY, encode("the alert counts", &t)?);
         }

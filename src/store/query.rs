@@ -294,14 +294,13 @@ impl Access {
 
 /// Requeues a failed (or any) alert: due now, with a fresh give-up time.
 fn retry(store: &Store, id: &str) -> Result<Option<safeguard_core::alerts::Alert>, StoreError> {
-    let Some(mut a) = store.alert(id)? else { return Ok(None) };
     let now = crate::timeutil::now_ms();
-    a.give_up_at = now + (a.give_up_at - a.raised_at).max(3_600_000);
-    a.state = safeguard_core::alerts::Delivery::Pending;
-    a.next_attempt_at = now;
-    a.attempts = 0;
-    store.put_alert(&a)?;
-    Ok(Some(a))
+    store.update_alert(id, |a| {
+        a.give_up_at = now + (a.give_up_at - a.raised_at).max(3_600_000);
+        a.state = safeguard_core::alerts::Delivery::Pending;
+        a.next_attempt_at = now;
+        a.attempts = 0;
+    })
 }
 
 /// The decoded value at `key` in the snapshot.
@@ -320,7 +319,7 @@ fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryErr
         Some(t) => (t.instances, t.deleted),
         None => count(scan(snap, keys::INSTANCE)?)?,
     };
-    let earliest = snap.scan_prefix(keys::DEADLINE.as_bytes())?.into_iter().next().and_then(|(k, _)| deadline_of(&k));
+    let earliest = snap.first_with_prefix(keys::DEADLINE.as_bytes())?.and_then(|(k, _)| deadline_of(&k));
     let retired = get::<AlertTally>(snap, keys::ALERT_TALLY)?.map_or(0, |t| t.retired);
     let counters = get(snap, keys::COUNTERS)?.unwrap_or_default();
     let positions =
@@ -413,14 +412,14 @@ const STREAM_CHUNK: usize = 64 << 10;
 
 /// Answers one request into `tx`, in chunks. A listing is written record by record as it is read, in
 /// the same JSON as [`Response::Records`], so the watcher holds a chunk, not the whole answer (100,000
-/// deleted instances are hundreds of megabytes of JSON). A store error after records went out ends the
-/// answer early: the client reports an unreadable answer.
-fn respond(store: &Store, line: &str, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) {
+/// deleted instances are hundreds of megabytes of JSON). Returns whether the answer was whole: after a
+/// store error part way, the connection is closed, and the client reports an unreadable answer.
+fn respond(store: &Store, line: &str, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) -> bool {
     let one = |resp: Response| {
         let mut out = serde_json::to_vec(&resp)
             .unwrap_or_else(|e| serde_json::to_vec(&Response::Error(format!("cannot encode the answer: {e}"))).unwrap_or_else(|_| b"{}".to_vec()));
         out.push(b'\n');
-        let _ = tx.blocking_send(out);
+        tx.blocking_send(out).is_ok()
     };
     let Ok(Request::Instances { filter, now, rules }) = serde_json::from_str::<Request>(line) else {
         return one(answer(store, line));
@@ -446,11 +445,14 @@ fn respond(store: &Store, line: &str, tx: &tokio::sync::mpsc::Sender<Vec<u8>>) {
     match res {
         Ok(()) if open => {
             buf.extend_from_slice(b"]}\n");
-            let _ = tx.blocking_send(buf);
+            tx.blocking_send(buf).is_ok()
         }
         Err(e) if !sent => one(Response::Error(e.to_string())),
-        Err(e) => tracing::warn!(error = %e, "a listing failed part way; the client was sent what was read"),
-        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "a listing failed part way; the connection is closed so the client sees an unfinished answer");
+            false
+        }
+        Ok(()) => false,
     }
 }
 
@@ -587,22 +589,26 @@ async fn serve_conn(conn: tokio::net::UnixStream, store: Store, limits: Limits) 
         let (mut ok, mut wrote) = (true, false);
         while let Some(chunk) = rx.recv().await {
             wrote = true;
-            if w.write_all(&chunk).await.is_err() {
+            // A client that stops reading is given up after the idle timeout, like one that stops asking.
+            if !matches!(tokio::time::timeout(limits.idle_timeout, w.write_all(&chunk)).await, Ok(Ok(()))) {
                 ok = false;
                 break;
             }
         }
         // Dropping the receiver ends a listing whose reader left.
         drop(rx);
-        if let Err(e) = job.await {
-            if !wrote {
-                let mut out = serde_json::to_vec(&Response::Error(format!("query failed: {e}"))).unwrap_or_else(|_| b"{}".to_vec());
-                out.push(b'\n');
-                let _ = w.write_all(&out).await;
+        let whole = match job.await {
+            Ok(whole) => whole,
+            Err(e) => {
+                if !wrote {
+                    let mut out = serde_json::to_vec(&Response::Error(format!("query failed: {e}"))).unwrap_or_else(|_| b"{}".to_vec());
+                    out.push(b'\n');
+                    let _ = w.write_all(&out).await;
+                }
+                return;
             }
-            return;
-        }
-        if !ok {
+        };
+        if !ok || !whole {
             return;
         }
     }

@@ -229,6 +229,18 @@ impl Snapshot {
         Ok((kv[..kl as usize] == *key).then(|| kv[kl as usize..].to_vec()))
     }
 
+    /// The first (key, value) whose key starts with `prefix`, reading that entry only.
+    pub fn first_with_prefix(&self, prefix: &[u8]) -> Result<Option<KeyValue>, SnapshotError> {
+        let i = self.lower_bound(prefix)?;
+        if i == self.count {
+            return Ok(None);
+        }
+        let (off, kl, vl) = self.entry(i)?;
+        let kv = self.read(off, kl as usize + vl as usize)?;
+        let (k, v) = kv.split_at(kl as usize);
+        Ok(k.starts_with(prefix).then(|| (k.to_vec(), v.to_vec())))
+    }
+
     /// Every (key, value) whose key starts with `prefix`, in key order.
     pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, SnapshotError> {
         let lo = self.lower_bound(prefix)?;

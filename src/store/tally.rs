@@ -104,16 +104,17 @@ impl Standing {
         Standing { deleted, risks, deadline }
     }
 
+    /// Flags (0x80 deleted, 0x40 has a deadline, low bits the risks), then the deadline, big endian.
     fn encode(&self) -> [u8; 9] {
         let mut v = [0u8; 9];
-        v[0] = self.risks | if self.deleted { 0x80 } else { 0 };
+        v[0] = self.risks | if self.deleted { 0x80 } else { 0 } | if self.deadline.is_some() { 0x40 } else { 0 };
         v[1..].copy_from_slice(&self.deadline.unwrap_or(0).to_be_bytes());
         v
     }
 
     fn decode(v: &[u8]) -> Option<Standing> {
         let (flags, t) = (v.first()?, i64::from_be_bytes(v.get(1..9)?.try_into().ok()?));
-        Some(Standing { deleted: flags & 0x80 != 0, risks: flags & 0x0f, deadline: (t != 0).then_some(t) })
+        Some(Standing { deleted: flags & 0x80 != 0, risks: flags & 0x0f, deadline: (flags & 0x40 != 0).then_some(t) })
     }
 }
 
@@ -407,12 +408,15 @@ impl Store {
     pub fn retire_alerts(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut b = sled::Batch::default();
-        let mut tally = self.alert_tally()?.unwrap_or_default();
-        let mut n = 0;
+        let kept = self.alert_tally()?;
+        let mut tally = kept.clone().unwrap_or_default();
+        let (mut n, mut entries) = (0, 0);
         for r in self.db.range(keys::FINISHED.as_bytes().to_vec()..keys::finished_end(before.saturating_sub(1))).take(limit) {
             let (k, _) = r?;
             b.remove(k.clone());
+            entries += 1;
             let id = String::from_utf8_lossy(keys::id_after_time(keys::FINISHED, &k)).into_owned();
+            // An entry whose alert is gone (a damaged store) is removed all the same.
             let Some(a) = self.alert(&id)? else { continue };
             let t = Tombstone { state: a.state, rule: a.rule, raised_at: a.raised_at, finished_at: finished_at(&a) };
             b.insert(keys::tombstone(&id), encode(&id, &t)?);
@@ -421,10 +425,13 @@ impl Store {
             tally.retired += 1;
             n += 1;
         }
-        if n == 0 {
+        if entries == 0 {
             return Ok(0);
         }
-        b.insert(keys::ALERT_TALLY, encode("the alert counts", &tally)?);
+        // Counts are written only where they are kept: an absent tally is rebuilt by the next engine.
+        if kept.is_some() {
+            b.insert(keys::ALERT_TALLY, encode("the alert counts", &tally)?);
+        }
         self.snap.before_write()?;
         self.db.apply_batch(b)?;
         self.db.flush()?;
@@ -530,6 +537,7 @@ mod tests {
             Standing { deleted: false, risks: 0, deadline: None },
             Standing { deleted: true, risks: 0, deadline: Some(1) },
             Standing { deleted: false, risks: 0x0f, deadline: Some(i64::MAX) },
+            Standing { deleted: false, risks: 0, deadline: Some(0) },
         ] {
             assert_eq!(Standing::decode(&s.encode()), Some(s));
         }

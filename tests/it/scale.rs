@@ -270,3 +270,40 @@ fn changed_records_held_between_commits_are_bounded() {
     assert!(!e.should_commit());
     assert_eq!(e.store().tally().unwrap().unwrap().instances, DIRTY_MAX as u64);
 }
+
+/// A client that asks for a long listing and stops reading is given up after `query_idle_timeout`: its
+/// connection slot comes back, so with one slot the next query is answered.
+#[test]
+fn a_client_that_stops_reading_a_listing_does_not_hold_the_socket() {
+    use crate::common::{bin, free_port, run, wait_until, KillOnDrop};
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("syslog");
+    let cfg = GenConfig { seed: 6, lines: 40_000, concurrent_instances: 150, noise: 0.2, ..GenConfig::default() };
+    Generator::new(cfg).write_all(&mut std::io::BufWriter::new(std::fs::File::create(&log).unwrap())).unwrap();
+    let store = tmp.path().join("store");
+    let s = store.to_str().unwrap();
+    let (code, _, err) = run(&["ingest", log.to_str().unwrap(), "--quiet", "--store", s]);
+    assert_eq!(code, 0, "{err}");
+    let conf = tmp.path().join("c.toml");
+    std::fs::write(&conf, "[watch]\nquery_max_connections = 1\nquery_idle_timeout = \"1s\"\n").unwrap();
+    let port = free_port();
+    let _w = KillOnDrop(
+        std::process::Command::new(bin())
+            .args(["watch", "--config", conf.to_str().unwrap(), "--store", s, "--syslog", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the watcher's socket", std::time::Duration::from_secs(20), || store.join("safeguard.sock").exists());
+    let mut stalled = std::os::unix::net::UnixStream::connect(store.join("safeguard.sock")).unwrap();
+    stalled.write_all(b"{\"op\":\"instances\",\"filter\":{\"deleted\":false,\"at_risk\":false},\"now\":0,\"rules\":[0,0]}\n").unwrap();
+    // Never read: the answer (hundreds of KiB) fills the socket's buffers and the watcher's writes block.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let took = wait_until("a query answered while the stalled client holds its connection", std::time::Duration::from_secs(15), || {
+        let (_, out, _) = run(&["status", "--json", "--store", s]);
+        out.contains("\"watcher_running\": true")
+    });
+    assert!(took < std::time::Duration::from_secs(10), "the slot came back after {took:?}");
+    drop(stalled);
+}
