@@ -580,13 +580,17 @@ impl Engine {
     /// Makes deletions final whose grace has passed by `now` (event time in a backfill, wall clock while
     /// watching).
     fn tick(&mut self, now: i64) -> Result<(), StoreError> {
+        let rules = self.cfg.rules;
         let mut ids: Vec<String> = self.dirty.values().filter(|r| r.needs_tick()).map(|r| r.instance_id.clone()).collect();
-        for id in self.store.pending_deletions()? {
-            if !ids.contains(&id) {
+        let loaded: std::collections::HashSet<String> = ids.iter().cloned().collect();
+        // A stored deletion is loaded (and rewritten) only once its grace can have passed, not at every
+        // commit of the grace: a burst of deletions costs one rewrite each.
+        for (id, first) in self.store.pending_deletions()? {
+            let due = first.is_none_or(|e| now - e >= rules.deletion_grace_ms);
+            if due && !loaded.contains(&id) {
                 ids.push(id);
             }
         }
-        let rules = self.cfg.rules;
         for id in ids {
             let (rec, _) = self.load(&id, now)?;
             let effects = state::tick(rec, now, &rules);

@@ -8,7 +8,7 @@
 //! | `m/counters`                | JSON [`super::Counters`]                |
 //! | `i/<instance-id>`           | JSON [`crate::state::InstanceRecord`]   |
 //! | `n/<node-uuid>`             | instance id (container attribution)     |
-//! | `d/<instance-id>`           | empty: a deletion episode not yet final |
+//! | `d/<instance-id>`           | 8 bytes: the earliest deletion episode not yet final (ms, big endian) |
 //! | `p/<source-id>`             | JSON [`super::Position`]                |
 //! | `o/<alert id>`              | JSON [`safeguard_core::alerts::Alert`] (outbox)  |
 //! | `q/<seq, 16 hex>`           | JSON [`super::Parked`]: a line waiting for its instance |

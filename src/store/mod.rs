@@ -489,9 +489,18 @@ impl Store {
         Ok(out)
     }
 
-    pub fn pending_deletions(&self) -> Result<Vec<String>, StoreError> {
+    /// Instances with a deletion episode not yet final, with the earliest such episode's time (`None`
+    /// for an entry written before it was kept).
+    pub fn pending_deletions(&self) -> Result<Vec<(String, Option<i64>)>, StoreError> {
         let p = keys::PENDING.as_bytes();
-        self.db.scan_prefix(p).map(|r| r.map(|(k, _)| String::from_utf8_lossy(&k[p.len()..]).into_owned()).map_err(Into::into)).collect()
+        self.db
+            .scan_prefix(p)
+            .map(|r| {
+                let (k, v) = r?;
+                let at = <[u8; 8]>::try_from(v.as_ref()).ok().map(i64::from_be_bytes);
+                Ok((String::from_utf8_lossy(&k[p.len()..]).into_owned(), at))
+            })
+            .collect()
     }
 
     /// Every parked line, oldest first.
@@ -724,7 +733,9 @@ fn put_record(b: &mut sled::Batch, r: &InstanceRecord) -> Result<(), StoreError>
         b.insert(keys::node(&n.node_uuid), r.instance_id.as_bytes());
     }
     if r.needs_tick() {
-        b.insert(keys::pending(&r.instance_id), &[][..]);
+        // The earliest episode not yet final: `tick` loads the record only once its grace can have passed.
+        let first = r.facts.episodes.iter().filter(|e| !r.facts.finalized.contains(e)).min().copied().unwrap_or(0);
+        b.insert(keys::pending(&r.instance_id), &first.to_be_bytes()[..]);
     } else {
         b.remove(keys::pending(&r.instance_id));
     }

@@ -307,3 +307,34 @@ fn a_client_that_stops_reading_a_listing_does_not_hold_the_socket() {
     assert!(took < std::time::Duration::from_secs(10), "the slot came back after {took:?}");
     drop(stalled);
 }
+
+/// Deletions waiting out their grace are not loaded and rewritten at every commit of the grace: a burst
+/// of them costs one write when they happen and one when they become final.
+#[test]
+fn deletions_in_their_grace_are_not_rewritten_at_every_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig { rules: Rules { deletion_grace_ms: 60_000, ..Rules::default() }, ..EngineConfig::default() };
+    let mut e = Engine::new(Store::open(tmp.path(), 8 << 20).unwrap(), cfg).unwrap();
+    let h = e.add_source(SourceId::stream(b"burst"), "t", true).unwrap();
+    let t0 = now_ms() - 10_000;
+    let mut off = 0;
+    for i in 0..200 {
+        let data = format!(r#""instance-id":"{i:08x}-0000-4000-8000-000000000000","node-uuid":"{i:08x}-1111-4000-8000-000000000000""#);
+        for l in [crate::common::lager(t0, "add-node.perform", &data), crate::common::lager(t0 + 1_000, "remove-node.perform", &data)] {
+            off += l.len() as u64 + 1;
+            e.feed_line(h, off, l.as_bytes());
+        }
+    }
+    let c = e.commit_at(Some(t0 + 2_000), t0 + 2_000).unwrap();
+    assert_eq!(c.records, 200);
+    // Within the grace: nothing to write.
+    for s in 1..5 {
+        let c = e.commit_at(Some(t0 + 2_000 + s * 10_000), t0 + 2_000 + s * 10_000).unwrap();
+        assert_eq!((c.records, c.effects.len()), (0, 0), "commit {s} inside the grace rewrote pending deletions");
+    }
+    // Past it: each becomes final once.
+    let c = e.commit_at(Some(t0 + 62_000), t0 + 62_000).unwrap();
+    assert_eq!(c.records, 200);
+    assert_eq!(c.effects.iter().filter(|x| matches!(x, safeguard::state::Effect::InstanceDeleted { .. })).count(), 200);
+    assert_eq!(e.commit_at(Some(t0 + 63_000), t0 + 63_000).unwrap().records, 0);
+}
