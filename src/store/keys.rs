@@ -18,6 +18,7 @@
 //! | `e/<instance-id>`           | empty: changed since the absence rules last looked        |
 //! | `x/<instance-id>`           | empty: a deleted instance                                 |
 //! | `w/<ms, 16 hex>/<alert id>` | raised-at ms: a pending alert, by next attempt            |
+//! | `v/<ms, 16 hex>/<alert id>` | empty: a pending alert, by when it was raised             |
 //! | `f/<ms, 16 hex>/<alert id>` | empty: a finished alert, by when (retention)              |
 //! | `z/<alert id>`              | JSON [`super::tally::Tombstone`]: an alert past retention |
 //!
@@ -69,6 +70,8 @@ pub const UNEVALUATED: &str = "e/";
 pub const DELETED: &str = "x/";
 /// `w/<next attempt ms, 16 hex>/<alert id>`: raised-at ms (8 bytes, big endian); a pending alert.
 pub const DUE: &str = "w/";
+/// `v/<raised ms, 16 hex>/<alert id>`: empty; a pending alert, by when it was raised (the oldest first).
+pub const PENDING_BY_AGE: &str = "v/";
 /// `f/<finished ms, 16 hex>/<alert id>`: empty; a delivered, failed or suppressed alert, by when.
 pub const FINISHED: &str = "f/";
 /// `z/<alert id>`: JSON [`super::tally::Tombstone`]; an alert past `alerts.retention`, kept as its id.
@@ -95,6 +98,9 @@ pub fn due(at: i64, id: &str) -> Vec<u8> {
 }
 pub fn due_end(at: i64) -> Vec<u8> {
     format!("{DUE}{:016x}0", at.max(0)).into_bytes()
+}
+pub fn pending_by_age(raised: i64, id: &str) -> Vec<u8> {
+    format!("{PENDING_BY_AGE}{:016x}/{id}", raised.max(0)).into_bytes()
 }
 pub fn finished(at: i64, id: &str) -> Vec<u8> {
     format!("{FINISHED}{:016x}/{id}", at.max(0)).into_bytes()

@@ -12,7 +12,7 @@
 //! - `e/`: instances changed since the absence rules last looked at them (an alerting watcher looks at
 //!   them at its scan interval; an ingest leaves them for it);
 //! - `x/`: deleted instances, for `instances --deleted`;
-//! - the outbox's **due index** (`w/`, pending alerts by next attempt), its **finished index** (`f/`,
+//! - the outbox's **due index** (`w/`, pending alerts by next attempt; `v/` the same by age), its **finished index** (`f/`,
 //!   delivered/failed/suppressed alerts by when, for retention), **tombstones** (`z/`, the ids of alerts
 //!   past `alerts.retention`, so a replay never raises one again), and alerts by rule and state
 //!   (`m/alerts`).
@@ -304,13 +304,17 @@ pub(super) fn forget(db: &sled::Db, b: &mut sled::Batch, tally: Option<&mut Tall
 /// A new alert's part of a commit: its index entry and the totals.
 pub(super) fn index_new_alert(b: &mut sled::Batch, tally: &mut AlertTally, a: &Alert) {
     b.insert(alert_index_key(a), alert_index_value(a));
+    if a.state == Delivery::Pending {
+        b.insert(keys::pending_by_age(a.raised_at, &a.id), &[][..]);
+    }
     tally.count(a, true);
 }
 
-/// An updated alert's part of a write: its index entry moved, the totals by the difference.
+/// An updated alert's part of a write: its index entries moved, the totals by the difference.
 pub(super) fn index_changed_alert(b: &mut sled::Batch, tally: &mut AlertTally, old: Option<&Alert>, new: &Alert) {
     if let Some(o) = old {
         b.remove(alert_index_key(o));
+        b.remove(keys::pending_by_age(o.raised_at, &o.id));
         tally.count(o, false);
     }
     index_new_alert(b, tally, new);
@@ -377,17 +381,11 @@ impl Store {
         Ok(out)
     }
 
-    /// When the oldest pending alert was raised, ms (from the due index, without decoding alerts).
+    /// When the oldest pending alert was raised, ms: the first key of the pending-by-age index.
     pub fn oldest_pending_alert(&self) -> Result<Option<i64>, StoreError> {
-        let mut oldest: Option<i64> = None;
-        for r in self.db.scan_prefix(keys::DUE) {
-            let (_, v) = r?;
-            if let Ok(b) = <[u8; 8]>::try_from(v.as_ref()) {
-                let t = i64::from_be_bytes(b);
-                oldest = Some(oldest.map_or(t, |o| o.min(t)));
-            }
-        }
-        Ok(oldest)
+        let Some(k) = self.db.scan_prefix(keys::PENDING_BY_AGE).keys().next().transpose()? else { return Ok(None) };
+        let hex = k.get(keys::PENDING_BY_AGE.len()..keys::PENDING_BY_AGE.len() + 16).unwrap_or(&[]);
+        Ok(std::str::from_utf8(hex).ok().and_then(|h| i64::from_str_radix(h, 16).ok()))
     }
 
     /// Every tombstone, as (alert id, what is left of it).
@@ -510,7 +508,7 @@ impl Store {
 
     fn rebuild_alerts(&self) -> Result<u64, StoreError> {
         self.snap.before_write()?;
-        for prefix in [keys::DUE, keys::FINISHED] {
+        for prefix in [keys::DUE, keys::PENDING_BY_AGE, keys::FINISHED] {
             self.clear_prefix(prefix)?;
         }
         let mut tally = AlertTally { retired: self.db.scan_prefix(keys::TOMBSTONE).count() as u64, ..AlertTally::default() };

@@ -62,13 +62,16 @@ fn check(store: &Store, now: i64) {
     // Alerts: by rule and state over the outbox, retired ones by their tombstones; the due index lists the pending ones.
     let mut by: BTreeMap<String, u64> = BTreeMap::new();
     let mut pending = BTreeSet::new();
+    let mut oldest: Option<i64> = None;
     for a in store.alerts() {
         let a = a.unwrap();
         *by.entry(format!("{}/{}", a.rule.map_or("undecided", |r| r.as_str()), a.state.as_str())).or_default() += 1;
         if a.state == Delivery::Pending {
             pending.insert(a.id.clone());
+            oldest = Some(oldest.map_or(a.raised_at.max(0), |o| o.min(a.raised_at.max(0))));
         }
     }
+    assert_eq!(store.oldest_pending_alert().unwrap(), oldest, "the oldest pending alert");
     let retired = store.tombstones().count() as u64;
     let at = store.alert_tally().unwrap().expect("an engine keeps the alert counts");
     assert_eq!(at.by, by, "alerts by rule and state");
