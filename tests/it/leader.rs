@@ -209,4 +209,7 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
     assert_eq!(mails(&maildir, &y).len(), 1, "one mail for {y}");
     assert_eq!(mails(&maildir, &x).len(), 1, "{x} was delivered before the kill and not sent again");
     assert!(standby.sent(&y));
+    for l in standby.log_text().lines().filter(|l| l.contains("leader")) {
+        eprintln!("standby: {l}");
+    }
 }

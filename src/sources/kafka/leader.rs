@@ -187,11 +187,14 @@ struct Known {
     /// Alert ids with marks not yet handed to the sender.
     fresh: HashSet<String>,
     leader: Option<String>,
+    /// When a leader's announcement was last read.
+    leader_heard: Option<Instant>,
 }
 
 struct Inner {
     member: String,
     lease: Duration,
+    session: Duration,
     holds: AtomicBool,
     lease_until: Mutex<Option<Instant>>,
     takeovers: AtomicU64,
@@ -244,6 +247,7 @@ impl Leader {
         let inner = Arc::new(Inner {
             member: member.clone(),
             lease: cfg.lease,
+            session: cfg.session_timeout,
             holds: AtomicBool::new(false),
             lease_until: Mutex::new(None),
             takeovers: AtomicU64::new(0),
@@ -266,13 +270,13 @@ impl Leader {
             .create_with_context(Elect(inner.clone()))
             .map_err(redact)?;
         elect.subscribe(&[&cfg.topic]).map_err(|e| LeaderError::Subscribe { topic: cfg.topic.clone(), reason: cfg.client.redact(&e.to_string()) })?;
-        let reader: BaseConsumer = cfg
+        let reader: BaseConsumer<Quiet> = cfg
             .base_client()
             // Never commits: every start reads the compacted topic from its beginning.
             .set("group.id", format!("{}.deliveries.{member}", cfg.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .create()
+            .create_with_context(Quiet)
             .map_err(redact)?;
         tracing::info!(%member, group = %cfg.group_id, topic = %cfg.topic, deliveries = %cfg.deliveries_topic, lease = %humantime::format_duration(cfg.lease), "joining the leader election");
         let l = Leader(inner);
@@ -349,6 +353,8 @@ impl Leader {
     fn elect(&self, c: BaseConsumer<Elect>, stop: &AtomicBool) {
         let renew_every = self.0.lease / 3;
         let mut last_renew: Option<Instant> = None;
+        let mut last_announce: Option<Instant> = None;
+        let mut last_join = Instant::now();
         let mut leading = false;
         while !stop.load(Ordering::Relaxed) {
             // Nothing is produced to the coordination topic; polling serves the group's callbacks.
@@ -359,6 +365,20 @@ impl Leader {
             if !holds {
                 self.set_holds(false);
                 leading = false;
+                // The leader announces itself every lease. Silent longer than a session, it is dead or
+                // cut off, and the coordinator should have moved partition 0; joining again makes it
+                // rebalance now (tansu 0.6 expires a dead member only when another one joins; on Kafka
+                // this merely hurries a rebalance that is due anyway).
+                let heard = lock(&self.0.known).leader_heard;
+                let silent = heard.map_or(last_join.elapsed(), |h| h.elapsed().min(last_join.elapsed()));
+                if silent > self.0.session + self.0.lease {
+                    tracing::warn!(member = %self.0.member, silent_for = %format!("{}s", silent.as_secs()), "no leader heard from; joining the coordination group again so that its partition is reassigned");
+                    c.unsubscribe();
+                    if let Err(e) = c.subscribe(&[&self.0.coordination_topic]) {
+                        tracing::warn!(error = %e, "joining the coordination group again failed; retrying");
+                    }
+                    last_join = Instant::now();
+                }
                 continue;
             }
             self.0.holds.store(true, Ordering::Release);
@@ -372,8 +392,15 @@ impl Leader {
             match c.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => {
                     *lock(&self.0.lease_until) = Some(sent + self.0.lease);
+                    if leading && last_announce.is_some_and(|t| t.elapsed() >= self.0.lease) {
+                        last_announce = Some(Instant::now());
+                        let rec = DeliveryRecord::Leader { member: self.0.member.clone(), at: crate::timeutil::now_ms() };
+                        let l = self.clone();
+                        self.0.rt.spawn(async move { l.produce("leader", &rec).await });
+                    }
                     if !leading {
                         leading = true;
+                        last_announce = Some(Instant::now());
                         self.0.takeovers.fetch_add(1, Ordering::Relaxed);
                         lock(&self.0.known).leader = Some(self.0.member.clone());
                         tracing::warn!(member = %self.0.member, "this watcher is now the LEADER: it delivers alerts");
@@ -395,7 +422,7 @@ impl Leader {
     }
 
     /// The deliveries reader: assigns every partition of the topic from its beginning and follows it.
-    fn read(&self, c: BaseConsumer, stop: &AtomicBool) {
+    fn read(&self, c: BaseConsumer<Quiet>, stop: &AtomicBool) {
         let topic = self.0.deliveries_topic.clone();
         let mut assigned = 0usize;
         let mut at_end: HashSet<i32> = HashSet::new();
@@ -442,7 +469,10 @@ impl Leader {
     fn learn(&self, rec: DeliveryRecord) {
         let mut k = lock(&self.0.known);
         match rec {
-            DeliveryRecord::Leader { member, .. } => k.leader = Some(member),
+            DeliveryRecord::Leader { member, .. } => {
+                k.leader = Some(member);
+                k.leader_heard = Some(Instant::now());
+            }
             DeliveryRecord::Delivery { alert_id, channel, at, .. } => {
                 if !k.marks.contains_key(&alert_id) {
                     k.order.push_back(alert_id.clone());
@@ -459,6 +489,29 @@ impl Leader {
         }
     }
 }
+
+/// The deliveries reader's context: partition ends are how it knows it caught up, not errors.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, msg: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::warn!(facility = fac, "deliveries topic: librdkafka: {msg}")
+            }
+            _ => tracing::debug!(facility = fac, "deliveries topic: librdkafka: {msg}"),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) || reason.contains("reached end of partition") {
+            return;
+        }
+        tracing::warn!(%error, "deliveries topic: {reason}");
+    }
+}
+
+impl ConsumerContext for Quiet {}
 
 /// The election consumer's context: a revoke drops the leadership before librdkafka gives partition 0 up.
 struct Elect(Arc<Inner>);
