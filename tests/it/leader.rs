@@ -64,6 +64,12 @@ impl Watcher {
         serde_json::from_str::<Value>(&out).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
     }
 
+    /// `status --json`'s `leadership` (through the socket).
+    fn role(&self) -> Value {
+        let (_, out, _) = run(&["status", "--json", "--store", self.store.to_str().unwrap()]);
+        serde_json::from_str::<Value>(&out).map(|v| v["leadership"].clone()).unwrap_or(Value::Null)
+    }
+
     fn sent(&self, instance: &str) -> bool {
         self.alerts().iter().any(|a| a["id"].as_str().is_some_and(|id| id.starts_with(instance)) && a["state"] == "sent")
     }
@@ -190,6 +196,11 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(mails(&maildir, &x).len(), 1, "one mail for {x}");
 
+    let (lr, sr) = if a.leads() { (a.role(), b.role()) } else { (b.role(), a.role()) };
+    // The standby's joining revokes partition 0 for a moment (eager rebalancing): 1 or 2 takeovers.
+    assert!(lr["role"] == "leader" && lr["takeovers"].as_u64().is_some_and(|n| (1..=2).contains(&n)), "{lr}");
+    assert_eq!((sr["role"].as_str(), sr["leader"].clone()), (Some("standby"), lr["member"].clone()), "{sr}");
+
     // SIGKILL the leader: the standby takes over once the session times out, and sends only what is new.
     let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
     let killed = Instant::now();
@@ -209,6 +220,8 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
     assert_eq!(mails(&maildir, &y).len(), 1, "one mail for {y}");
     assert_eq!(mails(&maildir, &x).len(), 1, "{x} was delivered before the kill and not sent again");
     assert!(standby.sent(&y));
+    let r = standby.role();
+    assert_eq!((r["role"].as_str(), r["takeovers"].as_u64()), (Some("leader"), Some(1)), "{r}");
     for l in standby.log_text().lines().filter(|l| l.contains("leader")) {
         eprintln!("standby: {l}");
     }

@@ -212,16 +212,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+static CURRENT: std::sync::OnceLock<Leader> = std::sync::OnceLock::new();
+
+/// This process's role, when it runs an election (what `status` shows).
+pub fn current_role() -> Option<Role> {
+    CURRENT.get().map(Leader::role)
+}
+
 /// The running election and the deliveries it has seen; cheap to clone.
 #[derive(Clone)]
 pub struct Leader(Arc<Inner>);
 
 /// The role as `status` and `/metrics` show it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Role {
     pub member: String,
     /// "leader" or "standby".
-    pub role: &'static str,
+    pub role: String,
     pub leader: Option<String>,
     pub takeovers: u64,
 }
@@ -266,6 +273,9 @@ impl Leader {
             .set("enable.auto.offset.store", "false")
             .set("session.timeout.ms", session_ms.to_string())
             .set("heartbeat.interval.ms", heartbeat(cfg.session_timeout).as_millis().to_string())
+            // Eager: a member joining revokes partition 0 for a moment (the leader pauses, counted as a new
+            // takeover when it gets it back). cooperative-sticky would keep it, but with tansu 0.6 a dead
+            // leader's partition was then never reassigned (tried: no takeover in 60s).
             .set("partition.assignment.strategy", "range")
             .create_with_context(Elect(inner.clone()))
             .map_err(redact)?;
@@ -280,6 +290,8 @@ impl Leader {
             .map_err(redact)?;
         tracing::info!(%member, group = %cfg.group_id, topic = %cfg.topic, deliveries = %cfg.deliveries_topic, lease = %humantime::format_duration(cfg.lease), "joining the leader election");
         let l = Leader(inner);
+        // `status` asks the query socket, which asks this (one election per watcher process).
+        let _ = CURRENT.set(l.clone());
         {
             let (l, stop) = (l.clone(), stop.clone());
             std::thread::Builder::new().name("leader".into()).spawn(move || l.elect(elect, &stop)).map_err(LeaderError::Thread)?;
@@ -299,7 +311,12 @@ impl Leader {
     pub fn role(&self) -> Role {
         let leading = self.is_leader();
         let leader = if leading { Some(self.0.member.clone()) } else { lock(&self.0.known).leader.clone() };
-        Role { member: self.0.member.clone(), role: if leading { "leader" } else { "standby" }, leader, takeovers: self.0.takeovers.load(Ordering::Relaxed) }
+        Role {
+            member: self.0.member.clone(),
+            role: if leading { "leader" } else { "standby" }.into(),
+            leader,
+            takeovers: self.0.takeovers.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the deliveries topic has been read to its end since start-up (before that, a new leader
