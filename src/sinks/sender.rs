@@ -88,7 +88,7 @@ impl Sender {
                         continue;
                     }
                 }
-                if !l.is_leader() {
+                if !self.may_send() {
                     continue;
                 }
             }
@@ -97,9 +97,10 @@ impl Sender {
         Ok(due.len())
     }
 
-    /// Whether this replica may send now (always, without `[leader]`).
+    /// Whether this replica may send now (always, without `[leader]`): it leads, and it has read the
+    /// deliveries topic to its end once (else it would resend what a previous leader delivered).
     fn may_send(&self) -> bool {
-        self.leader.as_ref().is_none_or(Leader::is_leader)
+        self.leader.as_ref().is_none_or(|l| l.is_leader() && l.caught_up())
     }
 
     /// Marks in the outbox what the deliveries topic reported since the last call.
@@ -118,6 +119,18 @@ impl Sender {
     /// delivered. `None` when the alert is not in this outbox (not raised here yet, or retired).
     fn mark(&self, id: &str, marks: &Marks) -> Result<Option<Alert>, StoreError> {
         let (email, webhook) = (self.mailer.is_some(), self.webhook.is_some());
+        // Most marks change nothing (the leader reading its own records, a restart reading the whole
+        // topic): no write for those.
+        match self.store.alert(id)? {
+            None => return Ok(None),
+            Some(a) if a.state != Delivery::Pending && a.state != Delivery::Failed => {
+                if let Some(l) = &self.leader {
+                    l.forget(id);
+                }
+                return Ok(Some(a));
+            }
+            Some(_) => {}
+        }
         let done = self.store.update_alert(id, |a| {
             if a.email_sent_at.is_none() {
                 a.email_sent_at = marks.get("email").copied();
