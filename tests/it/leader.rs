@@ -226,3 +226,50 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
         eprintln!("standby: {l}");
     }
 }
+
+/// Issue 17 proof (b): a leader SIGSTOPped past its session is replaced; once resumed it sends nothing
+/// the new leader sent (its lease ran out while it was stopped, and a lease unrenewed for longer than a
+/// session is never renewed: it joins again).
+#[test]
+fn a_leader_stopped_past_its_session_sends_nothing_twice_after_it_resumes() {
+    let broker = env("SAFEGUARD_TEST_KAFKA");
+    let tansu = env("SAFEGUARD_TEST_TANSU");
+    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
+    let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
+    create_topic(&tansu, &broker, &topic, 1);
+    create_topic(&tansu, &broker, &coordination, 1);
+    create_topic(&tansu, &broker, &deliveries, 1);
+    let group = unique("lead");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
+    let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
+    std::thread::sleep(Duration::from_secs(2));
+    let (old, new) = if a.leads() { (a, b) } else { (b, a) };
+    let pid = old.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let stopped = Instant::now();
+    while !new.leads() {
+        assert!(stopped.elapsed() < Duration::from_secs(60), "no takeover within 60s of SIGSTOP; log:\n{}", new.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("takeover after SIGSTOP: {:.1}s", stopped.elapsed().as_secs_f64());
+    let mut rng = Rng::new(now_ms() as u64 ^ 0x5709);
+    let (y, lines) = deleted_instance(&mut rng);
+    produce(&broker, &topic, &lines);
+    wait_until("the new leader's mail", Duration::from_secs(60), || !mails(&maildir, &y).is_empty());
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // The resumed watcher applies y from its own syslog group, and must not mail it again.
+    let (z, lines) = deleted_instance(&mut rng);
+    produce(&broker, &topic, &lines);
+    wait_until("a mail for the deletion after the resume", Duration::from_secs(60), || !mails(&maildir, &z).is_empty());
+    wait_until("the resumed watcher to mark both sent", Duration::from_secs(30), || old.sent(&y) && old.sent(&z));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(mails(&maildir, &y).len(), 1, "one mail for {y}; resumed watcher's log:\n{}", old.log_text());
+    assert_eq!(mails(&maildir, &z).len(), 1, "one mail for {z}");
+    for l in old.log_text().lines().filter(|l| l.contains("leader") || l.contains("lease")) {
+        eprintln!("resumed: {l}");
+    }
+}

@@ -370,6 +370,8 @@ impl Leader {
     fn elect(&self, c: BaseConsumer<Elect>, stop: &AtomicBool) {
         let renew_every = self.0.lease / 3;
         let mut last_renew: Option<Instant> = None;
+        // When the lease was last renewed (a commit accepted), while partition 0 is held.
+        let mut last_ok: Option<Instant> = None;
         let mut last_announce: Option<Instant> = None;
         let mut last_join = Instant::now();
         let mut leading = false;
@@ -382,6 +384,7 @@ impl Leader {
             if !holds {
                 self.set_holds(false);
                 leading = false;
+                last_ok = None;
                 // The leader announces itself every lease. Silent longer than a session, it is dead or
                 // cut off, and the coordinator should have moved partition 0; joining again makes it
                 // rebalance now (tansu 0.6 expires a dead member only when another one joins; on Kafka
@@ -398,6 +401,21 @@ impl Leader {
                 }
                 continue;
             }
+            if last_ok.is_some_and(|t| t.elapsed() > self.0.session) {
+                // Not renewed for longer than a session (the process was stopped, or the coordinator
+                // unreachable): the group has surely given partition 0 away, whatever librdkafka still
+                // says. Whatever a broker would answer to a late commit, do not lead on: join again.
+                tracing::warn!(member = %self.0.member, unrenewed_for = %format!("{}s", last_ok.map_or(0, |t| t.elapsed().as_secs())), "leadership lease lapsed for longer than the session; rejoining the coordination group");
+                self.set_holds(false);
+                leading = false;
+                (last_renew, last_ok) = (None, None);
+                c.unsubscribe();
+                if let Err(e) = c.subscribe(&[&self.0.coordination_topic]) {
+                    tracing::warn!(error = %e, "joining the coordination group again failed; retrying");
+                }
+                last_join = Instant::now();
+                continue;
+            }
             self.0.holds.store(true, Ordering::Release);
             if last_renew.is_some_and(|t| t.elapsed() < renew_every) {
                 continue;
@@ -408,6 +426,7 @@ impl Leader {
             let _ = tpl.add_partition_offset(&self.0.coordination_topic, 0, Offset::Offset(0));
             match c.commit(&tpl, CommitMode::Sync) {
                 Ok(()) => {
+                    last_ok = Some(sent);
                     *lock(&self.0.lease_until) = Some(sent + self.0.lease);
                     if leading && last_announce.is_some_and(|t| t.elapsed() >= self.0.lease) {
                         last_announce = Some(Instant::now());
