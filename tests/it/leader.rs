@@ -25,6 +25,7 @@ struct Watcher {
     child: Child,
     log: PathBuf,
     store: PathBuf,
+    config: PathBuf,
 }
 
 impl Watcher {
@@ -39,7 +40,7 @@ impl Watcher {
             .stderr(err)
             .spawn()
             .unwrap();
-        let mut w = Watcher { child, log: log.to_path_buf(), store: store.to_path_buf() };
+        let mut w = Watcher { child, log: log.to_path_buf(), store: store.to_path_buf(), config: config.to_path_buf() };
         let start = Instant::now();
         while !socket.exists() {
             assert!(w.child.try_wait().unwrap().is_none(), "the watcher exited at start-up; log:\n{}", w.log_text());
@@ -47,6 +48,20 @@ impl Watcher {
             std::thread::sleep(Duration::from_millis(20));
         }
         w
+    }
+
+    /// GET on this watcher's `[http]` endpoint: (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        let addr = cfg.lines().find_map(|l| l.strip_prefix("listen = ")).unwrap().trim_matches('"').to_string();
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return (0, String::new()) };
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
     }
 
     fn log_text(&self) -> String {
@@ -85,6 +100,7 @@ impl Drop for Watcher {
 fn config(dir: &Path, broker: &str, topic: &str, member: &str, leader_group: &str, coordination: &str, deliveries: &str) -> PathBuf {
     let (host, port) = env("SAFEGUARD_TEST_SMTP").split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
     let p = dir.join(format!("{member}.toml"));
+    let http = common::free_port();
     std::fs::write(
         &p,
         format!(
@@ -100,6 +116,8 @@ brokers = ["{broker}"]
 topics = ["{topic}"]
 group_id = "{}"
 session_timeout = "6s"
+[http]
+listen = "127.0.0.1:{http}"
 [leader]
 topic = "{coordination}"
 group_id = "{leader_group}"
@@ -200,6 +218,16 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
     // The standby's joining revokes partition 0 for a moment (eager rebalancing): 1 or 2 takeovers.
     assert!(lr["role"] == "leader" && lr["takeovers"].as_u64().is_some_and(|n| (1..=2).contains(&n)), "{lr}");
     assert_eq!((sr["role"].as_str(), sr["leader"].clone()), (Some("standby"), lr["member"].clone()), "{sr}");
+    // /metrics says the same; a standby is ready (it watches, it only does not send).
+    for w in [&a, &b] {
+        let r = w.role();
+        let want = if r["role"] == "leader" { 1 } else { 0 };
+        let (code, body) = w.get("/metrics");
+        assert_eq!(code, 200, "{body}");
+        let line = format!("safeguard_leader{{member=\"{}\"}} {want}", r["member"].as_str().unwrap());
+        assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
+        assert_eq!(w.get("/readyz").0, 200);
+    }
 
     // SIGKILL the leader: the standby takes over once the session times out, and sends only what is new.
     let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
