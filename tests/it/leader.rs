@@ -301,3 +301,56 @@ fn a_leader_stopped_past_its_session_sends_nothing_twice_after_it_resumes() {
         eprintln!("resumed: {l}");
     }
 }
+
+/// Issue 17 proof (a): 50 deletions arriving over ~10s, the leader SIGKILLed when half are mailed:
+/// every deletion is mailed at least once, and duplicates are bounded by what was in flight at the kill
+/// (the sender sends one alert at a time and records it before the next: at most one).
+#[test]
+fn a_burst_with_the_leader_killed_midway_mails_every_deletion_with_at_most_one_duplicate() {
+    let broker = env("SAFEGUARD_TEST_KAFKA");
+    let tansu = env("SAFEGUARD_TEST_TANSU");
+    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
+    let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
+    create_topic(&tansu, &broker, &topic, 1);
+    create_topic(&tansu, &broker, &coordination, 1);
+    create_topic(&tansu, &broker, &deliveries, 1);
+    let group = unique("lead");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
+    let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
+
+    let mut rng = Rng::new(now_ms() as u64 ^ 0xb0257);
+    let burst: Vec<(String, Vec<String>)> = (0..50).map(|_| deleted_instance(&mut rng)).collect();
+    let ids: Vec<String> = burst.iter().map(|(id, _)| id.clone()).collect();
+    let producer = {
+        let (broker, topic) = (broker.clone(), topic.clone());
+        std::thread::spawn(move || {
+            for (_, lines) in &burst {
+                produce(&broker, &topic, lines);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mailed = |ids: &[String]| ids.iter().filter(|id| !mails(&maildir, id).is_empty()).count();
+    wait_until("half the burst mailed", Duration::from_secs(60), || mailed(&ids) >= 25);
+    let killed = Instant::now();
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    producer.join().unwrap();
+    while !standby.leads() {
+        assert!(killed.elapsed() < Duration::from_secs(60), "no takeover within 60s; log:\n{}", standby.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let takeover = killed.elapsed();
+    wait_until("every deletion mailed", Duration::from_secs(120), || mailed(&ids) == ids.len());
+    std::thread::sleep(Duration::from_secs(3));
+    let counts: Vec<usize> = ids.iter().map(|id| mails(&maildir, id).len()).collect();
+    let duplicates: usize = counts.iter().map(|n| n - 1).sum();
+    eprintln!("burst of 50: takeover {:.1}s, duplicates {duplicates}", takeover.as_secs_f64());
+    assert!(duplicates <= 1, "{duplicates} duplicates: {counts:?}");
+}
