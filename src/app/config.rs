@@ -61,6 +61,8 @@ pub struct Config {
     pub heartbeat: Option<crate::engine::heartbeat::HeartbeatConfig>,
     /// The watcher backs its store up to the object store (`[s3]` gives the endpoint); off without it.
     pub backup: Option<crate::store::backup::BackupConfig>,
+    /// A standby that takes over: leader election through Kafka, leader-only delivery; off without it.
+    pub leader: Option<crate::sources::kafka::leader::LeaderConfig>,
     /// What `safeguard doctor` needs beyond the rest (the S3 prefix to list, the etcd key to read).
     pub doctor: DoctorConfig,
 }
@@ -100,6 +102,12 @@ impl Config {
         if let Some(b) = &self.backup {
             b.validate()?;
         }
+        if let Some(l) = &self.leader {
+            l.validate().map_err(|e| e.to_string())?;
+            if l.brokers.is_empty() && !self.sources.iter().any(|s| matches!(s, SourceConfig::Kafka(_))) {
+                return Err("[leader]: `brokers` is empty and there is no kafka source to take them from; list the brokers".into());
+            }
+        }
         self.report.validate()?;
         if let Some(cc) = &self.cloud_controller {
             cc.validate()?;
@@ -136,7 +144,23 @@ impl Config {
             recoveries: None,
             heartbeat: self.heartbeat.clone(),
             backup: self.backup.clone(),
+            leader: self.leader(),
         }
+    }
+
+    /// `[leader]` with its defaults filled in: without `brokers`, the first kafka source's brokers and
+    /// client settings.
+    pub fn leader(&self) -> Option<crate::sources::kafka::leader::LeaderConfig> {
+        let mut l = self.leader.clone()?;
+        if l.brokers.is_empty() {
+            if let Some(k) = self.sources.iter().find_map(|s| if let SourceConfig::Kafka(k) = s { Some(k) } else { None }) {
+                l.brokers = k.brokers.clone();
+                if l.client.0.is_empty() {
+                    l.client = k.client.clone();
+                }
+            }
+        }
+        Some(l)
     }
 
     /// What `safeguard doctor` checks.

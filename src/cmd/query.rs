@@ -63,6 +63,10 @@ pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
     }
     println!("store        {} (schema {}, {} bytes)", st.path.display(), st.schema_version.as_deref().unwrap_or("?"), st.size_bytes);
     println!("watcher      {}", if st.watcher_running { "running" } else { "not running" });
+    if let Some(r) = &st.leadership {
+        let leader = r.leader.as_deref().unwrap_or("unknown");
+        println!("role         {} (member {}, leader {leader}, {} takeovers)", r.role, r.member, r.takeovers);
+    }
     println!("instances    {} ({} live, {} deleted)", st.instances, st.instances.saturating_sub(st.deleted), st.deleted);
     if let Some(n) = st.at_risk {
         let why: Vec<String> = st.at_risk_by_reason.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r}: {n}")).collect();

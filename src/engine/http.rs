@@ -182,6 +182,8 @@ fn describe() {
         "When the engine last committed (it commits at least every watch.commit_interval)."
     );
     describe_gauge!("safeguard_build_info", "1, labelled with the running version.");
+    describe_gauge!("safeguard_leader", "With [leader]: 1 while this watcher is the leader (holds the coordination partition and its lease), 0 on a standby.");
+    describe_counter!("safeguard_leader_takeovers_total", "With [leader]: times this watcher became the leader since it started.");
 }
 
 // ------------------------------------------------------------------------------------------- state
@@ -198,6 +200,7 @@ struct InstanceStats {
 type CachedStats = (Instant, (u64, u64), InstanceStats);
 
 struct Shared {
+    leader: Option<crate::sources::kafka::leader::Leader>,
     store: Store,
     risk: RiskRules,
     started_ms: i64,
@@ -231,6 +234,8 @@ pub struct Watched {
     pub risk: RiskRules,
     /// The recovery journal's outcomes; None leaves `safeguard_recoveries` out.
     pub recoveries: Option<RecoveryCounts>,
+    /// With `[leader]`: this replica's role (`safeguard_leader`, `safeguard_leader_takeovers_total`).
+    pub leader: Option<crate::sources::kafka::leader::Leader>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +331,7 @@ impl Server {
             kafka,
             instances: Mutex::new(None),
             recoveries: Mutex::new(None),
+            leader: watched.leader.clone(),
         });
 
         let mut tasks = Vec::new();
@@ -548,6 +554,11 @@ fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
     counter!("safeguard_lines_unattributed_total").absolute(c.lines_unattributed);
     counter!("safeguard_lines_rejected_total").absolute(c.lines_rejected);
     gauge!("safeguard_lines_parked").set(c.lines_parked as f64);
+    if let Some(l) = &sh.leader {
+        let r = l.role();
+        gauge!("safeguard_leader", "member" => r.member.clone()).set(if r.role == "leader" { 1.0 } else { 0.0 });
+        counter!("safeguard_leader_takeovers_total", "member" => r.member).absolute(r.takeovers);
+    }
     counter!("safeguard_lines_expired_unattributed_total").absolute(c.lines_expired_unattributed);
     for a in &sh.udp {
         if let Some(n) = crate::sources::syslog::udp_drops(*a) {

@@ -124,6 +124,8 @@ pub struct Setup {
     pub heartbeat: Option<crate::engine::heartbeat::HeartbeatConfig>,
     /// Backs the store up to the object store (`s3` gives the endpoint and credentials).
     pub backup: Option<crate::store::backup::BackupConfig>,
+    /// Leader election through Kafka: only the leader delivers alerts.
+    pub leader: Option<crate::sources::kafka::leader::LeaderConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +144,8 @@ pub enum WatchError {
     Alerts(#[from] crate::sinks::sender::SenderError),
     #[error(transparent)]
     Backup(#[from] crate::store::backup::BackupError),
+    #[error(transparent)]
+    Leader(#[from] crate::sources::kafka::leader::LeaderError),
     #[error("[alerts.digest]: {0}")]
     Digest(String),
     #[error("the engine thread panicked; the store keeps what it last committed and a restart resumes from there; please report the panic in the log above")]
@@ -248,7 +252,7 @@ fn engine_loop(
 
 /// Runs until `shutdown` resolves or every source has finished (stdin or a non-followed file).
 pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<Output = ()>) -> Result<Counters, WatchError> {
-    let Setup { watch, mut engine, sources, http, alerts, s3, risk, recoveries, heartbeat, backup } = setup;
+    let Setup { watch, mut engine, sources, http, alerts, s3, risk, recoveries, heartbeat, backup, leader } = setup;
     let backup = backup.map(|b| BackupRun::new(b, s3.as_ref(), tokio::runtime::Handle::current(), store.path())).transpose()?;
     engine.raise_absence = alerts.is_some();
     let engine = Engine::new(store.clone(), engine)?;
@@ -273,6 +277,8 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
     let (tx, rx) = mpsc::channel::<Msg>(1024);
     let sink = Sink::new(tx.clone());
     let stop = Arc::new(AtomicBool::new(false));
+    // Joins the election before anything can send; a standby delivers nothing until it leads.
+    let leader = leader.map(|l| crate::sources::kafka::leader::Leader::start(&l, stop.clone(), tokio::runtime::Handle::current())).transpose()?;
     let finite = sources.iter().filter(|s| s.is_finite()).count();
     let all_finite = finite == sources.len();
 
@@ -287,7 +293,8 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
     // The heartbeat asks the same health as /readyz, so it is kept without [http] too; so does the
     // digest, for the Kafka lag.
     let mut http = if http.is_some() || heartbeat.is_some() || (with_digest && has_kafka) {
-        let watched = crate::engine::http::Watched { sources: sources.clone(), commit_interval: watch.commit_interval, risk, recoveries };
+        let watched =
+            crate::engine::http::Watched { sources: sources.clone(), commit_interval: watch.commit_interval, risk, recoveries, leader: leader.clone() };
         Some(crate::engine::http::Server::start(http.as_ref(), watched, store.clone(), durable_rx.clone()).await?)
     } else {
         None
@@ -312,7 +319,10 @@ pub async fn run(setup: Setup, store: Store, shutdown: impl std::future::Future<
     let sender = match alerts {
         Some(a) => {
             let s3 = s3.as_ref().map(crate::adapters::s3::ObjectStore::connect).transpose()?;
-            let sender = crate::sinks::sender::Sender::new(store.clone(), a, s3)?;
+            let mut sender = crate::sinks::sender::Sender::new(store.clone(), a, s3)?;
+            if let Some(l) = &leader {
+                sender = sender.with_leader(l.clone());
+            }
             Some(tokio::spawn(sender.run(Duration::from_secs(1))))
         }
         None => None,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{email::Mailer, webhook::Webhook};
 use crate::adapters::s3::{ObjectStore, S3Url};
 use crate::alerts::{compose, Alert, AlertsConfig, Delivery, Kind, Rule};
+use crate::sources::kafka::leader::{Leader, Marks};
 use crate::store::{Store, StoreError};
 use crate::timeutil::now_ms;
 
@@ -31,6 +32,8 @@ pub struct Sender {
     s3: Option<ObjectStore>,
     mailer: Option<Mailer>,
     webhook: Option<Webhook>,
+    /// With `[leader]`: only the leader sends, and deliveries recorded by any leader are marked here.
+    leader: Option<Leader>,
 }
 
 impl Sender {
@@ -41,12 +44,21 @@ impl Sender {
         if mailer.is_none() && webhook.is_none() {
             tracing::warn!("[alerts] has neither email nor webhook configured: alerts are recorded but not delivered");
         }
-        Ok(Sender { store, cfg, s3, mailer, webhook })
+        Ok(Sender { store, cfg, s3, mailer, webhook, leader: None })
+    }
+
+    /// Sends only while `leader` says this replica leads, and marks what the deliveries topic reports.
+    pub fn with_leader(mut self, leader: Leader) -> Sender {
+        self.leader = Some(leader);
+        self
     }
 
     pub async fn run(self, every: Duration) {
         let mut last_retire: Option<std::time::Instant> = None;
         loop {
+            if let Err(e) = self.apply_deliveries() {
+                tracing::warn!(error = %e, "marking deliveries from the deliveries topic failed; retrying");
+            }
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "alert delivery pass failed; retrying");
             }
@@ -66,11 +78,80 @@ impl Sender {
         let due: Vec<Alert> = self.store.due_alerts(now_ms(), PASS_MAX)?;
         for a in &due {
             // The due index only lists pending alerts; an entry is checked all the same.
-            if a.state == Delivery::Pending {
-                self.process(a.clone()).await?;
+            if a.state != Delivery::Pending {
+                continue;
             }
+            if let Some(l) = &self.leader {
+                // Delivered by a leader (this one before a restart, or another): mark, do not resend.
+                if let Some(marks) = l.delivered(&a.id) {
+                    if self.mark(&a.id, &marks)?.is_some_and(|m| m.state != Delivery::Pending) {
+                        continue;
+                    }
+                }
+                if !self.may_send() {
+                    continue;
+                }
+            }
+            self.process(a.clone()).await?;
         }
         Ok(due.len())
+    }
+
+    /// Whether this replica may send now (always, without `[leader]`): it leads, and it has read the
+    /// deliveries topic to its end once (else it would resend what a previous leader delivered).
+    fn may_send(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| l.is_leader() && l.caught_up())
+    }
+
+    /// Marks in the outbox what the deliveries topic reported since the last call.
+    pub fn apply_deliveries(&self) -> Result<usize, StoreError> {
+        let Some(l) = &self.leader else { return Ok(0) };
+        let mut n = 0;
+        for (id, marks) in l.take_fresh() {
+            if self.mark(&id, &marks)?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Sets each channel the marks report as sent; an alert whose configured channels are all sent is
+    /// delivered. `None` when the alert is not in this outbox (not raised here yet, or retired).
+    fn mark(&self, id: &str, marks: &Marks) -> Result<Option<Alert>, StoreError> {
+        let (email, webhook) = (self.mailer.is_some(), self.webhook.is_some());
+        // Most marks change nothing (the leader reading its own records, a restart reading the whole
+        // topic): no write for those.
+        match self.store.alert(id)? {
+            None => return Ok(None),
+            Some(a) if a.state != Delivery::Pending && a.state != Delivery::Failed => {
+                if let Some(l) = &self.leader {
+                    l.forget(id);
+                }
+                return Ok(Some(a));
+            }
+            Some(_) => {}
+        }
+        let done = self.store.update_alert(id, |a| {
+            if a.email_sent_at.is_none() {
+                a.email_sent_at = marks.get("email").copied();
+            }
+            if a.webhook_sent_at.is_none() {
+                a.webhook_sent_at = marks.get("webhook").copied();
+            }
+            let complete = (!email || a.email_sent_at.is_some()) && (!webhook || a.webhook_sent_at.is_some()) && (email || webhook);
+            if complete && matches!(a.state, Delivery::Pending | Delivery::Failed) {
+                a.state = Delivery::Sent;
+                a.sent_at = marks.values().max().copied();
+                a.last_error = None;
+                tracing::info!(alert = %a.id, "alert delivered by the leader (deliveries topic)");
+            }
+        })?;
+        if let (Some(l), Some(a)) = (&self.leader, &done) {
+            if a.state != Delivery::Pending {
+                l.forget(id);
+            }
+        }
+        Ok(done)
     }
 
     /// Moves alerts finished more than `alerts.retention` ago out of the outbox; their ids stay, so a
@@ -141,15 +222,34 @@ impl Sender {
         }
         let m = compose(&a);
         let mut errors = Vec::new();
+        // Leadership is checked again right before each send: deciding may have taken a while.
+        if !self.may_send() {
+            return self.store.put_alert(&a);
+        }
         if let (Some(mailer), None) = (&self.mailer, a.email_sent_at) {
             match mailer.send(&a, &m).await {
-                Ok(()) => a.email_sent_at = Some(now_ms()),
+                Ok(()) => {
+                    let at = now_ms();
+                    a.email_sent_at = Some(at);
+                    if let Some(l) = &self.leader {
+                        l.record_delivery(&a.id, "email", at).await;
+                    }
+                }
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        if !self.may_send() {
+            return self.store.put_alert(&a);
+        }
         if let (Some(hook), None) = (&self.webhook, a.webhook_sent_at) {
             match hook.send(&a).await {
-                Ok(()) => a.webhook_sent_at = Some(now_ms()),
+                Ok(()) => {
+                    let at = now_ms();
+                    a.webhook_sent_at = Some(at);
+                    if let Some(l) = &self.leader {
+                        l.record_delivery(&a.id, "webhook", at).await;
+                    }
+                }
                 Err(e) => errors.push(e.to_string()),
             }
         }

@@ -121,6 +121,9 @@ pub struct StoreStatus {
     pub positions: Vec<(String, Position)>,
     /// Whether the answer came from a running watcher.
     pub watcher_running: bool,
+    /// With `[leader]`, the running watcher's role (leader or standby), the leader and takeovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leadership: Option<crate::sources::kafka::leader::Role>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -337,6 +340,7 @@ fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryErr
         counters,
         positions,
         watcher_running: false,
+        leadership: None,
     })
 }
 
@@ -485,6 +489,7 @@ fn status(s: &Store, watcher_running: bool) -> Result<StoreStatus, StoreError> {
         counters: s.counters()?,
         positions: s.positions()?,
         watcher_running,
+        leadership: if watcher_running { crate::sources::kafka::leader::current_role() } else { None },
     })
 }
 

@@ -19,6 +19,7 @@ mod hostile;
 mod ingest;
 mod kafka;
 mod layers;
+mod leader;
 mod metrics;
 mod monitoring;
 mod order;

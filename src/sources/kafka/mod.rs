@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod consumer;
+pub mod leader;
 pub mod position;
 pub mod probe;
 

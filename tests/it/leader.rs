@@ -1,0 +1,356 @@
+//! `[leader]` (issue 17 part 2) against the real broker (tansu) and SMTP server (aiosmtpd): two
+//! watchers, each with its own store and its own group on the syslog topic, elect one leader through a
+//! coordination group; only the leader mails, and the standby marks what was mailed through the
+//! deliveries topic. Kill one leader at a time: tansu 0.6.0 can leave a group assigned to dead members
+//! when two die seconds apart (see the shared reference).
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, create_topic, env, lager, mails, run, wait_until};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use safeguard::gen::Rng;
+use safeguard::timeutil::now_ms;
+use serde_json::Value;
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}-{}", std::process::id(), now_ms())
+}
+
+struct Watcher {
+    child: Child,
+    log: PathBuf,
+    store: PathBuf,
+    config: PathBuf,
+}
+
+impl Watcher {
+    fn start(config: &Path, store: &Path, log: &Path) -> Watcher {
+        let socket = store.join(safeguard::query::SOCKET_NAME);
+        let _ = std::fs::remove_file(&socket);
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(bin())
+            .args(["--config", config.to_str().unwrap(), "watch", "--store", store.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let mut w = Watcher { child, log: log.to_path_buf(), store: store.to_path_buf(), config: config.to_path_buf() };
+        let start = Instant::now();
+        while !socket.exists() {
+            assert!(w.child.try_wait().unwrap().is_none(), "the watcher exited at start-up; log:\n{}", w.log_text());
+            assert!(start.elapsed() < Duration::from_secs(30), "no query socket; log:\n{}", w.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w
+    }
+
+    /// GET on this watcher's `[http]` endpoint: (status, body).
+    fn get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        let addr = cfg.lines().find_map(|l| l.strip_prefix("listen = ")).unwrap().trim_matches('"').to_string();
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return (0, String::new()) };
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn leads(&self) -> bool {
+        let l = self.log_text();
+        l.rfind("now the LEADER").is_some_and(|i| l.rfind("leadership lost").is_none_or(|j| j < i))
+    }
+
+    /// The alerts in this watcher's outbox (through its socket).
+    fn alerts(&self) -> Vec<Value> {
+        let (_, out, _) = run(&["alerts", "--json", "--store", self.store.to_str().unwrap()]);
+        serde_json::from_str::<Value>(&out).ok().and_then(|v| v.as_array().cloned()).unwrap_or_default()
+    }
+
+    /// `status --json`'s `leadership` (through the socket).
+    fn role(&self) -> Value {
+        let (_, out, _) = run(&["status", "--json", "--store", self.store.to_str().unwrap()]);
+        serde_json::from_str::<Value>(&out).map(|v| v["leadership"].clone()).unwrap_or(Value::Null)
+    }
+
+    fn sent(&self, instance: &str) -> bool {
+        self.alerts().iter().any(|a| a["id"].as_str().is_some_and(|id| id.starts_with(instance)) && a["state"] == "sent")
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config(dir: &Path, broker: &str, topic: &str, member: &str, leader_group: &str, coordination: &str, deliveries: &str) -> PathBuf {
+    let (host, port) = env("SAFEGUARD_TEST_SMTP").split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
+    let p = dir.join(format!("{member}.toml"));
+    let http = common::free_port();
+    std::fs::write(
+        &p,
+        format!(
+            r#"[store]
+cache_mb = 16
+[watch]
+deletion_grace = "1s"
+commit_interval = "200ms"
+stats_interval = "2s"
+[[sources]]
+type = "kafka"
+brokers = ["{broker}"]
+topics = ["{topic}"]
+group_id = "{}"
+session_timeout = "6s"
+[http]
+listen = "127.0.0.1:{http}"
+[leader]
+topic = "{coordination}"
+group_id = "{leader_group}"
+member = "{member}"
+deliveries_topic = "{deliveries}"
+session_timeout = "6s"
+lease = "3s"
+[alerts]
+max_retry_interval = "1s"
+[alerts.email]
+host = "{host}"
+port = {port}
+security = "none"
+from = "safeguard@platform.example"
+to = ["dba-oncall@platform.example"]
+timeout = "3s"
+"#,
+            unique(&format!("syslog-{member}"))
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// A provisioned instance whose only node is removed: a deletion alert once the grace has passed.
+fn deleted_instance(rng: &mut Rng) -> (String, Vec<String>) {
+    let (id, node) = (rng.uuid(), rng.uuid());
+    let t = now_ms() - 30_000;
+    let lines = vec![
+        lager(t, "provision.start", &format!(r#""instance-id":"{id}""#)),
+        lager(t + 1, "add-node.perform", &format!(r#""instance-id":"{id}","node-uuid":"{node}""#)),
+        lager(t + 6, "remove-node.perform", &format!(r#""instance-id":"{id}","node-uuid":"{node}","backend":"10.0.0.1""#)),
+    ];
+    (id, lines)
+}
+
+fn produce(broker: &str, topic: &str, lines: &[String]) {
+    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", broker).set("linger.ms", "0").set("batch.num.messages", "1").create().unwrap();
+    for l in lines {
+        p.send(BaseRecord::to(topic).key("router").payload(l.as_str())).unwrap();
+        p.flush(Duration::from_secs(30)).unwrap();
+    }
+}
+
+#[test]
+fn leader_config_is_validated_with_the_key_named() {
+    use safeguard::app::config::Config;
+    let base = "[[sources]]\ntype = \"kafka\"\nbrokers = \"k:1\"\ntopics = [\"t\"]\ngroup_id = \"g\"\n";
+    let ok = Config::parse(&format!("{base}[leader]\ngroup_id = \"lead\"\n")).unwrap();
+    let l = ok.leader().unwrap();
+    assert_eq!((l.brokers, l.lease, l.topic.as_str()), (vec!["k:1".to_string()], Duration::from_secs(5), "safeguard-leader"));
+    for (text, key) in [
+        (format!("{base}[leader]\ngroup_id = \"lead\"\nlease = \"9s\"\n"), "`lease`"),
+        (format!("{base}[leader]\ngroup_id = \"\"\n"), "`group_id`"),
+        (format!("{base}[leader]\ngroup_id = \"l\"\ndeliveries_topic = \"safeguard-leader\"\n"), "`deliveries_topic`"),
+        ("[leader]\ngroup_id = \"l\"\n".to_string(), "`brokers`"),
+        (format!("{base}[leader]\ngroup_id = \"l\"\nleese = \"1s\"\n"), "leese"),
+    ] {
+        let e = Config::parse(&text).unwrap_err();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+}
+
+/// One leader among two; one mail per deletion; the standby's outbox marks it sent from the deliveries
+/// topic; SIGKILL the leader and the standby takes over within the session timeout and mails only what
+/// was not delivered.
+#[test]
+fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
+    let broker = env("SAFEGUARD_TEST_KAFKA");
+    let tansu = env("SAFEGUARD_TEST_TANSU");
+    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
+    let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
+    create_topic(&tansu, &broker, &topic, 1);
+    create_topic(&tansu, &broker, &coordination, 1);
+    create_topic(&tansu, &broker, &deliveries, 1);
+    let group = unique("lead");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
+    let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+    wait_until("one of the two to lead", Duration::from_secs(60), || a.leads() || b.leads());
+    // B's joining rebalances the group: wait until it settles on one leader.
+    std::thread::sleep(Duration::from_secs(2));
+    let settled = wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
+    eprintln!("election settled after {:.1}s more", settled.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(a.leads() != b.leads(), "exactly one leader:\nA:\n{}\nB:\n{}", a.log_text(), b.log_text());
+
+    let mut rng = Rng::new(now_ms() as u64 ^ 0x1ead);
+    let (x, lines) = deleted_instance(&mut rng);
+    produce(&broker, &topic, &lines);
+    wait_until("the deletion mail", Duration::from_secs(60), || !mails(&maildir, &x).is_empty());
+    wait_until("both outboxes to mark it sent", Duration::from_secs(30), || a.sent(&x) && b.sent(&x));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(mails(&maildir, &x).len(), 1, "one mail for {x}");
+
+    let (lr, sr) = if a.leads() { (a.role(), b.role()) } else { (b.role(), a.role()) };
+    // The standby's joining revokes partition 0 for a moment (eager rebalancing): 1 or 2 takeovers.
+    assert!(lr["role"] == "leader" && lr["takeovers"].as_u64().is_some_and(|n| (1..=2).contains(&n)), "{lr}");
+    assert_eq!((sr["role"].as_str(), sr["leader"].clone()), (Some("standby"), lr["member"].clone()), "{sr}");
+    // /metrics says the same; a standby is ready (it watches, it only does not send).
+    for w in [&a, &b] {
+        let r = w.role();
+        let want = if r["role"] == "leader" { 1 } else { 0 };
+        let (code, body) = w.get("/metrics");
+        assert_eq!(code, 200, "{body}");
+        let line = format!("safeguard_leader{{member=\"{}\"}} {want}", r["member"].as_str().unwrap());
+        assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
+        assert_eq!(w.get("/readyz").0, 200);
+    }
+
+    // SIGKILL the leader: the standby takes over once the session times out, and sends only what is new.
+    let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
+    let killed = Instant::now();
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    let (y, lines) = deleted_instance(&mut rng);
+    produce(&broker, &topic, &lines);
+    while !standby.leads() {
+        assert!(killed.elapsed() < Duration::from_secs(60), "no takeover within 60s of SIGKILL; standby's log:\n{}", standby.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let takeover = killed.elapsed();
+    eprintln!("takeover after SIGKILL: {:.1}s (coordination session_timeout 6s)", takeover.as_secs_f64());
+    assert!(takeover < Duration::from_secs(30), "takeover took {takeover:?}");
+    wait_until("the new leader's mail", Duration::from_secs(60), || !mails(&maildir, &y).is_empty());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(mails(&maildir, &y).len(), 1, "one mail for {y}");
+    assert_eq!(mails(&maildir, &x).len(), 1, "{x} was delivered before the kill and not sent again");
+    assert!(standby.sent(&y));
+    let r = standby.role();
+    assert_eq!((r["role"].as_str(), r["takeovers"].as_u64()), (Some("leader"), Some(1)), "{r}");
+    for l in standby.log_text().lines().filter(|l| l.contains("leader")) {
+        eprintln!("standby: {l}");
+    }
+}
+
+/// Issue 17 proof (b): a leader SIGSTOPped past its session is replaced; once resumed it sends nothing
+/// the new leader sent (its lease ran out while it was stopped, and a lease unrenewed for longer than a
+/// session is never renewed: it joins again).
+#[test]
+fn a_leader_stopped_past_its_session_sends_nothing_twice_after_it_resumes() {
+    let broker = env("SAFEGUARD_TEST_KAFKA");
+    let tansu = env("SAFEGUARD_TEST_TANSU");
+    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
+    let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
+    create_topic(&tansu, &broker, &topic, 1);
+    create_topic(&tansu, &broker, &coordination, 1);
+    create_topic(&tansu, &broker, &deliveries, 1);
+    let group = unique("lead");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
+    let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
+    std::thread::sleep(Duration::from_secs(2));
+    let (old, new) = if a.leads() { (a, b) } else { (b, a) };
+    let pid = old.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let stopped = Instant::now();
+    while !new.leads() {
+        assert!(stopped.elapsed() < Duration::from_secs(60), "no takeover within 60s of SIGSTOP; log:\n{}", new.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("takeover after SIGSTOP: {:.1}s", stopped.elapsed().as_secs_f64());
+    let mut rng = Rng::new(now_ms() as u64 ^ 0x5709);
+    let (y, lines) = deleted_instance(&mut rng);
+    produce(&broker, &topic, &lines);
+    wait_until("the new leader's mail", Duration::from_secs(60), || !mails(&maildir, &y).is_empty());
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    // The resumed watcher applies y from its own syslog group, and must not mail it again.
+    let (z, lines) = deleted_instance(&mut rng);
+    produce(&broker, &topic, &lines);
+    wait_until("a mail for the deletion after the resume", Duration::from_secs(60), || !mails(&maildir, &z).is_empty());
+    wait_until("the resumed watcher to mark both sent", Duration::from_secs(30), || old.sent(&y) && old.sent(&z));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(mails(&maildir, &y).len(), 1, "one mail for {y}; resumed watcher's log:\n{}", old.log_text());
+    assert_eq!(mails(&maildir, &z).len(), 1, "one mail for {z}");
+    for l in old.log_text().lines().filter(|l| l.contains("leader") || l.contains("lease")) {
+        eprintln!("resumed: {l}");
+    }
+}
+
+/// Issue 17 proof (a): 50 deletions arriving over ~10s, the leader SIGKILLed when half are mailed:
+/// every deletion is mailed at least once, and duplicates are bounded by what was in flight at the kill
+/// (the sender sends one alert at a time and records it before the next: at most one).
+#[test]
+fn a_burst_with_the_leader_killed_midway_mails_every_deletion_with_at_most_one_duplicate() {
+    let broker = env("SAFEGUARD_TEST_KAFKA");
+    let tansu = env("SAFEGUARD_TEST_TANSU");
+    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
+    let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
+    create_topic(&tansu, &broker, &topic, 1);
+    create_topic(&tansu, &broker, &coordination, 1);
+    create_topic(&tansu, &broker, &deliveries, 1);
+    let group = unique("lead");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
+    let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+    std::thread::sleep(Duration::from_secs(2));
+    wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
+
+    let mut rng = Rng::new(now_ms() as u64 ^ 0xb0257);
+    let burst: Vec<(String, Vec<String>)> = (0..50).map(|_| deleted_instance(&mut rng)).collect();
+    let ids: Vec<String> = burst.iter().map(|(id, _)| id.clone()).collect();
+    let producer = {
+        let (broker, topic) = (broker.clone(), topic.clone());
+        std::thread::spawn(move || {
+            for (_, lines) in &burst {
+                produce(&broker, &topic, lines);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let mailed = |ids: &[String]| ids.iter().filter(|id| !mails(&maildir, id).is_empty()).count();
+    wait_until("half the burst mailed", Duration::from_secs(60), || mailed(&ids) >= 25);
+    let killed = Instant::now();
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    producer.join().unwrap();
+    while !standby.leads() {
+        assert!(killed.elapsed() < Duration::from_secs(60), "no takeover within 60s; log:\n{}", standby.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let takeover = killed.elapsed();
+    wait_until("every deletion mailed", Duration::from_secs(120), || mailed(&ids) == ids.len());
+    std::thread::sleep(Duration::from_secs(3));
+    let counts: Vec<usize> = ids.iter().map(|id| mails(&maildir, id).len()).collect();
+    let duplicates: usize = counts.iter().map(|n| n - 1).sum();
+    eprintln!("burst of 50: takeover {:.1}s, duplicates {duplicates}", takeover.as_secs_f64());
+    assert!(duplicates <= 1, "{duplicates} duplicates: {counts:?}");
+}
