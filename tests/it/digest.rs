@@ -8,61 +8,16 @@ use crate::common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{bin, env, free_port, lager, mails, run, wait_until};
+use common::{bin, env, free_port, lager, mails, run, s3_layout, wait_until, Proc};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use safeguard::gen::Rng;
-use safeguard::s3::{ObjectStore, S3Config};
 use safeguard::timeutil::{now_ms, rfc3339};
 use serde_json::Value;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-impl Proc {
-    fn stop(mut self) -> String {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let status = self.0.wait().unwrap();
-        let mut err = String::new();
-        if let Some(e) = self.0.stderr.as_mut() {
-            let _ = e.read_to_string(&mut err);
-        }
-        assert!(status.success(), "watcher exited with {status}:\n{err}");
-        err
-    }
-}
-
-fn s3_config() -> S3Config {
-    S3Config {
-        endpoint: Some(env("SAFEGUARD_TEST_S3")),
-        path_style: true,
-        access_key_id: Some("test".into()),
-        secret_access_key: Some("test-secret-key".into()),
-        timeout: Duration::from_secs(5),
-        max_attempts: 2,
-        ..S3Config::default()
-    }
-}
-
-fn s3_layout(bucket: &str, objects: &[(String, &str)]) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let store = ObjectStore::connect(&s3_config()).unwrap();
-        let c = store.client().await;
-        c.create_bucket().bucket(bucket).send().await.expect("create bucket");
-        for (key, body) in objects {
-            c.put_object().bucket(bucket).key(key).body(body.as_bytes().to_vec().into()).send().await.expect("put object");
-        }
-    });
-}
 
 /// A minimal HTTP server: answers 200 and hands every POSTed JSON body to the test.
 fn webhook_server() -> (String, mpsc::Receiver<Value>) {

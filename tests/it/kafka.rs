@@ -173,15 +173,16 @@ session_timeout = "6s"
     p
 }
 
-struct Watcher {
-    child: Child,
+/// A `safeguard watch` child logging to a file (also `leader.rs`'s replicas).
+pub(crate) struct Watcher {
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Watcher {
     /// Starts the watcher and waits for its query socket: until then a `status` would open the store
     /// directly and could take the store's lock from under the starting watcher.
-    fn start(config: &Path, store: &Path, log: &Path) -> Watcher {
+    pub(crate) fn start(config: &Path, store: &Path, log: &Path) -> Watcher {
         let socket = store.join(safeguard::query::SOCKET_NAME);
         // A SIGKILLed watcher leaves its socket file behind.
         let _ = std::fs::remove_file(&socket);
@@ -219,7 +220,7 @@ impl Watcher {
         assert!(status.success(), "watch exited with {status}; log:\n{}", self.log_text());
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

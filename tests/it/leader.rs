@@ -7,10 +7,10 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{bin, create_topic, env, lager, mails, run, wait_until};
+use common::{create_topic, env, lager, mails, run, wait_until};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use safeguard::gen::Rng;
@@ -21,33 +21,16 @@ fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), now_ms())
 }
 
+/// A replica: the Kafka tests' watcher, with where its store and config are.
 struct Watcher {
-    child: Child,
-    log: PathBuf,
+    w: crate::kafka::Watcher,
     store: PathBuf,
     config: PathBuf,
 }
 
 impl Watcher {
     fn start(config: &Path, store: &Path, log: &Path) -> Watcher {
-        let socket = store.join(safeguard::query::SOCKET_NAME);
-        let _ = std::fs::remove_file(&socket);
-        let err = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(bin())
-            .args(["--config", config.to_str().unwrap(), "watch", "--store", store.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let mut w = Watcher { child, log: log.to_path_buf(), store: store.to_path_buf(), config: config.to_path_buf() };
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(w.child.try_wait().unwrap().is_none(), "the watcher exited at start-up; log:\n{}", w.log_text());
-            assert!(start.elapsed() < Duration::from_secs(30), "no query socket; log:\n{}", w.log_text());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        w
+        Watcher { w: crate::kafka::Watcher::start(config, store, log), store: store.to_path_buf(), config: config.to_path_buf() }
     }
 
     /// GET on this watcher's `[http]` endpoint: (status, body).
@@ -65,7 +48,7 @@ impl Watcher {
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.w.log_text()
     }
 
     fn leads(&self) -> bool {
@@ -87,13 +70,6 @@ impl Watcher {
 
     fn sent(&self, instance: &str) -> bool {
         self.alerts().iter().any(|a| a["id"].as_str().is_some_and(|id| id.starts_with(instance)) && a["state"] == "sent")
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -142,6 +118,35 @@ timeout = "3s"
     p
 }
 
+/// Two replicas (A and B) sharing one `[leader]` group, each with its own store and syslog consumer group,
+/// on fresh topics.
+struct Replicas {
+    _tmp: tempfile::TempDir,
+    broker: String,
+    topic: String,
+    maildir: PathBuf,
+    a: Watcher,
+    b: Watcher,
+}
+
+impl Replicas {
+    fn start() -> Replicas {
+        let broker = env("SAFEGUARD_TEST_KAFKA");
+        let tansu = env("SAFEGUARD_TEST_TANSU");
+        let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
+        let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
+        for t in [&topic, &coordination, &deliveries] {
+            create_topic(&tansu, &broker, t, 1);
+        }
+        let group = unique("lead");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
+        let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+        Replicas { _tmp: tmp, broker, topic, maildir, a, b }
+    }
+}
+
 /// A provisioned instance whose only node is removed: a deletion alert once the grace has passed.
 fn deleted_instance(rng: &mut Rng) -> (String, Vec<String>) {
     let (id, node) = (rng.uuid(), rng.uuid());
@@ -186,18 +191,7 @@ fn leader_config_is_validated_with_the_key_named() {
 /// was not delivered.
 #[test]
 fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
-    let broker = env("SAFEGUARD_TEST_KAFKA");
-    let tansu = env("SAFEGUARD_TEST_TANSU");
-    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
-    let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
-    create_topic(&tansu, &broker, &topic, 1);
-    create_topic(&tansu, &broker, &coordination, 1);
-    create_topic(&tansu, &broker, &deliveries, 1);
-    let group = unique("lead");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
-    let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+    let Replicas { _tmp, broker, topic, maildir, a, b } = Replicas::start();
     wait_until("one of the two to lead", Duration::from_secs(60), || a.leads() || b.leads());
     // B's joining rebalances the group: wait until it settles on one leader.
     std::thread::sleep(Duration::from_secs(2));
@@ -232,8 +226,8 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
     // SIGKILL the leader: the standby takes over once the session times out, and sends only what is new.
     let (mut leader, standby) = if a.leads() { (a, b) } else { (b, a) };
     let killed = Instant::now();
-    leader.child.kill().unwrap();
-    leader.child.wait().unwrap();
+    leader.w.child.kill().unwrap();
+    leader.w.child.wait().unwrap();
     let (y, lines) = deleted_instance(&mut rng);
     produce(&broker, &topic, &lines);
     while !standby.leads() {
@@ -260,23 +254,12 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
 /// session is never renewed: it joins again).
 #[test]
 fn a_leader_stopped_past_its_session_sends_nothing_twice_after_it_resumes() {
-    let broker = env("SAFEGUARD_TEST_KAFKA");
-    let tansu = env("SAFEGUARD_TEST_TANSU");
-    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
-    let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
-    create_topic(&tansu, &broker, &topic, 1);
-    create_topic(&tansu, &broker, &coordination, 1);
-    create_topic(&tansu, &broker, &deliveries, 1);
-    let group = unique("lead");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
-    let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+    let Replicas { _tmp, broker, topic, maildir, a, b } = Replicas::start();
     std::thread::sleep(Duration::from_secs(2));
     wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
     std::thread::sleep(Duration::from_secs(2));
     let (old, new) = if a.leads() { (a, b) } else { (b, a) };
-    let pid = old.child.id().to_string();
+    let pid = old.w.child.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     let stopped = Instant::now();
     while !new.leads() {
@@ -307,18 +290,7 @@ fn a_leader_stopped_past_its_session_sends_nothing_twice_after_it_resumes() {
 /// (the sender sends one alert at a time and records it before the next: at most one).
 #[test]
 fn a_burst_with_the_leader_killed_midway_mails_every_deletion_with_at_most_one_duplicate() {
-    let broker = env("SAFEGUARD_TEST_KAFKA");
-    let tansu = env("SAFEGUARD_TEST_TANSU");
-    let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
-    let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
-    create_topic(&tansu, &broker, &topic, 1);
-    create_topic(&tansu, &broker, &coordination, 1);
-    create_topic(&tansu, &broker, &deliveries, 1);
-    let group = unique("lead");
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
-    let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+    let Replicas { _tmp, broker, topic, maildir, a, b } = Replicas::start();
     std::thread::sleep(Duration::from_secs(2));
     wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
     std::thread::sleep(Duration::from_secs(2));
@@ -339,8 +311,8 @@ fn a_burst_with_the_leader_killed_midway_mails_every_deletion_with_at_most_one_d
     let mailed = |ids: &[String]| ids.iter().filter(|id| !mails(&maildir, id).is_empty()).count();
     wait_until("half the burst mailed", Duration::from_secs(60), || mailed(&ids) >= 25);
     let killed = Instant::now();
-    leader.child.kill().unwrap();
-    leader.child.wait().unwrap();
+    leader.w.child.kill().unwrap();
+    leader.w.child.wait().unwrap();
     producer.join().unwrap();
     while !standby.leads() {
         assert!(killed.elapsed() < Duration::from_secs(60), "no takeover within 60s; log:\n{}", standby.log_text());

@@ -184,3 +184,42 @@ pub fn lager(t: i64, name: &str, data: &str) -> String {
         t % 1000
     )
 }
+
+/// A watcher (or other child) the test stops with SIGTERM to read its log, or that is killed when the
+/// test lets go of it.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Stops it with SIGTERM, asserts a clean exit, and returns what it wrote on stderr.
+    pub fn stop(mut self) -> String {
+        use std::io::Read;
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let status = self.0.wait().unwrap();
+        let mut err = String::new();
+        if let Some(e) = self.0.stderr.as_mut() {
+            let _ = e.read_to_string(&mut err);
+        }
+        assert!(status.success(), "watcher exited with {status}:\n{err}");
+        err
+    }
+}
+
+/// Creates a bucket in the test S3 server and uploads `objects` (key, body) into it.
+pub fn s3_layout(bucket: &str, objects: &[(String, &str)]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = safeguard::s3::ObjectStore::connect(&s3_config(env("SAFEGUARD_TEST_S3"), "test-secret-key")).unwrap();
+        let c = store.client().await;
+        c.create_bucket().bucket(bucket).send().await.expect("create bucket");
+        for (key, body) in objects {
+            c.put_object().bucket(bucket).key(key).body(body.as_bytes().to_vec().into()).send().await.expect("put object");
+        }
+    });
+}
