@@ -667,7 +667,6 @@ fn instance_stats(sh: &Shared, generation: (u64, u64)) -> Result<InstanceStats, 
 }
 
 fn alert_metrics(sh: &Shared) -> Result<(), crate::store::StoreError> {
-    use crate::alerts::Rule;
     // Every rule and state is exported, zero when none, so a rule's first alert is a change, not a new series.
     let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
     for rule in
@@ -683,9 +682,7 @@ fn alert_metrics(sh: &Shared) -> Result<(), crate::store::StoreError> {
         None => {
             let mut t = crate::store::tally::AlertTally::default();
             for a in sh.store.alerts() {
-                let a = a?;
-                *t.by.entry(format!("{}/{}", a.rule.map_or("undecided", Rule::as_str), a.state.as_str())).or_default() += 1;
-                t.last_error_at = t.last_error_at.max(a.last_error_at.unwrap_or(0));
+                t.add(&a?);
             }
             t
         }

@@ -111,6 +111,12 @@ pub fn finished_end(at: i64) -> Vec<u8> {
 pub fn tombstone(id: &str) -> Vec<u8> {
     format!("{TOMBSTONE}{id}").into_bytes()
 }
+/// The time in an index key under `prefix` (`<prefix><16 hex>/...`).
+pub fn time_in(prefix: &str, key: &[u8]) -> Option<i64> {
+    let hex = key.get(prefix.len()..prefix.len() + 16)?;
+    i64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
 /// The id after a `<16 hex>/` time prefix in an index key under `prefix`.
 pub fn id_after_time<'k>(prefix: &str, key: &'k [u8]) -> &'k [u8] {
     key.get(prefix.len() + 17..).unwrap_or(&[])

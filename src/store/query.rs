@@ -322,7 +322,7 @@ fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryErr
         Some(t) => (t.instances, t.deleted),
         None => count(scan(snap, keys::INSTANCE)?)?,
     };
-    let earliest = snap.first_with_prefix(keys::DEADLINE.as_bytes())?.and_then(|(k, _)| deadline_of(&k));
+    let earliest = snap.first_with_prefix(keys::DEADLINE.as_bytes())?.and_then(|(k, _)| keys::time_in(keys::DEADLINE, &k));
     let retired = get::<AlertTally>(snap, keys::ALERT_TALLY)?.map_or(0, |t| t.retired);
     let counters = get(snap, keys::COUNTERS)?.unwrap_or_default();
     let positions =
@@ -346,11 +346,6 @@ fn snapshot_status(path: &Path, snap: &Snapshot) -> Result<StoreStatus, QueryErr
 
 fn reasons(t: &Tally) -> BTreeMap<String, u64> {
     t.by_reason().into_iter().map(|(r, n)| (r.to_string(), n)).collect()
-}
-
-fn deadline_of(key: &[u8]) -> Option<i64> {
-    let hex = key.get(keys::DEADLINE.len()..keys::DEADLINE.len() + 16)?;
-    i64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 /// `instances`' selection on an open store: deleted ones from the deleted index when it is kept, so the

@@ -188,9 +188,9 @@ impl AlertTally {
         }
     }
 
-    /// Alerts of `rule` in `state`.
-    pub fn get(&self, rule: &str, state: &str) -> u64 {
-        self.by.get(&format!("{rule}/{state}")).copied().unwrap_or(0)
+    /// Counts one more alert (a count made from the outbox itself, for a store that keeps none).
+    pub fn add(&mut self, a: &Alert) {
+        self.count(a, true);
     }
 }
 
@@ -345,10 +345,8 @@ impl Store {
     /// The earliest deadline not yet visited: the risk counts are exact up to it (and now, when it is
     /// later or there is none).
     pub fn earliest_deadline(&self) -> Result<Option<i64>, StoreError> {
-        let Some(r) = self.db.scan_prefix(keys::DEADLINE).keys().next() else { return Ok(None) };
-        let k = r?;
-        let hex = k.get(keys::DEADLINE.len()..keys::DEADLINE.len() + 16).unwrap_or(&[]);
-        Ok(std::str::from_utf8(hex).ok().and_then(|h| i64::from_str_radix(h, 16).ok()))
+        let Some(k) = self.db.scan_prefix(keys::DEADLINE).keys().next().transpose()? else { return Ok(None) };
+        Ok(keys::time_in(keys::DEADLINE, &k))
     }
 
     /// Instances whose deadline is at or before `now`, earliest first (at most `limit`).
@@ -384,8 +382,7 @@ impl Store {
     /// When the oldest pending alert was raised, ms: the first key of the pending-by-age index.
     pub fn oldest_pending_alert(&self) -> Result<Option<i64>, StoreError> {
         let Some(k) = self.db.scan_prefix(keys::PENDING_BY_AGE).keys().next().transpose()? else { return Ok(None) };
-        let hex = k.get(keys::PENDING_BY_AGE.len()..keys::PENDING_BY_AGE.len() + 16).unwrap_or(&[]);
-        Ok(std::str::from_utf8(hex).ok().and_then(|h| i64::from_str_radix(h, 16).ok()))
+        Ok(keys::time_in(keys::PENDING_BY_AGE, &k))
     }
 
     /// Every tombstone, as (alert id, what is left of it).
