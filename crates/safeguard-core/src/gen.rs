@@ -444,6 +444,29 @@ impl Generator {
                 out.write_all(b"\n")?;
             }
         }
+        // An instance spawned after the last line it could have been given never appeared in the stream.
+        for i in self.active.iter().filter(|i| !i.provisioned) {
+            self.truth.instances.remove(&i.id);
+        }
         Ok(self.truth)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The truth lists exactly the instances the stream shows: none spawned too late to appear.
+    #[test]
+    fn every_instance_in_the_truth_appears_in_the_stream() {
+        for seed in 0..200 {
+            let cfg = GenConfig { seed, lines: 3_000, concurrent_instances: 10, noise: 0.3, delete_fraction: 0.6, ..GenConfig::default() };
+            let mut out = Vec::new();
+            let truth = Generator::new(cfg).write_all(&mut out).unwrap();
+            let text = String::from_utf8(out).unwrap();
+            for id in truth.instances.keys() {
+                assert!(text.contains(id.as_str()), "seed {seed}: {id} is in the truth but not in the stream");
+            }
+        }
     }
 }
