@@ -67,6 +67,21 @@ pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
     Ok(v)
 }
 
+/// This host's name (a pod's name in a StatefulSet), or "safeguard" when it cannot be read.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "safeguard".into())
+}
+
+/// `{hostname}` in a setting becomes this host's name: one config file serves every replica of a
+/// StatefulSet, each with its own consumer group.
+pub fn expand_hostname(s: &str) -> String {
+    if s.contains("{hostname}") {
+        s.replace("{hostname}", &hostname())
+    } else {
+        s.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

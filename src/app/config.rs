@@ -75,7 +75,15 @@ impl Config {
 
     /// Parses and validates every section: a config that loads is one the watcher can start with.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        for s in &mut c.sources {
+            if let SourceConfig::Kafka(k) = s {
+                k.group_id = crate::settings::expand_hostname(&k.group_id);
+            }
+        }
+        if let Some(to) = c.backup.as_mut().and_then(|b| b.to.as_mut()) {
+            *to = crate::settings::expand_hostname(to);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -173,6 +181,7 @@ impl Config {
             webhook: self.alerts.as_ref().and_then(|a| a.webhook.clone()),
             cloud_controller: self.cloud_controller.clone(),
             http: self.http.clone(),
+            leader: self.leader(),
             doctor: self.doctor.clone(),
         }
     }
@@ -183,6 +192,14 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn hostname_in_a_group_id_becomes_the_host_name() {
+        let c = Config::parse("[[sources]]\ntype = \"kafka\"\nbrokers = \"k:1\"\ntopics = [\"t\"]\ngroup_id = \"sg-{hostname}\"\n").unwrap();
+        let SourceConfig::Kafka(k) = &c.sources[0] else { panic!() };
+        assert_eq!(k.group_id, format!("sg-{}", crate::settings::hostname()));
+        assert!(!k.group_id.contains('{'));
+    }
 
     #[test]
     fn example_config_parses() {

@@ -159,6 +159,42 @@ fn kubernetes_manifests_parse_with_the_expected_kinds_and_agree_with_each_other(
     }
 }
 
+/// The standby pair (issue 17): the Kubernetes overlay and the systemd pair's config are valid configs
+/// with a Kafka source whose group differs per host and a [leader] section; the overlay runs two
+/// replicas never on one node and keeps one through drains.
+#[test]
+fn the_standby_overlay_and_the_systemd_pair_run_two_replicas_with_a_group_each_and_one_leader() {
+    let dir = deploy("kubernetes/standby");
+    let k = &yaml_docs(&dir.join("kustomization.yaml"))[0];
+    let listed = |key: &str| -> Vec<String> { k[key].as_array().unwrap().iter().map(|r| r.as_str().or(r["path"].as_str()).unwrap().to_string()).collect() };
+    assert_eq!(listed("resources"), ["../", "poddisruptionbudget.yaml"]);
+    assert_eq!(listed("patches"), ["statefulset.yaml", "configmap.yaml"]);
+    let sts = &yaml_docs(&dir.join("statefulset.yaml"))[0];
+    let base = &yaml_docs(&deploy("kubernetes/statefulset.yaml"))[0];
+    assert_eq!(sts["metadata"]["name"], base["metadata"]["name"], "the patch names the base's StatefulSet");
+    assert_eq!(sts["spec"]["replicas"], 2);
+    let anti = &sts["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0];
+    assert_eq!(anti["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(anti["labelSelector"]["matchLabels"], base["spec"]["selector"]["matchLabels"]);
+    let pdb = &yaml_docs(&dir.join("poddisruptionbudget.yaml"))[0];
+    assert_eq!((pdb["kind"].as_str(), pdb["spec"]["minAvailable"].as_u64()), (Some("PodDisruptionBudget"), Some(1)));
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], base["spec"]["selector"]["matchLabels"]);
+    let cm = &yaml_docs(&dir.join("configmap.yaml"))[0];
+    let base_cm = &yaml_docs(&deploy("kubernetes/configmap.yaml"))[0];
+    assert_eq!(cm["metadata"]["name"], base_cm["metadata"]["name"], "the patch replaces the base's config");
+    let pair = std::fs::read_to_string(deploy("systemd/safeguard-pair.toml")).unwrap();
+    for (what, text) in [("the overlay's ConfigMap", cm["data"]["safeguard.toml"].as_str().unwrap()), ("systemd/safeguard-pair.toml", pair.as_str())] {
+        assert!(text.contains("group_id = \"safeguard-{hostname}\""), "{what}: one group per host");
+        let cfg = safeguard::config::Config::parse(text).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let leader = cfg.leader().unwrap_or_else(|| panic!("{what} has no [leader]"));
+        assert_eq!(leader.member_name(), safeguard::settings::hostname(), "{what}: the member is the host");
+        let kafka: Vec<_> = cfg.sources().into_iter().filter_map(|s| if let safeguard::config::SourceConfig::Kafka(k) = s { Some(k) } else { None }).collect();
+        assert_eq!(kafka.len(), 1, "{what}: the syslog topic in Kafka is the only source");
+        assert_eq!(kafka[0].group_id, format!("safeguard-{}", safeguard::settings::hostname()), "{what}");
+        assert_ne!(kafka[0].group_id, leader.group_id, "{what}: the election's group is not a syslog group");
+    }
+}
+
 #[test]
 fn container_definition_is_multi_stage_and_runs_as_a_non_root_user() {
     let text = std::fs::read_to_string(deploy("container/Dockerfile")).unwrap();
@@ -200,6 +236,8 @@ fn deploy_readme_explains_every_piece() {
         "SAFEGUARD_SMTP_PASSWORD",
         "[heartbeat]",
         "[alerts.digest]",
+        "kubernetes/standby/",
+        "systemd/safeguard-pair.toml",
     ] {
         assert!(text.contains(needle), "deploy/README.md does not mention {needle}");
     }
