@@ -42,6 +42,7 @@ pub struct Targets {
     pub webhook: Option<WebhookConfig>,
     pub cloud_controller: Option<CloudControllerConfig>,
     pub http: Option<HttpConfig>,
+    pub leader: Option<crate::sources::kafka::leader::LeaderConfig>,
     pub doctor: DoctorConfig,
 }
 
@@ -223,6 +224,22 @@ pub async fn run(cfg: &Targets, opts: &Options) -> Report {
     }
     for k in cfg.kafka.clone() {
         futs.push(Box::pin(timed("kafka", k.target(), t, blocking(move || check_kafka(&k, t)))));
+    }
+
+    match cfg.leader.clone() {
+        None => skipped.push(Check::skip("leader", "no [leader] section (one watcher: no standby)")),
+        Some(l) => {
+            let target = format!("{} topics {} + {}", l.brokers.join(","), l.topic, l.deliveries_topic);
+            futs.push(Box::pin(timed(
+                "leader",
+                target,
+                t,
+                blocking(move || match crate::sources::kafka::leader::check(&l, t) {
+                    Ok(found) => pass(found),
+                    Err((detail, hint)) => fail(detail, hint),
+                }),
+            )));
+        }
     }
 
     match &cfg.s3 {

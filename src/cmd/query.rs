@@ -65,7 +65,8 @@ pub fn status(ctx: Ctx, json: bool) -> Result<ExitCode> {
     println!("watcher      {}", if st.watcher_running { "running" } else { "not running" });
     if let Some(r) = &st.leadership {
         let leader = r.leader.as_deref().unwrap_or("unknown");
-        println!("role         {} (member {}, leader {leader}, {} takeovers)", r.role, r.member, r.takeovers);
+        let lag = r.deliveries_lag.map_or("not measured yet".to_string(), |n| format!("{n} behind"));
+        println!("role         {} (member {}, leader {leader}, {} takeovers; deliveries topic {lag})", r.role, r.member, r.takeovers);
     }
     println!("instances    {} ({} live, {} deleted)", st.instances, st.instances.saturating_sub(st.deleted), st.deleted);
     if let Some(n) = st.at_risk {

@@ -184,6 +184,10 @@ fn describe() {
     describe_gauge!("safeguard_build_info", "1, labelled with the running version.");
     describe_gauge!("safeguard_leader", "With [leader]: 1 while this watcher is the leader (holds the coordination partition and its lease), 0 on a standby.");
     describe_counter!("safeguard_leader_takeovers_total", "With [leader]: times this watcher became the leader since it started.");
+    describe_gauge!(
+        "safeguard_leader_deliveries_lag",
+        "With [leader]: records of the deliveries topic this watcher has not read yet (absent until measured or while the topic is missing)."
+    );
 }
 
 // ------------------------------------------------------------------------------------------- state
@@ -557,7 +561,10 @@ fn collect(sh: &Shared) -> Result<(), crate::store::StoreError> {
     if let Some(l) = &sh.leader {
         let r = l.role();
         gauge!("safeguard_leader", "member" => r.member.clone()).set(if r.role == "leader" { 1.0 } else { 0.0 });
-        counter!("safeguard_leader_takeovers_total", "member" => r.member).absolute(r.takeovers);
+        counter!("safeguard_leader_takeovers_total", "member" => r.member.clone()).absolute(r.takeovers);
+        if let Some(lag) = r.deliveries_lag {
+            gauge!("safeguard_leader_deliveries_lag", "member" => r.member).set(lag as f64);
+        }
     }
     counter!("safeguard_lines_expired_unattributed_total").absolute(c.lines_expired_unattributed);
     for a in &sh.udp {

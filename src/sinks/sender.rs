@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{email::Mailer, webhook::Webhook};
 use crate::adapters::s3::{ObjectStore, S3Url};
 use crate::alerts::{compose, Alert, AlertsConfig, Delivery, Kind, Rule};
-use crate::sources::kafka::leader::{Leader, Marks};
+use crate::sources::kafka::leader::{Leader, Seen};
 use crate::store::{Store, StoreError};
 use crate::timeutil::now_ms;
 
@@ -83,8 +83,8 @@ impl Sender {
             }
             if let Some(l) = &self.leader {
                 // Delivered by a leader (this one before a restart, or another): mark, do not resend.
-                if let Some(marks) = l.delivered(&a.id) {
-                    if self.mark(&a.id, &marks)?.is_some_and(|m| m.state != Delivery::Pending) {
+                if let Some(seen) = l.delivered(&a.id) {
+                    if self.mark(&a.id, &seen)?.is_some_and(|m| m.state != Delivery::Pending) {
                         continue;
                     }
                 }
@@ -107,47 +107,28 @@ impl Sender {
     pub fn apply_deliveries(&self) -> Result<usize, StoreError> {
         let Some(l) = &self.leader else { return Ok(0) };
         let mut n = 0;
-        for (id, marks) in l.take_fresh() {
-            if self.mark(&id, &marks)?.is_some() {
+        for (id, seen) in l.take_fresh() {
+            if self.mark(&id, &seen)?.is_some() {
                 n += 1;
             }
         }
         Ok(n)
     }
 
-    /// Sets each channel the marks report as sent; an alert whose configured channels are all sent is
-    /// delivered. `None` when the alert is not in this outbox (not raised here yet, or retired).
-    fn mark(&self, id: &str, marks: &Marks) -> Result<Option<Alert>, StoreError> {
+    /// Applies what the deliveries topic says about an alert to its copy here (see [`apply_seen`]).
+    /// `None` when the alert is not in this outbox (not raised here yet, or retired).
+    fn mark(&self, id: &str, seen: &Seen) -> Result<Option<Alert>, StoreError> {
         let (email, webhook) = (self.mailer.is_some(), self.webhook.is_some());
         // Most marks change nothing (the leader reading its own records, a restart reading the whole
-        // topic): no write for those.
-        match self.store.alert(id)? {
-            None => return Ok(None),
-            Some(a) if a.state != Delivery::Pending && a.state != Delivery::Failed => {
-                if let Some(l) = &self.leader {
-                    l.forget(id);
-                }
-                return Ok(Some(a));
-            }
-            Some(_) => {}
-        }
+        // topic): `update_alert` writes nothing for those.
         let done = self.store.update_alert(id, |a| {
-            if a.email_sent_at.is_none() {
-                a.email_sent_at = marks.get("email").copied();
-            }
-            if a.webhook_sent_at.is_none() {
-                a.webhook_sent_at = marks.get("webhook").copied();
-            }
-            let complete = (!email || a.email_sent_at.is_some()) && (!webhook || a.webhook_sent_at.is_some()) && (email || webhook);
-            if complete && matches!(a.state, Delivery::Pending | Delivery::Failed) {
-                a.state = Delivery::Sent;
-                a.sent_at = marks.values().max().copied();
-                a.last_error = None;
-                tracing::info!(alert = %a.id, "alert delivered by the leader (deliveries topic)");
+            if apply_seen(a, seen, email, webhook) {
+                tracing::info!(alert = %a.id, state = a.state.as_str(), "alert finished by the leader (deliveries topic)");
             }
         })?;
         if let (Some(l), Some(a)) = (&self.leader, &done) {
-            if a.state != Delivery::Pending {
+            // Kept until the outcome is known, so the rule and verdict reach this copy too.
+            if a.state != Delivery::Pending && seen.outcome.is_some() {
                 l.forget(id);
             }
         }
@@ -213,12 +194,12 @@ impl Sender {
         if !rule.enabled(&self.cfg.params()) {
             a.state = Delivery::Suppressed;
             a.last_error = Some(format!("rule {} is switched off", rule.as_str()));
-            return self.store.put_alert(&a);
+            return self.finish(&a).await;
         }
         if self.mailer.is_none() && self.webhook.is_none() {
             a.state = Delivery::Suppressed;
             a.last_error = Some("no email or webhook configured".into());
-            return self.store.put_alert(&a);
+            return self.finish(&a).await;
         }
         let m = compose(&a);
         let mut errors = Vec::new();
@@ -274,6 +255,190 @@ impl Sender {
             a.last_error = Some(err);
             a.last_error_at = Some(now);
         }
-        self.store.put_alert(&a)
+        self.finish(&a).await
+    }
+
+    /// Stores the alert; a leader first records a finished one on the deliveries topic.
+    async fn finish(&self, a: &Alert) -> Result<(), StoreError> {
+        if let (Some(l), true) = (&self.leader, a.state != Delivery::Pending) {
+            l.record_outcome(a).await;
+        }
+        self.store.put_alert(a)
+    }
+}
+
+/// Applies what the deliveries topic says to this replica's copy of an alert; returns whether that
+/// finished it. Channels the leader sent are marked sent, and an alert with every configured channel
+/// sent is sent. The leader's outcome finishes a pending alert in the same state (a failed one only
+/// becomes sent: `alerts retry` on the leader), and fills in the rule, severity and verdict this
+/// replica never decided (it did not send).
+pub fn apply_seen(a: &mut Alert, seen: &Seen, email: bool, webhook: bool) -> bool {
+    let was = a.state;
+    if a.email_sent_at.is_none() {
+        a.email_sent_at = seen.channels.get("email").copied();
+    }
+    if a.webhook_sent_at.is_none() {
+        a.webhook_sent_at = seen.channels.get("webhook").copied();
+    }
+    let complete = (!email || a.email_sent_at.is_some()) && (!webhook || a.webhook_sent_at.is_some()) && (email || webhook);
+    if complete && matches!(a.state, Delivery::Pending | Delivery::Failed) {
+        a.state = Delivery::Sent;
+        a.sent_at = seen.channels.values().max().copied();
+        a.last_error = None;
+    }
+    if let Some(o) = &seen.outcome {
+        a.email_sent_at = a.email_sent_at.or(o.email_sent_at);
+        a.webhook_sent_at = a.webhook_sent_at.or(o.webhook_sent_at);
+        a.rule = a.rule.or(o.rule);
+        a.severity = a.severity.or(o.severity);
+        if a.verdict.is_none() {
+            a.verdict.clone_from(&o.verdict);
+        }
+        let takes = match (a.state, o.state) {
+            (Delivery::Pending, s) => s != Delivery::Pending,
+            (Delivery::Failed, Delivery::Sent) => true,
+            _ => false,
+        };
+        if takes {
+            a.state = o.state;
+            if o.state != Delivery::Sent {
+                a.last_error.clone_from(&o.error);
+                a.last_error_at = Some(o.at);
+            }
+        }
+        if a.state == Delivery::Sent && o.state == Delivery::Sent {
+            // The leader's time, whether the channels or the outcome were read first.
+            a.sent_at = o.sent_at.or(a.sent_at).or(Some(o.at));
+            a.last_error = None;
+        }
+    }
+    a.state != was && a.state != Delivery::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::{Kind, Severity, Snapshot};
+    use crate::sources::kafka::leader::Outcome;
+
+    fn pending() -> Alert {
+        Alert {
+            id: "i:deletion:1".into(),
+            instance_id: "i".into(),
+            kind: Kind::Deletion,
+            rule: None,
+            severity: None,
+            episode: "1".into(),
+            summary: "deleted".into(),
+            raised_at: 1,
+            snapshot: Snapshot::default(),
+            verdict: None,
+            verification_text: None,
+            verification: None,
+            state: Delivery::Pending,
+            attempts: 0,
+            next_attempt_at: 1,
+            give_up_at: 100,
+            last_error: None,
+            last_error_at: None,
+            email_sent_at: None,
+            webhook_sent_at: None,
+            sent_at: None,
+            digest: None,
+        }
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Rec {
+        Email,
+        Webhook,
+        Outcome,
+    }
+
+    fn outcome(state: Delivery, email: Option<i64>, webhook: Option<i64>) -> Outcome {
+        Outcome {
+            state,
+            rule: Some(Rule::DeletedWithoutBaseBackup),
+            severity: Some(Severity::Critical),
+            verdict: Some("no_base_backup".into()),
+            error: (state == Delivery::Failed).then(|| "smtp: refused".into()),
+            sent_at: (state == Delivery::Sent).then_some(40),
+            email_sent_at: email,
+            webhook_sent_at: webhook,
+            at: 50,
+        }
+    }
+
+    /// The standby's copy is a function of the records, not of the order they were read in nor of which
+    /// intermediate states the sender happened to apply (it takes the newest of each alert per pass).
+    #[test]
+    fn a_standby_copy_ends_the_same_whatever_the_order_and_the_passes() {
+        let cases = [
+            // (channels configured, what the leader recorded)
+            ((true, true), vec![Rec::Email, Rec::Webhook, Rec::Outcome], outcome(Delivery::Sent, Some(10), Some(20))),
+            ((true, false), vec![Rec::Email, Rec::Outcome], outcome(Delivery::Sent, Some(10), None)),
+            ((true, true), vec![Rec::Email, Rec::Outcome], outcome(Delivery::Failed, Some(10), None)),
+            ((true, true), vec![Rec::Outcome], outcome(Delivery::Suppressed, None, None)),
+        ];
+        for ((email, webhook), recs, o) in cases {
+            let mut ends = Vec::new();
+            // Every order, and every choice of which prefixes a pass saw.
+            for perm in permutations(&recs) {
+                for mask in 0u32..(1 << perm.len()) {
+                    let mut a = pending();
+                    let mut seen = Seen::default();
+                    for (i, r) in perm.iter().enumerate() {
+                        match r {
+                            Rec::Email => drop(seen.channels.insert("email".into(), 10)),
+                            Rec::Webhook => drop(seen.channels.insert("webhook".into(), 20)),
+                            Rec::Outcome => seen.outcome = Some(o.clone()),
+                        }
+                        if mask & (1 << i) != 0 || i + 1 == perm.len() {
+                            apply_seen(&mut a, &seen, email, webhook);
+                        }
+                    }
+                    // Applying again changes nothing.
+                    let once = a.clone();
+                    apply_seen(&mut a, &seen, email, webhook);
+                    assert_eq!(a, once);
+                    ends.push(a);
+                }
+            }
+            let first = ends[0].clone();
+            assert_eq!(first.state, o.state);
+            assert_eq!((first.rule, first.verdict.as_deref()), (o.rule, o.verdict.as_deref()));
+            assert!(ends.iter().all(|e| *e == first), "{o:?}: {:#?}", ends.iter().find(|e| **e != first));
+        }
+    }
+
+    /// A failed alert retried on the leader and then sent ends sent on the standby; a sent one never
+    /// goes back to failed.
+    #[test]
+    fn a_failed_copy_becomes_sent_but_never_the_reverse() {
+        let mut a = pending();
+        let failed = Seen { outcome: Some(outcome(Delivery::Failed, None, None)), ..Seen::default() };
+        assert!(apply_seen(&mut a, &failed, true, false));
+        assert_eq!(a.state, Delivery::Failed);
+        let sent = Seen { outcome: Some(outcome(Delivery::Sent, Some(60), None)), channels: [("email".to_string(), 60)].into() };
+        assert!(apply_seen(&mut a, &sent, true, false));
+        assert_eq!((a.state, a.last_error.as_deref(), a.sent_at), (Delivery::Sent, None, Some(40)));
+        assert!(!apply_seen(&mut a, &failed, true, false));
+        assert_eq!(a.state, Delivery::Sent);
+    }
+
+    fn permutations(v: &[Rec]) -> Vec<Vec<Rec>> {
+        if v.len() <= 1 {
+            return vec![v.to_vec()];
+        }
+        let mut out = Vec::new();
+        for i in 0..v.len() {
+            let mut rest = v.to_vec();
+            let x = rest.remove(i);
+            for mut p in permutations(&rest) {
+                p.insert(0, x);
+                out.push(p);
+            }
+        }
+        out
     }
 }

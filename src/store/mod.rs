@@ -575,7 +575,10 @@ impl Store {
         let Some(old) = self.alert(id)? else { return Ok(None) };
         let mut a = old.clone();
         f(&mut a);
-        self.write_alert(Some(&old), &a)?;
+        // Most updates from the deliveries topic change nothing: no write, no flush.
+        if a != old {
+            self.write_alert(Some(&old), &a)?;
+        }
         Ok(Some(a))
     }
 

@@ -176,7 +176,7 @@ session_timeout = "6s"
 /// A `safeguard watch` child logging to a file (also `leader.rs`'s replicas).
 pub(crate) struct Watcher {
     pub(crate) child: Child,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Watcher {

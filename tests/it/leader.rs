@@ -18,7 +18,9 @@ use safeguard::timeutil::now_ms;
 use serde_json::Value;
 
 fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), now_ms())
+    // Tests run in parallel in one process: the counter keeps two started in the same millisecond apart.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("{name}-{}-{}-{}", std::process::id(), now_ms(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// A replica: the Kafka tests' watcher, with where its store and config are.
@@ -73,7 +75,8 @@ impl Watcher {
     }
 }
 
-fn config(dir: &Path, broker: &str, topic: &str, member: &str, leader_group: &str, coordination: &str, deliveries: &str) -> PathBuf {
+#[allow(clippy::too_many_arguments)]
+fn config(dir: &Path, broker: &str, topic: &str, member: &str, leader_group: &str, coordination: &str, deliveries: &str, extra: &str) -> PathBuf {
     let (host, port) = env("SAFEGUARD_TEST_SMTP").split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
     let p = dir.join(format!("{member}.toml"));
     let http = common::free_port();
@@ -110,6 +113,7 @@ security = "none"
 from = "safeguard@platform.example"
 to = ["dba-oncall@platform.example"]
 timeout = "3s"
+{extra}
 "#,
             unique(&format!("syslog-{member}"))
         ),
@@ -131,18 +135,24 @@ struct Replicas {
 
 impl Replicas {
     fn start() -> Replicas {
+        Replicas::start_with(1, "")
+    }
+
+    /// `partitions` for the syslog topic; `extra` appended to each config (after `[alerts.email]`).
+    fn start_with(partitions: i32, extra: &str) -> Replicas {
         let broker = env("SAFEGUARD_TEST_KAFKA");
         let tansu = env("SAFEGUARD_TEST_TANSU");
         let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
         let (topic, coordination, deliveries) = (unique("syslog"), unique("leader"), unique("deliveries"));
-        for t in [&topic, &coordination, &deliveries] {
+        create_topic(&tansu, &broker, &topic, partitions as u32);
+        for t in [&coordination, &deliveries] {
             create_topic(&tansu, &broker, t, 1);
         }
         let group = unique("lead");
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries), &dir.join("a"), &dir.join("a.log"));
-        let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries), &dir.join("b"), &dir.join("b.log"));
+        let a = Watcher::start(&config(dir, &broker, &topic, "a", &group, &coordination, &deliveries, extra), &dir.join("a"), &dir.join("a.log"));
+        let b = Watcher::start(&config(dir, &broker, &topic, "b", &group, &coordination, &deliveries, extra), &dir.join("b"), &dir.join("b.log"));
         Replicas { _tmp: tmp, broker, topic, maildir, a, b }
     }
 }
@@ -157,6 +167,25 @@ fn deleted_instance(rng: &mut Rng) -> (String, Vec<String>) {
         lager(t + 6, "remove-node.perform", &format!(r#""instance-id":"{id}","node-uuid":"{node}","backend":"10.0.0.1""#)),
     ];
     (id, lines)
+}
+
+/// Lines spread round-robin over `partitions`, so each replica reads one instance's lines in its own
+/// interleaving of the partitions.
+fn produce_spread(broker: &str, topic: &str, partitions: i32, lines: &[String]) {
+    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", broker).set("linger.ms", "5").create().unwrap();
+    for (i, l) in lines.iter().enumerate() {
+        let mut r = BaseRecord::to(topic).key("router").payload(l.as_str()).partition(i as i32 % partitions);
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    p.poll(Duration::from_millis(50));
+                    r = back;
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
 }
 
 fn produce(broker: &str, topic: &str, lines: &[String]) {
@@ -212,6 +241,10 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
     // The standby's joining revokes partition 0 for a moment (eager rebalancing): 1 or 2 takeovers.
     assert!(lr["role"] == "leader" && lr["takeovers"].as_u64().is_some_and(|n| (1..=2).contains(&n)), "{lr}");
     assert_eq!((sr["role"].as_str(), sr["leader"].clone()), (Some("standby"), lr["member"].clone()), "{sr}");
+    // Both read the deliveries topic to its end (the lag is measured every 5 s).
+    for w in [&a, &b] {
+        wait_until("the deliveries topic's lag measured at 0", Duration::from_secs(30), || w.role()["deliveries_lag"] == 0);
+    }
     // /metrics says the same; a standby is ready (it watches, it only does not send).
     for w in [&a, &b] {
         let r = w.role();
@@ -220,6 +253,8 @@ fn one_leader_mails_once_and_a_standby_takes_over_after_sigkill() {
         assert_eq!(code, 200, "{body}");
         let line = format!("safeguard_leader{{member=\"{}\"}} {want}", r["member"].as_str().unwrap());
         assert!(body.lines().any(|l| l == line), "no `{line}` in:\n{body}");
+        let lag = format!("safeguard_leader_deliveries_lag{{member=\"{}\"}} 0", r["member"].as_str().unwrap());
+        assert!(body.lines().any(|l| l == lag), "no `{lag}` in:\n{body}");
         assert_eq!(w.get("/readyz").0, 200);
     }
 
@@ -325,4 +360,163 @@ fn a_burst_with_the_leader_killed_midway_mails_every_deletion_with_at_most_one_d
     let duplicates: usize = counts.iter().map(|n| n - 1).sum();
     eprintln!("burst of 50: takeover {:.1}s, duplicates {duplicates}", takeover.as_secs_f64());
     assert!(duplicates <= 1, "{duplicates} duplicates: {counts:?}");
+}
+
+/// `instances --json` and every instance's `show --json`, through the watcher's socket.
+fn records(w: &Watcher) -> (Value, Vec<Value>) {
+    let store = w.store.to_str().unwrap();
+    let list = || -> Option<Value> {
+        let (code, out, _) = run(&["instances", "--json", "--store", store]);
+        (code == 0).then(|| serde_json::from_str(&out).ok()).flatten()
+    };
+    let Some(list) = list() else { return (Value::Null, Vec::new()) };
+    let shows = list
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|r| {
+                    let (_, out, _) = run(&["show", r["instance_id"].as_str().unwrap_or(""), "--json", "--store", store]);
+                    serde_json::from_str(&out).unwrap_or(Value::Null)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (list, shows)
+}
+
+/// Each alert as (state, rule, severity, verdict), by id: what a replica decided or was told.
+fn outcomes(w: &Watcher) -> std::collections::BTreeMap<String, (Value, Value, Value, Value)> {
+    w.alerts()
+        .into_iter()
+        .map(|a| (a["id"].as_str().unwrap_or("").to_string(), (a["state"].clone(), a["rule"].clone(), a["severity"].clone(), a["verdict"].clone())))
+        .collect()
+}
+
+/// Issue 17 proof (c): two replicas, each reading the syslog topic in its own consumer group, end with
+/// equal stores: the same instances with the same records, whatever interleaving of the three partitions
+/// each read, and although the standby was SIGKILLed mid-stream and replayed from its committed offsets.
+/// Their outboxes agree too: alerts the leader suppressed (a rule switched off) or sent are suppressed or
+/// sent on the standby, with the leader's rule, from the deliveries topic's outcome records.
+#[test]
+fn both_replicas_end_with_equal_stores_and_outboxes_after_a_shuffled_stream_and_a_replay() {
+    use safeguard::gen::{GenConfig, Generator};
+    const PARTITIONS: i32 = 3;
+    // Deletions with a complete base backup are suppressed (rule off); those without one are mailed.
+    let Replicas { _tmp, broker, topic, maildir, a, b } = Replicas::start_with(PARTITIONS, "[alerts.rules]\ninstance_deleted = false\n");
+    std::thread::sleep(Duration::from_secs(2));
+    wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
+    let (leader, mut standby) = if a.leads() { (a, b) } else { (b, a) };
+
+    // A random corpus with at least two deletions of each kind (backed up or not), so both outcomes occur.
+    let mut seed = now_ms() as u64;
+    let (out, truth) = loop {
+        let cfg = GenConfig {
+            seed,
+            lines: 3_000,
+            concurrent_instances: 10,
+            noise: 0.3,
+            delete_fraction: 0.6,
+            no_backup_fraction: 0.4,
+            // Recent enough for deletions to be news (alerts.backfill_window).
+            start_ms: now_ms() - 2 * 3_600_000,
+            ..GenConfig::default()
+        };
+        let mut out = Vec::new();
+        let truth = Generator::new(cfg).write_all(&mut out).unwrap();
+        let kinds = |backed_up: bool| truth.instances.values().filter(|i| i.deleted && i.complete_backups.is_empty() != backed_up).count();
+        if kinds(true) >= 2 && kinds(false) >= 2 {
+            break (out, truth);
+        }
+        seed += 1;
+    };
+    let lines: Vec<String> = String::from_utf8(out).unwrap().lines().map(str::to_string).collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    produce_spread(&broker, &topic, PARTITIONS, first);
+    // The standby dies mid-stream and starts again on its store: it re-reads from its committed offsets.
+    wait_until("the standby to read some of the stream", Duration::from_secs(60), || records(&standby).0.as_array().is_some_and(|l| !l.is_empty()));
+    standby.w.child.kill().unwrap();
+    standby.w.child.wait().unwrap();
+    produce_spread(&broker, &topic, PARTITIONS, second);
+    let log = standby.w.log.clone();
+    standby = Watcher::start(&standby.config, &standby.store, &log);
+
+    let settled = || {
+        let (ra, rb) = (records(&leader), records(&standby));
+        let (oa, ob) = (outcomes(&leader), outcomes(&standby));
+        let done = |o: &std::collections::BTreeMap<String, (Value, Value, Value, Value)>| !o.is_empty() && o.values().all(|v| v.0 != "pending");
+        ra.0.as_array().is_some_and(|l| l.len() == truth.instances.len()) && ra == rb && done(&oa) && oa == ob
+    };
+    let waited = Instant::now();
+    while !settled() {
+        if waited.elapsed() > Duration::from_secs(120) {
+            let (ra, rb) = (records(&leader), records(&standby));
+            let diff: Vec<_> = ra.1.iter().zip(&rb.1).filter(|(x, y)| x != y).take(2).collect();
+            let listed: Vec<&str> = ra.0.as_array().map(|l| l.iter().filter_map(|r| r["instance_id"].as_str()).collect()).unwrap_or_default();
+            for id in truth.instances.keys().filter(|id| !listed.contains(&id.as_str())) {
+                eprintln!("missing {id}: {:?}", truth.instances[id]);
+                for l in lines.iter().filter(|l| l.contains(id.as_str()) || l.contains(&id[..6])) {
+                    eprintln!("  {l}");
+                }
+            }
+            panic!(
+                "the replicas did not converge: {} vs {} instances (truth {}), first differing records {diff:#?}\nleader outbox {:#?}\nstandby outbox {:#?}",
+                ra.0.as_array().map_or(0, Vec::len),
+                rb.0.as_array().map_or(0, Vec::len),
+                truth.instances.len(),
+                outcomes(&leader),
+                outcomes(&standby)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!("replicas converged {:.1}s after the stream ended", waited.elapsed().as_secs_f64());
+    // The comparison has teeth: each deleted instance's alert was suppressed (backed up: rule off) or
+    // mailed once (by its Message-ID) as having no base backup, as the truth of the corpus says.
+    let o = outcomes(&leader);
+    for (id, t) in truth.instances.iter().filter(|(_, t)| t.deleted) {
+        let alerts: Vec<_> = o.iter().filter(|(a, _)| a.starts_with(&format!("{id}:deletion:"))).collect();
+        assert_eq!(alerts.len(), 1, "one deletion alert for {id}: {o:#?}");
+        let (aid, v) = alerts[0];
+        let want = if t.complete_backups.is_empty() { ("sent", "deleted_without_base_backup") } else { ("suppressed", "instance_deleted") };
+        assert_eq!((v.0.as_str(), v.1.as_str()), (Some(want.0), Some(want.1)), "{aid}");
+        if v.0 == "sent" {
+            let id = aid;
+            let message_id = format!("<{}@safeguard>", id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '.', "."));
+            assert_eq!(mails(&maildir, &message_id).len(), 1, "{id}");
+        }
+    }
+}
+
+/// `doctor` checks the `[leader]` topics against the real broker: present with one coordination
+/// partition passes; several partitions, or no deliveries topic, fail with what to do.
+#[test]
+fn doctor_checks_the_coordination_and_deliveries_topics() {
+    let (broker, tansu) = (env("SAFEGUARD_TEST_KAFKA"), env("SAFEGUARD_TEST_TANSU"));
+    let (one, three, deliveries) = (unique("coord"), unique("coord3"), unique("deliv"));
+    create_topic(&tansu, &broker, &one, 1);
+    create_topic(&tansu, &broker, &three, 3);
+    create_topic(&tansu, &broker, &deliveries, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let doctor = |topic: &str, deliveries: &str| -> Value {
+        let cfg = tmp.path().join("doctor.toml");
+        std::fs::write(&cfg, format!("[leader]\nbrokers = [\"{broker}\"]\ngroup_id = \"g\"\ntopic = \"{topic}\"\ndeliveries_topic = \"{deliveries}\"\n"))
+            .unwrap();
+        let store = tmp.path().join("store");
+        let (_, out, err) = run(&["--config", cfg.to_str().unwrap(), "--store", store.to_str().unwrap(), "doctor", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        v["checks"].as_array().unwrap().iter().find(|c| c["check"] == "leader").cloned().unwrap()
+    };
+    let ok = doctor(&one, &deliveries);
+    assert_eq!(ok["status"], "pass", "{ok}");
+    assert!(ok["detail"].as_str().unwrap().contains(&format!("coordination topic {one} (1 partition")), "{ok}");
+    let many = doctor(&three, &deliveries);
+    assert_eq!(many["status"], "fail", "{many}");
+    assert!(many["detail"].as_str().unwrap().contains("3 partitions") && many["hint"].as_str().unwrap().contains("one partition"), "{many}");
+    let missing = unique("nowhere");
+    let gone = doctor(&one, &missing);
+    assert_eq!(gone["status"], "fail", "{gone}");
+    assert!(
+        gone["detail"].as_str().unwrap().contains(&format!("topic {missing} does not exist")) && gone["hint"].as_str().unwrap().contains("create it"),
+        "{gone}"
+    );
 }

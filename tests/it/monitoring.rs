@@ -537,7 +537,10 @@ fn the_rules_and_the_dashboard_query_only_metrics_a_running_watcher_exports() {
     let broker = env("SAFEGUARD_TEST_KAFKA");
     let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
     let topic = format!("monitoring-{}-{n}", std::process::id());
-    create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &topic, 1);
+    // A [leader] group of one, so the leadership metrics are exported too.
+    for t in [topic.clone(), format!("{topic}-leader"), format!("{topic}-deliveries")] {
+        create_topic(&env("SAFEGUARD_TEST_TANSU"), &broker, &t, 1);
+    }
     let tmp = tempfile::tempdir().unwrap();
     let (syslog, http) = (free_port(), free_port());
     // And store backups to the test object store, every 2 s once the store holds something.
@@ -567,6 +570,11 @@ type = "kafka"
 brokers = ["{broker}"]
 topics = ["{topic}"]
 group_id = "{topic}-group"
+
+[leader]
+group_id = "{topic}-lead"
+topic = "{topic}-leader"
+deliveries_topic = "{topic}-deliveries"
 
 [http]
 listen = "127.0.0.1:{http}"

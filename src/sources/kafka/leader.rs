@@ -28,7 +28,7 @@
 //! takes over, which is how standbys know who leads.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -39,10 +39,13 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::config::KafkaClientSettings;
+use safeguard_core::alerts::{Alert, Delivery, Rule, Severity};
 
 /// How many deliveries are remembered for alerts this replica's outbox does not hold (yet); past it
 /// the oldest are forgotten (their alerts, if raised later, are sent again by a new leader).
 const REMEMBER_MAX: usize = 200_000;
+/// How often the deliveries topic's lag is measured (two requests per partition).
+const LAG_EVERY: Duration = Duration::from_secs(5);
 
 /// `[leader]`: see the module's documentation.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -146,13 +149,7 @@ impl LeaderConfig {
 
     /// This replica's member name: `member`, else the host name.
     pub fn member_name(&self) -> String {
-        self.member.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .ok()
-                .filter(|h| !h.is_empty())
-                .unwrap_or_else(|| "safeguard".into())
-        })
+        self.member.as_deref().map_or_else(crate::settings::hostname, crate::settings::expand_hostname)
     }
 
     fn base_client(&self) -> ClientConfig {
@@ -166,22 +163,108 @@ impl LeaderConfig {
     }
 }
 
+/// `doctor`'s `[leader]` check: the brokers answer, the coordination topic has one partition (the member
+/// holding partition 0 leads), and the deliveries topic exists and is compacted (else it grows for ever,
+/// and deletes would lose deliveries). Err is (what failed, what to do).
+pub fn check(cfg: &LeaderConfig, timeout: Duration) -> Result<String, (String, &'static str)> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let redact = |e: &dyn std::fmt::Display| cfg.client.redact(&e.to_string());
+    let c: BaseConsumer = cfg.base_client().create().map_err(|e| (redact(&e), "fix the [leader] settings (brokers, client)"))?;
+    let partitions = |topic: &str| -> Result<usize, (String, &'static str)> {
+        let md = c
+            .fetch_metadata(Some(topic), timeout)
+            .map_err(|e| (format!("fetching metadata for {topic}: {}", redact(&e)), "check `brokers` (reachable from this host) and the TLS/SASL settings"))?;
+        let t = md.topics().iter().find(|t| t.name() == topic);
+        match t {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
+            _ => Err((format!("topic {topic} does not exist"), "create it: see docs/kafka.md (\"A standby watcher\") for both [leader] topics")),
+        }
+    };
+    let n = partitions(&cfg.topic)?;
+    if n != 1 {
+        return Err((
+            format!("coordination topic {} has {n} partitions; the election needs exactly one", cfg.topic),
+            "recreate it with one partition (or point `topic` at one that has), then restart the watchers",
+        ));
+    }
+    let d = partitions(&cfg.deliveries_topic)?;
+    let admin: AdminClient<DefaultClientContext> = cfg.base_client().create().map_err(|e| (redact(&e), "fix the [leader] settings (brokers, client)"))?;
+    let spec = ResourceSpecifier::Topic(&cfg.deliveries_topic);
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let described =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().ok().and_then(|rt| rt.block_on(admin.describe_configs([&spec], &opts)).ok());
+    let policy = described.and_then(|r| r.into_iter().next()).and_then(|r| r.ok()).and_then(|r| r.get("cleanup.policy").and_then(|e| e.value.clone()));
+    let compacted = match policy.as_deref() {
+        Some(p) if p.split(',').any(|x| x.trim() == "compact") => "compacted",
+        Some(p) => {
+            return Err((
+                format!("deliveries topic {} has cleanup.policy={p}", cfg.deliveries_topic),
+                "set cleanup.policy=compact on it (kafka-configs --alter --add-config cleanup.policy=compact): a deleting topic loses the record of what was delivered",
+            ))
+        }
+        None => "its cleanup.policy could not be read (make sure it is compact)",
+    };
+    Ok(format!(
+        "coordination topic {} (1 partition, group {}); deliveries topic {} ({d} partition(s), {compacted})",
+        cfg.topic, cfg.group_id, cfg.deliveries_topic
+    ))
+}
+
 /// One record of the deliveries topic.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DeliveryRecord {
     /// `channel` ("email", "webhook") of `alert_id` was delivered at `at` (ms) by `member`.
     Delivery { alert_id: String, channel: String, at: i64, member: String },
+    /// The leader finished with `alert_id` (sent, failed for good, or suppressed), keyed
+    /// `<alert_id>/outcome`: a standby's copy takes the same state, rule and verdict, so it neither stays
+    /// pending for ever nor disagrees with the leader on what was decided.
+    Outcome {
+        alert_id: String,
+        #[serde(flatten)]
+        outcome: Outcome,
+        member: String,
+    },
     /// `member` became the leader at `at`.
     Leader { member: String, at: i64 },
+}
+
+/// How the leader finished with an alert.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    pub state: Delivery,
+    #[serde(default)]
+    pub rule: Option<Rule>,
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// The last delivery error (already redacted), for a failed alert.
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub sent_at: Option<i64>,
+    #[serde(default)]
+    pub email_sent_at: Option<i64>,
+    #[serde(default)]
+    pub webhook_sent_at: Option<i64>,
+    pub at: i64,
 }
 
 /// What the deliveries topic says was sent for one alert: channel -> when.
 pub type Marks = HashMap<String, i64>;
 
+/// Everything the deliveries topic says about one alert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    pub channels: Marks,
+    pub outcome: Option<Outcome>,
+}
+
 #[derive(Default)]
 struct Known {
-    marks: HashMap<String, Marks>,
+    marks: HashMap<String, Seen>,
     /// Order of first sight, to forget the oldest past [`REMEMBER_MAX`].
     order: std::collections::VecDeque<String>,
     /// Alert ids with marks not yet handed to the sender.
@@ -204,6 +287,8 @@ struct Inner {
     coordination_topic: String,
     /// The deliveries topic was read to its end once since start-up.
     caught_up: AtomicBool,
+    /// Records of the deliveries topic behind its end; -1 until measured.
+    lag: AtomicI64,
     /// Where the leader's announcement is produced from (the watcher's runtime).
     rt: tokio::runtime::Handle,
 }
@@ -231,6 +316,10 @@ pub struct Role {
     pub role: String,
     pub leader: Option<String>,
     pub takeovers: u64,
+    /// Records of the deliveries topic not read yet (None until first measured, or when the topic is
+    /// missing): a standby that lags marks deliveries late, and would resend them if it took over now.
+    #[serde(default)]
+    pub deliveries_lag: Option<u64>,
 }
 
 impl Leader {
@@ -263,6 +352,7 @@ impl Leader {
             deliveries_topic: cfg.deliveries_topic.clone(),
             coordination_topic: cfg.topic.clone(),
             caught_up: AtomicBool::new(false),
+            lag: AtomicI64::new(-1),
             rt,
         });
         let session_ms = cfg.session_timeout.as_millis().max(1) as u64;
@@ -316,6 +406,7 @@ impl Leader {
             role: if leading { "leader" } else { "standby" }.into(),
             leader,
             takeovers: self.0.takeovers.load(Ordering::Relaxed),
+            deliveries_lag: u64::try_from(self.0.lag.load(Ordering::Relaxed)).ok(),
         }
     }
 
@@ -331,6 +422,24 @@ impl Leader {
         self.produce(&format!("{alert_id}/{channel}"), &rec).await;
     }
 
+    /// Records that this leader finished with `a` (before its outbox says so: a leader dying between the
+    /// two reads its own record when it restarts).
+    pub async fn record_outcome(&self, a: &Alert) {
+        let outcome = Outcome {
+            state: a.state,
+            rule: a.rule,
+            severity: a.severity,
+            verdict: a.verdict.clone(),
+            error: a.last_error.clone(),
+            sent_at: a.sent_at,
+            email_sent_at: a.email_sent_at,
+            webhook_sent_at: a.webhook_sent_at,
+            at: crate::timeutil::now_ms(),
+        };
+        let rec = DeliveryRecord::Outcome { alert_id: a.id.clone(), outcome, member: self.0.member.clone() };
+        self.produce(&format!("{}/outcome", a.id), &rec).await;
+    }
+
     async fn produce(&self, key: &str, rec: &DeliveryRecord) {
         let Ok(body) = serde_json::to_vec(rec) else { return };
         let r = FutureRecord::to(&self.0.deliveries_topic).key(key).payload(&body);
@@ -340,12 +449,12 @@ impl Leader {
     }
 
     /// What the deliveries topic says about `alert_id`.
-    pub fn delivered(&self, alert_id: &str) -> Option<Marks> {
+    pub fn delivered(&self, alert_id: &str) -> Option<Seen> {
         lock(&self.0.known).marks.get(alert_id).cloned()
     }
 
-    /// Alert ids with deliveries not handed out before, with their marks.
-    pub fn take_fresh(&self) -> Vec<(String, Marks)> {
+    /// Alert ids with deliveries or outcomes not handed out before, with what is known of them.
+    pub fn take_fresh(&self) -> Vec<(String, Seen)> {
         let mut k = lock(&self.0.known);
         let fresh: Vec<String> = k.fresh.drain().collect();
         fresh.into_iter().filter_map(|id| Some((id.clone(), k.marks.get(&id)?.clone()))).collect()
@@ -463,7 +572,14 @@ impl Leader {
         let mut assigned = 0usize;
         let mut at_end: HashSet<i32> = HashSet::new();
         let mut last_warn: Option<Instant> = None;
+        let mut last_lag: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
+            if assigned > 0 && last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
+                last_lag = Some(Instant::now());
+                if let Some(lag) = self.measure_lag(&c, &topic) {
+                    self.0.lag.store(lag, Ordering::Relaxed);
+                }
+            }
             if assigned == 0 {
                 if let Ok(md) = c.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
                     let parts: Vec<i32> =
@@ -502,6 +618,22 @@ impl Leader {
         }
     }
 
+    /// Records between this reader's position and each partition's end, summed.
+    fn measure_lag(&self, c: &BaseConsumer<Quiet>, topic: &str) -> Option<i64> {
+        let pos = c.position().ok()?;
+        let mut lag = 0i64;
+        for e in pos.elements_for_topic(topic) {
+            let (low, high) = c.fetch_watermarks(topic, e.partition(), Duration::from_secs(2)).ok()?;
+            let at = match e.offset() {
+                Offset::Offset(n) => n,
+                // Nothing read yet from this partition.
+                _ => low,
+            };
+            lag += (high - at).max(0);
+        }
+        Some(lag)
+    }
+
     fn learn(&self, rec: DeliveryRecord) {
         let mut k = lock(&self.0.known);
         match rec {
@@ -510,19 +642,30 @@ impl Leader {
                 k.leader_heard = Some(Instant::now());
             }
             DeliveryRecord::Delivery { alert_id, channel, at, .. } => {
-                if !k.marks.contains_key(&alert_id) {
-                    k.order.push_back(alert_id.clone());
-                    while k.order.len() > REMEMBER_MAX {
-                        if let Some(old) = k.order.pop_front() {
-                            k.marks.remove(&old);
-                            k.fresh.remove(&old);
-                        }
-                    }
-                }
-                k.marks.entry(alert_id.clone()).or_default().insert(channel, at);
+                k.seen(&alert_id).channels.insert(channel, at);
+                k.fresh.insert(alert_id);
+            }
+            DeliveryRecord::Outcome { alert_id, outcome, .. } => {
+                k.seen(&alert_id).outcome = Some(outcome);
                 k.fresh.insert(alert_id);
             }
         }
+    }
+}
+
+impl Known {
+    /// The entry for `alert_id`, made if new (forgetting the oldest past [`REMEMBER_MAX`]).
+    fn seen(&mut self, alert_id: &str) -> &mut Seen {
+        if !self.marks.contains_key(alert_id) {
+            self.order.push_back(alert_id.to_string());
+            while self.order.len() > REMEMBER_MAX {
+                if let Some(old) = self.order.pop_front() {
+                    self.marks.remove(&old);
+                    self.fresh.remove(&old);
+                }
+            }
+        }
+        self.marks.entry(alert_id.to_string()).or_default()
     }
 }
 
@@ -600,6 +743,21 @@ mod tests {
         let r = DeliveryRecord::Delivery { alert_id: "a:deletion:1".into(), channel: "email".into(), at: 5, member: "m".into() };
         let t = serde_json::to_string(&r).unwrap();
         assert!(t.contains(r#""kind":"delivery""#), "{t}");
+        assert_eq!(serde_json::from_str::<DeliveryRecord>(&t).unwrap(), r);
+        let outcome = Outcome {
+            state: Delivery::Suppressed,
+            rule: Some(Rule::InstanceDeleted),
+            severity: Some(Severity::Warning),
+            verdict: None,
+            error: None,
+            sent_at: None,
+            email_sent_at: None,
+            webhook_sent_at: None,
+            at: 7,
+        };
+        let r = DeliveryRecord::Outcome { alert_id: "a:deletion:1".into(), outcome, member: "m".into() };
+        let t = serde_json::to_string(&r).unwrap();
+        assert!(t.contains(r#""kind":"outcome""#) && t.contains(r#""state":"suppressed""#), "{t}");
         assert_eq!(serde_json::from_str::<DeliveryRecord>(&t).unwrap(), r);
     }
 }
