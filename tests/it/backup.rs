@@ -293,3 +293,39 @@ fn the_backup_section_is_validated_naming_the_key() {
     assert_eq!(code, 2);
     assert!(err.contains("backup.keep"), "{err}");
 }
+
+/// Past one PutObject's size a backup goes up in parts (moto, with parts at the 5 MiB minimum): the
+/// object reads back byte for byte and no unfinished upload is left; a missing bucket fails naming it.
+#[test]
+fn a_large_file_goes_up_in_parts_and_reads_back_whole() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = make_bucket("sg-multipart");
+    let path = tmp.path().join("big.bin");
+    let mut rng = safeguard::gen::Rng::new(7);
+    let data: Vec<u8> = (0..(11 << 20) + 12_345).map(|_| rng.next_u64() as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let url = safeguard::s3::S3Url { bucket: bucket.clone(), key: "x/big.bin".into() };
+    block_on(async {
+        let s = object_store();
+        s.put_file_in_parts(&url, &path, safeguard::s3::objects::PART_MIN).await.unwrap();
+        let mut h = sha2::Sha256::new();
+        let n = s
+            .get_chunks(&url, &path, |c| {
+                h.update(c);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(h.finalize()[..], sha2::Sha256::digest(&data)[..], "the object is the file");
+        let pending = s.client().await.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+        assert!(pending.uploads().is_empty(), "{:?}", pending.uploads());
+        let head = s.client().await.head_object().bucket(&bucket).key("x/big.bin").send().await.unwrap();
+        // A multipart object's ETag ends with its part count: 3 parts of 5 MiB, 5 MiB and the rest.
+        assert!(head.e_tag().unwrap_or("").trim_matches('"').ends_with("-3"), "{:?}", head.e_tag());
+        let missing = safeguard::s3::S3Url { bucket: format!("{bucket}-nowhere"), key: "x/big.bin".into() };
+        let e = s.put_file_in_parts(&missing, &path, safeguard::s3::objects::PART_MIN).await.unwrap_err().to_string();
+        assert!(e.contains("CreateMultipartUpload") && e.contains(&format!("{bucket}-nowhere")), "{e}");
+    });
+}

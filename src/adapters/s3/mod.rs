@@ -14,7 +14,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Error;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-mod objects;
+pub mod objects;
 
 /// Object store settings (`[s3]` in the configuration file).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

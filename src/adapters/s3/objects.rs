@@ -3,16 +3,107 @@
 
 use std::path::Path;
 
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, Length};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 use super::{ObjectStore, S3Error, S3Url};
 
 /// Attempts for each whole-object call on transient errors (throttling, 5xx, timeouts, resets).
 const ATTEMPTS: u32 = 3;
+/// Files larger than this go up in parts of this size: one PutObject takes at most 5 GiB, and a failed
+/// part is retried alone. 64 MiB x 10,000 parts (S3's limit) is 640 GiB.
+pub const PART_SIZE: u64 = 64 << 20;
+/// S3 refuses parts below 5 MiB (except the last).
+pub const PART_MIN: u64 = 5 << 20;
 
 impl ObjectStore {
-    /// Uploads the file at `path` as the object `url` (one PutObject: up to 5 GiB).
+    /// Uploads the file at `path` as the object `url`: one PutObject up to [`PART_SIZE`], a multipart
+    /// upload above it.
     pub async fn put_file(&self, url: &S3Url, path: &Path) -> Result<(), S3Error> {
+        let len = tokio::fs::metadata(path).await.map_err(|e| self.local("PutObject", url, path, &e))?.len();
+        if len > PART_SIZE {
+            return self.put_file_in_parts(url, path, PART_SIZE).await;
+        }
+        self.put_file_whole(url, path).await
+    }
+
+    fn local(&self, op: &'static str, url: &S3Url, path: &Path, e: &(dyn std::error::Error + 'static)) -> S3Error {
+        S3Error::Local { op, url: url.to_string(), path: path.display().to_string(), detail: crate::error_chain(e) }
+    }
+
+    /// A multipart upload of `path` in parts of `part_size` (at least [`PART_MIN`]), each part retried on
+    /// its own; aborted on failure, so no half object is left (nor billed).
+    pub async fn put_file_in_parts(&self, url: &S3Url, path: &Path, part_size: u64) -> Result<(), S3Error> {
+        let part_size = part_size.max(PART_MIN);
+        let len = tokio::fs::metadata(path).await.map_err(|e| self.local("UploadPart", url, path, &e))?.len();
+        let client = self.client().await;
+        let created = self
+            .retrying(ATTEMPTS, None, || async {
+                client.create_multipart_upload().bucket(&url.bucket).key(&url.key).send().await.map_err(|e| self.op_err("CreateMultipartUpload", url, e))
+            })
+            .await?;
+        let Some(upload_id) = created.upload_id().map(str::to_string) else {
+            return Err(self.local("CreateMultipartUpload", url, path, &std::io::Error::other("the object store returned no upload id")));
+        };
+        let upload = async {
+            let mut parts = Vec::new();
+            let mut offset = 0u64;
+            while offset < len || parts.is_empty() {
+                let n = part_size.min(len - offset);
+                let number = parts.len() as i32 + 1;
+                let etag = self
+                    .retrying(ATTEMPTS, None, || async {
+                        let body = ByteStream::read_from()
+                            .path(path)
+                            .offset(offset)
+                            .length(Length::Exact(n))
+                            .build()
+                            .await
+                            .map_err(|e| self.local("UploadPart", url, path, &e))?;
+                        let out = client
+                            .upload_part()
+                            .bucket(&url.bucket)
+                            .key(&url.key)
+                            .upload_id(&upload_id)
+                            .part_number(number)
+                            .body(body)
+                            .send()
+                            .await
+                            .map_err(|e| self.op_err("UploadPart", url, e))?;
+                        Ok(out.e_tag().map(str::to_string))
+                    })
+                    .await?;
+                parts.push(CompletedPart::builder().part_number(number).set_e_tag(etag).build());
+                offset += n;
+                if n == 0 {
+                    break;
+                }
+            }
+            let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+            self.retrying(ATTEMPTS, None, || async {
+                client
+                    .complete_multipart_upload()
+                    .bucket(&url.bucket)
+                    .key(&url.key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(done.clone())
+                    .send()
+                    .await
+                    .map_err(|e| self.op_err("CompleteMultipartUpload", url, e))
+            })
+            .await?;
+            Ok(())
+        }
+        .await;
+        if upload.is_err() {
+            if let Err(e) = client.abort_multipart_upload().bucket(&url.bucket).key(&url.key).upload_id(&upload_id).send().await {
+                tracing::warn!(url = %url, error = %self.op_err("AbortMultipartUpload", url, e), "could not abort a failed multipart upload; a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes its parts");
+            }
+        }
+        upload
+    }
+
+    async fn put_file_whole(&self, url: &S3Url, path: &Path) -> Result<(), S3Error> {
         let client = self.client().await;
         self.retrying(ATTEMPTS, None, || async {
             let body = ByteStream::from_path(path).await.map_err(|e| S3Error::Local {
