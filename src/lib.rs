@@ -17,7 +17,7 @@
 pub mod sources;
 pub use safeguard_core::{gen, layout, parse, state, timeutil};
 pub mod engine;
-pub use engine::{http, ingest, pipeline, watch};
+pub use engine::{http, ingest, memory, pipeline, watch};
 pub mod adapters;
 pub mod alerts;
 pub mod recover;

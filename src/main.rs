@@ -205,6 +205,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn main() -> ExitCode {
+    safeguard::memory::limit_arenas();
     let cli = Cli::parse();
     init_logging(cli.log_format, if matches!(cli.cmd, Cmd::Watch { .. }) { "info" } else { "warn" });
     match run(cli) {

@@ -6,5 +6,6 @@ pub mod digest;
 pub mod heartbeat;
 pub mod http;
 pub mod ingest;
+pub mod memory;
 pub mod pipeline;
 pub mod watch;

@@ -189,6 +189,7 @@ fn engine_loop(
     let mut finished = 0usize;
     let mut last_stats = Instant::now();
     let mut last_scan = Instant::now();
+    let mut last_trim = Instant::now();
     let mut stats_base = engine.counters().clone();
     let commit = |engine: &mut Engine, tick: bool| -> Result<(), StoreError> {
         let c = engine.commit(tick.then(now_ms))?;
@@ -232,6 +233,10 @@ fn engine_loop(
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, "the daily digest could not be gathered; trying again in a minute"),
                     }
+                }
+                if last_trim.elapsed() >= super::memory::TRIM_EVERY {
+                    super::memory::trim();
+                    last_trim = Instant::now();
                 }
                 if last_stats.elapsed() >= cfg.stats_interval {
                     let d = engine.counters().since(&stats_base);
