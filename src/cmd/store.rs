@@ -14,12 +14,17 @@ use super::{print_json, Ctx};
 
 #[derive(Subcommand)]
 pub enum StoreCmd {
-    /// Back the store up to the object store now: a consistent copy, compressed, with a manifest. Needs
-    /// the store itself, so it refuses while a watcher runs (a watcher with [backup] backs itself up).
+    /// Back the store up to the object store now: a consistent copy, compressed, with a manifest. While
+    /// a watcher runs on the store, it is asked to take the backup itself (between two of its commits,
+    /// to its [backup] destination) and this waits for it.
     Backup {
-        /// Where to (default: [backup] to), e.g. s3://bucket/safeguard/.
+        /// Where to (default: [backup] to), e.g. s3://bucket/safeguard/. Not with a running watcher,
+        /// which backs up to its own [backup] to.
         #[arg(long)]
         to: Option<String>,
+        /// With a running watcher: how long to wait for its backup.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
         #[arg(long)]
         json: bool,
     },
@@ -49,7 +54,7 @@ pub enum StoreCmd {
 
 pub fn run(ctx: Ctx, cmd: StoreCmd) -> Result<ExitCode> {
     match cmd {
-        StoreCmd::Backup { to, json } => backup_now(ctx, to, json),
+        StoreCmd::Backup { to, wait, json } => backup_now(ctx, to, wait, json),
         StoreCmd::Backups { url, json } => list(ctx, url, json),
         StoreCmd::Restore { url, name, force, json } => restore(ctx, url, name, force, json),
     }
@@ -73,12 +78,32 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
-fn backup_now(ctx: Ctx, to: Option<String>, json: bool) -> Result<ExitCode> {
+fn backup_now(ctx: Ctx, to: Option<String>, wait: std::time::Duration, json: bool) -> Result<ExitCode> {
+    let socket = ctx.store_path.join(safeguard::query::SOCKET_NAME);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        if to.is_some() {
+            bail!("a watcher is running on the store at {}: it backs up to its own [backup] to; leave out --to", ctx.store_path.display());
+        }
+        eprintln!("asking the running watcher for a backup to its [backup] destination ...");
+        let watcher = safeguard::query::Access::Watcher { path: ctx.store_path.clone(), socket };
+        let started = std::time::Instant::now();
+        let mut last = started;
+        let made = watcher
+            .backup_through_watcher(wait, || {
+                if last.elapsed() >= std::time::Duration::from_secs(10) {
+                    last = std::time::Instant::now();
+                    eprintln!("  still uploading ({} s)", started.elapsed().as_secs());
+                }
+            })?
+            .context("the watcher stopped answering on its socket")?;
+        print_made(&made, None, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let dest = dest(&ctx, to)?;
     let os = object_store(&ctx)?;
     let store = match Store::open_existing(&ctx.store_path, ctx.cache) {
         Err(StoreError::Locked { path }) => bail!(
-            "the store at {} is in use by a running `safeguard watch`; a watcher backs its own store up when the config has [backup] (to, interval, keep): configure that and restart it, or stop the watcher to take a backup by hand",
+            "the store at {} is held by another process (an ingest or a recovery, or a watcher still starting); try again when it is done",
             path.display()
         ),
         other => other?,
@@ -90,23 +115,28 @@ fn backup_now(ctx: Ctx, to: Option<String>, json: bool) -> Result<ExitCode> {
     let keep = ctx.cfg.backup.as_ref().filter(|b| b.dest().ok().as_ref() == Some(&dest)).map_or(u32::MAX, |b| b.keep);
     eprintln!("uploading {} ({} entries) to {dest} ...", copy.name, copy.stats.entries);
     let made = runtime()?.block_on(backup::upload(&os, &dest, copy, keep))?;
-    if json {
-        print_json(&made)?;
-    } else {
-        println!(
-            "backed up {} instances ({} entries, {} compressed) to {} (the store was held {} ms; upload {} ms)",
-            made.manifest.instances,
-            made.manifest.entries,
-            human_bytes(made.manifest.bytes),
-            made.url,
-            made.held_ms,
-            made.upload_ms
-        );
-        if !made.pruned.is_empty() {
-            println!("deleted {} older backup(s) beyond keep = {keep}: {}", made.pruned.len(), made.pruned.join(", "));
-        }
-    }
+    print_made(&made, Some(keep), json)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_made(made: &backup::Made, keep: Option<u32>, json: bool) -> Result<()> {
+    if json {
+        return print_json(made);
+    }
+    println!(
+        "backed up {} instances ({} entries, {} compressed) to {} (the store was held {} ms; upload {} ms)",
+        made.manifest.instances,
+        made.manifest.entries,
+        human_bytes(made.manifest.bytes),
+        made.url,
+        made.held_ms,
+        made.upload_ms
+    );
+    if !made.pruned.is_empty() {
+        let keep = keep.map_or("[backup] keep".to_string(), |k| format!("keep = {k}"));
+        println!("deleted {} older backup(s) beyond {keep}: {}", made.pruned.len(), made.pruned.join(", "));
+    }
+    Ok(())
 }
 
 fn list(ctx: Ctx, url: Option<String>, json: bool) -> Result<ExitCode> {

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -342,7 +342,7 @@ pub fn copy(store: &Store, now_ms: i64) -> Result<Copy, BackupError> {
 }
 
 /// What one backup made.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Made {
     pub name: String,
     pub url: String,
@@ -425,6 +425,44 @@ pub async fn upload(os: &ObjectStore, dest: &S3Url, copy: Copy, keep: u32) -> Re
     res
 }
 
+/// `store backup` asked of a running watcher (through its socket): requests are numbered; the engine
+/// takes a backup at its next tick for every request made so far, and each request's outcome is kept
+/// (the newest [`OUTCOMES_KEPT`]) for the CLI to poll.
+struct Board {
+    /// A watcher with `[backup]` runs in this process.
+    configured: AtomicBool,
+    /// The newest request's number (0: none yet).
+    asked: AtomicU64,
+    /// (requests up to this number, outcome), oldest first.
+    outcomes: std::sync::Mutex<std::collections::VecDeque<(u64, Result<Made, String>)>>,
+}
+
+static BOARD: Board =
+    Board { configured: AtomicBool::new(false), asked: AtomicU64::new(0), outcomes: std::sync::Mutex::new(std::collections::VecDeque::new()) };
+const OUTCOMES_KEPT: usize = 16;
+
+/// Asks the running watcher for a backup now; `None` when it has no `[backup]`.
+pub fn ask() -> Option<u64> {
+    BOARD.configured.load(Ordering::Acquire).then(|| BOARD.asked.fetch_add(1, Ordering::AcqRel) + 1)
+}
+
+/// The outcome of request `seq`, once its backup is made or has failed.
+pub fn outcome(seq: u64) -> Option<Result<Made, String>> {
+    let o = BOARD.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+    o.iter().find(|(upto, _)| *upto >= seq).map(|(_, r)| r.clone())
+}
+
+fn settle(upto: u64, r: Result<Made, String>) {
+    if upto == 0 {
+        return;
+    }
+    let mut o = BOARD.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+    o.push_back((upto, r));
+    while o.len() > OUTCOMES_KEPT {
+        o.pop_front();
+    }
+}
+
 /// The watcher's backups: due every `interval`, the copy taken on the engine thread between commits,
 /// the rest on the runtime. One at a time: a tick while one uploads waits for the next.
 pub struct BackupRun {
@@ -434,6 +472,8 @@ pub struct BackupRun {
     rt: tokio::runtime::Handle,
     next: Instant,
     busy: Arc<AtomicBool>,
+    /// Requests through the socket served (a backup taken for them) up to this number.
+    served: u64,
 }
 
 impl BackupRun {
@@ -443,19 +483,26 @@ impl BackupRun {
         let dest = cfg.dest().map_err(BackupError::Config)?;
         let os = ObjectStore::connect(&s3.cloned().unwrap_or_default())?;
         remove_leftovers(store_dir);
-        Ok(BackupRun { cfg, dest, os: Arc::new(os), rt, next: Instant::now(), busy: Arc::default() })
+        BOARD.configured.store(true, Ordering::Release);
+        let served = BOARD.asked.load(Ordering::Acquire);
+        Ok(BackupRun { cfg, dest, os: Arc::new(os), rt, next: Instant::now(), busy: Arc::default(), served })
     }
 
     /// Called on the engine thread right after a commit: takes the copy when one is due.
     pub fn tick(&mut self, store: &Store, now_ms: i64) {
-        if Instant::now() < self.next || self.busy.load(Ordering::Acquire) {
+        let asked = BOARD.asked.load(Ordering::Acquire);
+        if (Instant::now() < self.next && asked <= self.served) || self.busy.load(Ordering::Acquire) {
             return;
         }
+        // Requests up to here are served by this backup (or told why there is none).
+        let upto = if asked > self.served { asked } else { 0 };
+        self.served = asked;
         self.next = Instant::now() + self.cfg.interval;
         // An empty store (a new host whose store was not restored yet) is not backed up: its backups
         // would push the real ones out of `keep`.
         if !store.has_instances() {
             tracing::info!(to = %self.dest, "no instance recorded yet: backup skipped (restore a store with `safeguard store restore` before starting a new watcher)");
+            settle(upto, Err("the store holds no instance yet: nothing to back up".into()));
             return;
         }
         let copy = match copy(store, now_ms) {
@@ -463,6 +510,7 @@ impl BackupRun {
             Err(e) => {
                 crate::store::telemetry::backup_failed();
                 tracing::warn!(error = %e, "the store's backup copy failed; trying again at the next interval");
+                settle(upto, Err(e.to_string()));
                 return;
             }
         };
@@ -481,11 +529,13 @@ impl BackupRun {
                         upload_ms = m.upload_ms,
                         pruned = m.pruned.len(),
                         "store backed up"
-                    )
+                    );
+                    settle(upto, Ok(m));
                 }
                 Err(e) => {
                     crate::store::telemetry::backup_failed();
-                    tracing::warn!(error = %e, "the store's backup failed; trying again at the next interval")
+                    tracing::warn!(error = %e, "the store's backup failed; trying again at the next interval");
+                    settle(upto, Err(e.to_string()));
                 }
             }
             busy.store(false, Ordering::Release);

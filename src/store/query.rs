@@ -129,11 +129,24 @@ pub struct StoreStatus {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Request {
-    Show { id: String },
-    Instances { filter: Filter, now: i64, rules: (i64, i64) },
+    Show {
+        id: String,
+    },
+    Instances {
+        filter: Filter,
+        now: i64,
+        rules: (i64, i64),
+    },
     Status,
     Alerts,
-    RetryAlert { id: String },
+    RetryAlert {
+        id: String,
+    },
+    /// `store backup` while the watcher runs: its engine takes one at its next tick.
+    Backup,
+    BackupOutcome {
+        seq: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -144,6 +157,8 @@ enum Response {
     Status(Box<StoreStatus>),
     Alerts(Vec<safeguard_core::alerts::Alert>),
     Retried(Option<Box<safeguard_core::alerts::Alert>>),
+    BackupAsked(u64),
+    BackupOutcome(Option<Result<Box<super::backup::Made>, String>>),
     Error(String),
 }
 
@@ -201,6 +216,36 @@ impl Access {
             Ok(Response::Error(e)) => Err(QueryError::Remote(e)),
             Ok(r) => Ok(r),
             Err(e) => Err(QueryError::Remote(format!("unreadable answer: {e}"))),
+        }
+    }
+
+    /// Asks the running watcher for a backup now (its `[backup]` destination) and waits up to `wait` for
+    /// it, calling `waiting` about every second. `Ok(None)` when no watcher runs here.
+    pub fn backup_through_watcher(&self, wait: std::time::Duration, mut waiting: impl FnMut()) -> Result<Option<super::backup::Made>, QueryError> {
+        if !matches!(self, Access::Watcher { .. }) {
+            return Ok(None);
+        }
+        let seq = match self.ask(&Request::Backup)? {
+            Response::BackupAsked(seq) => seq,
+            other => return Err(QueryError::Remote(format!("unexpected answer: {other:?}"))),
+        };
+        let started = std::time::Instant::now();
+        loop {
+            match self.ask(&Request::BackupOutcome { seq })? {
+                Response::BackupOutcome(Some(Ok(m))) => return Ok(Some(*m)),
+                Response::BackupOutcome(Some(Err(e))) => return Err(QueryError::Remote(format!("the watcher's backup failed: {e}"))),
+                Response::BackupOutcome(None) if started.elapsed() < wait => {
+                    waiting();
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                Response::BackupOutcome(None) => {
+                    return Err(QueryError::Remote(format!(
+                        "the watcher has not finished the backup after {}; it goes on: `safeguard store backups` lists it once complete",
+                        humantime::format_duration(wait)
+                    )))
+                }
+                other => return Err(QueryError::Remote(format!("unexpected answer: {other:?}"))),
+            }
         }
     }
 
@@ -507,6 +552,15 @@ fn answer(store: &Store, line: &str) -> Response {
         Request::Status => status(store, true).map(|s| Response::Status(Box::new(s))),
         Request::Alerts => store.alerts().collect::<Result<Vec<_>, _>>().map(Response::Alerts),
         Request::RetryAlert { id } => retry(store, &id).map(|a| Response::Retried(a.map(Box::new))),
+        Request::Backup => {
+            return match super::backup::ask() {
+                Some(seq) => Response::BackupAsked(seq),
+                None => Response::Error(
+                    "this watcher has no [backup] section: add one (to, interval, keep) and restart it, or stop it and run `store backup` by hand".into(),
+                ),
+            }
+        }
+        Request::BackupOutcome { seq } => return Response::BackupOutcome(super::backup::outcome(seq).map(|r| r.map(Box::new))),
     };
     res.unwrap_or_else(|e| Response::Error(e.to_string()))
 }

@@ -329,3 +329,58 @@ fn a_large_file_goes_up_in_parts_and_reads_back_whole() {
         assert!(e.contains("CreateMultipartUpload") && e.contains(&format!("{bucket}-nowhere")), "{e}");
     });
 }
+
+/// `store backup` on the store of a running watcher asks the watcher, which takes the backup between two
+/// of its commits and answers with what it made; `--to` is refused then, and so is a watcher without
+/// `[backup]`, each saying what to do.
+#[test]
+fn store_backup_asks_a_running_watcher_and_waits_for_its_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = &make_bucket("sg-backup-ask");
+    let prefix = format!("s3://{bucket}/asked/");
+    // Hourly: only the backup at start-up comes on its own.
+    let cfg = config(tmp.path(), &format!("[backup]\nto = \"{prefix}\"\ninterval = \"1h\"\n"));
+    let log = corpus(tmp.path(), 44, 3_000);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (s, addr) = (tmp.path().join("s"), format!("127.0.0.1:{}", free_port()));
+    let s_s = s.to_str().unwrap();
+    let w = watcher(&cfg, s_s, &addr, &tmp.path().join("s.log"));
+    send(&addr, &lines);
+    wait_until("every line", Duration::from_secs(60), || lines_read(s_s) == lines.len() as u64);
+    let instances = json(&["instances", "--json", "--store", s_s]).as_array().unwrap().len() as u64;
+    assert!(instances > 5);
+
+    let made = json(&["--config", &cfg, "store", "backup", "--json", "--store", s_s]);
+    assert_eq!(made["manifest"]["instances"], instances, "{made}");
+    assert!(made["url"].as_str().unwrap().starts_with(&prefix), "{made}");
+    let listed = json(&["--config", &cfg, "store", "backups", "--json"]);
+    let newest = &listed.as_array().unwrap()[0];
+    assert_eq!(
+        (newest["name"].clone(), newest["complete"].clone(), newest["instances"].clone()),
+        (made["name"].clone(), Value::Bool(true), made["manifest"]["instances"].clone())
+    );
+    // Asked twice more at once: both answered (by one backup or two), the watcher still running.
+    let (a, b) = std::thread::scope(|sc| {
+        let one = sc.spawn(|| json(&["--config", &cfg, "store", "backup", "--json", "--store", s_s]));
+        let two = sc.spawn(|| json(&["--config", &cfg, "store", "backup", "--json", "--store", s_s]));
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    assert!(a["name"].is_string() && b["name"].is_string() && a["name"] != made["name"], "{a} {b}");
+
+    let (code, _, err) = run(&["--config", &cfg, "store", "backup", "--to", &format!("s3://{bucket}/elsewhere/"), "--store", s_s]);
+    assert_eq!(code, 2);
+    assert!(err.contains("leave out --to"), "{err}");
+    stop(w);
+
+    // A watcher without [backup] says how to get one.
+    std::fs::create_dir_all(tmp.path().join("plain")).unwrap();
+    let plain = config(&tmp.path().join("plain"), "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let w = watcher(&plain, s_s, &addr, &tmp.path().join("p.log"));
+    wait_until("the socket", Duration::from_secs(20), || s.join(safeguard::query::SOCKET_NAME).exists());
+    let (code, _, err) = run(&["--config", &cfg, "store", "backup", "--store", s_s]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no [backup] section") && err.contains("restart"), "{err}");
+    stop(w);
+}
