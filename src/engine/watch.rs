@@ -190,6 +190,7 @@ fn engine_loop(
     let mut last_stats = Instant::now();
     let mut last_scan = Instant::now();
     let mut last_trim = Instant::now();
+    let mut trimmer = super::memory::Trimmer::default();
     let mut stats_base = engine.counters().clone();
     let commit = |engine: &mut Engine, tick: bool| -> Result<(), StoreError> {
         let c = engine.commit(tick.then(now_ms))?;
@@ -235,7 +236,7 @@ fn engine_loop(
                     }
                 }
                 if last_trim.elapsed() >= super::memory::TRIM_EVERY {
-                    super::memory::trim();
+                    trimmer.tick();
                     last_trim = Instant::now();
                 }
                 if last_stats.elapsed() >= cfg.stats_interval {
