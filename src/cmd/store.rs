@@ -82,20 +82,21 @@ fn backup_now(ctx: Ctx, to: Option<String>, wait: std::time::Duration, json: boo
     let socket = ctx.store_path.join(safeguard::query::SOCKET_NAME);
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         if to.is_some() {
-            bail!("a watcher is running on the store at {}: it backs up to its own [backup] to; leave out --to", ctx.store_path.display());
+            bail!(
+                "a watcher is running on the store at {}: leave out --to, and it backs up to its own [backup] to (stop it to back up anywhere else)",
+                ctx.store_path.display()
+            );
         }
         eprintln!("asking the running watcher for a backup to its [backup] destination ...");
         let watcher = safeguard::query::Access::Watcher { path: ctx.store_path.clone(), socket };
         let started = std::time::Instant::now();
         let mut last = started;
-        let made = watcher
-            .backup_through_watcher(wait, || {
-                if last.elapsed() >= std::time::Duration::from_secs(10) {
-                    last = std::time::Instant::now();
-                    eprintln!("  still uploading ({} s)", started.elapsed().as_secs());
-                }
-            })?
-            .context("the watcher stopped answering on its socket")?;
+        let made = watcher.backup_through_watcher(wait, || {
+            if last.elapsed() >= std::time::Duration::from_secs(10) {
+                last = std::time::Instant::now();
+                eprintln!("  still uploading ({} s)", started.elapsed().as_secs());
+            }
+        })?;
         print_made(&made, None, json)?;
         return Ok(ExitCode::SUCCESS);
     }

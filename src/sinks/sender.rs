@@ -25,6 +25,8 @@ pub enum SenderError {
 const PASS_MAX: usize = 1_000;
 /// How often alerts past retention are looked for.
 const RETIRE_EVERY: Duration = Duration::from_secs(60);
+/// How long a standby leaves a due alert it may not send before looking at it again.
+const STANDBY_RECHECK: Duration = Duration::from_secs(15);
 
 pub struct Sender {
     store: Store,
@@ -64,7 +66,7 @@ impl Sender {
             }
             if last_retire.is_none_or(|t| t.elapsed() >= RETIRE_EVERY.min(self.cfg.retention)) {
                 last_retire = Some(std::time::Instant::now());
-                if let Err(e) = self.retire(now_ms()) {
+                if let Err(e) = self.retire(now_ms()).await {
                     tracing::warn!(error = %e, "moving old alerts out of the outbox failed; retrying later");
                 }
             }
@@ -75,7 +77,9 @@ impl Sender {
     /// Handles the alerts that are due, read from the due index (at most [`PASS_MAX`]); returns how many
     /// were attempted.
     pub async fn pass(&self) -> Result<usize, StoreError> {
-        let due: Vec<Alert> = self.store.due_alerts(now_ms(), PASS_MAX)?;
+        let now = now_ms();
+        let due: Vec<Alert> = self.store.due_alerts(now, PASS_MAX)?;
+        let mut waiting = Vec::new();
         for a in &due {
             // The due index only lists pending alerts; an entry is checked all the same.
             if a.state != Delivery::Pending {
@@ -84,15 +88,22 @@ impl Sender {
             if let Some(l) = &self.leader {
                 // Delivered by a leader (this one before a restart, or another): mark, do not resend.
                 if let Some(seen) = l.delivered(&a.id) {
-                    if self.mark(&a.id, &seen)?.is_some_and(|m| m.state != Delivery::Pending) {
+                    if self.mark(&a.id, &seen)?.is_some_and(|m| m.state != Delivery::Pending || m.next_attempt_at > now) {
                         continue;
                     }
                 }
                 if !self.may_send() {
+                    waiting.push(a.id.clone());
                     continue;
                 }
             }
             self.process(a.clone()).await?;
+        }
+        // A standby looks at these again in a while: left due, the first PASS_MAX would be all it ever
+        // looked at. It takes over no later than that after it leads.
+        if !waiting.is_empty() {
+            let at = now + crate::settings::millis(STANDBY_RECHECK);
+            self.store.update_alerts(&waiting, |a| a.next_attempt_at = a.next_attempt_at.max(at))?;
         }
         Ok(due.len())
     }
@@ -137,13 +148,18 @@ impl Sender {
 
     /// Moves alerts finished more than `alerts.retention` ago out of the outbox; their ids stay, so a
     /// replay of what raised them raises nothing.
-    pub fn retire(&self, now: i64) -> Result<usize, StoreError> {
+    pub async fn retire(&self, now: i64) -> Result<usize, StoreError> {
         let before = now.saturating_sub(crate::settings::millis(self.cfg.retention));
         let mut total = 0;
         loop {
-            let n = self.store.retire_alerts(before, 10_000)?;
-            total += n;
-            if n < 10_000 {
+            let ids = self.store.retire_alerts(before, 10_000)?;
+            total += ids.len();
+            // The leader also deletes their records from the deliveries topic (every replica retires
+            // the same alerts; one deleting is enough).
+            if let Some(l) = self.leader.as_ref().filter(|l| l.is_leader()) {
+                l.forget_retired(&ids).await;
+            }
+            if ids.len() < 10_000 {
                 break;
             }
         }
@@ -191,6 +207,11 @@ impl Sender {
             self.store.put_alert(&a)?;
         }
         let rule = a.rule.unwrap_or(Rule::InstanceDeleted);
+        // Deciding may have taken a while (the object store's check): a replica that no longer leads
+        // keeps the alert pending, decided, for whoever leads now.
+        if !self.may_send() {
+            return self.store.put_alert(&a);
+        }
         if !rule.enabled(&self.cfg.params()) {
             a.state = Delivery::Suppressed;
             a.last_error = Some(format!("rule {} is switched off", rule.as_str()));
@@ -203,10 +224,6 @@ impl Sender {
         }
         let m = compose(&a);
         let mut errors = Vec::new();
-        // Leadership is checked again right before each send: deciding may have taken a while.
-        if !self.may_send() {
-            return self.store.put_alert(&a);
-        }
         if let (Some(mailer), None) = (&self.mailer, a.email_sent_at) {
             match mailer.send(&a, &m).await {
                 Ok(()) => {
@@ -258,22 +275,51 @@ impl Sender {
         self.finish(&a).await
     }
 
-    /// Stores the alert; a leader first records a finished one on the deliveries topic.
+    /// Stores the alert; a finished one is first recorded on the deliveries topic. Sent and failed are
+    /// what this replica did, so they are recorded even if leadership lapsed meanwhile; suppressed is a
+    /// decision, recorded only by the leader.
     async fn finish(&self, a: &Alert) -> Result<(), StoreError> {
-        if let (Some(l), true) = (&self.leader, a.state != Delivery::Pending) {
-            l.record_outcome(a).await;
+        if let Some(l) = &self.leader {
+            if a.state != Delivery::Pending && (a.state != Delivery::Suppressed || l.is_leader()) {
+                let mut a = a.clone();
+                a.outcome_at = Some(crate::sources::kafka::leader::outcome_time(&a, now_ms()));
+                l.record_outcome(&a).await;
+                return self.store.put_alert(&a);
+            }
         }
         self.store.put_alert(a)
     }
 }
 
 /// Applies what the deliveries topic says to this replica's copy of an alert; returns whether that
-/// finished it. Channels the leader sent are marked sent, and an alert with every configured channel
-/// sent is sent. The leader's outcome finishes a pending alert in the same state (a failed one only
-/// becomes sent: `alerts retry` on the leader), and fills in the rule, severity and verdict this
-/// replica never decided (it did not send).
+/// finished it. Channels the leader sent are marked sent (once), and an alert with every configured
+/// channel sent is sent. Of the leader's outcomes the latest recorded one holds (an older one read later
+/// changes nothing): the copy takes its state (a sent copy stays sent), error, attempts, times, rule and
+/// verdict. So the copy is the same whatever order the records are read in, whichever of them
+/// compaction left, and whichever intermediate states a pass happened to apply.
 pub fn apply_seen(a: &mut Alert, seen: &Seen, email: bool, webhook: bool) -> bool {
     let was = a.state;
+    if let Some(o) = seen.outcome.as_ref().filter(|o| a.outcome_at.is_none_or(|t| o.at > t)) {
+        a.outcome_at = Some(o.at);
+        if a.state != Delivery::Sent || o.state == Delivery::Sent {
+            a.state = o.state;
+            a.last_error.clone_from(&o.error);
+        }
+        a.last_error_at = o.error_at;
+        a.attempts = o.attempts;
+        a.give_up_at = o.give_up_at.unwrap_or(a.give_up_at);
+        a.next_attempt_at = o.next_attempt_at.unwrap_or(a.next_attempt_at);
+        a.rule = o.rule.or(a.rule);
+        a.severity = o.severity.or(a.severity);
+        if o.verdict.is_some() {
+            a.verdict.clone_from(&o.verdict);
+        }
+        if o.state == Delivery::Sent {
+            a.sent_at = o.sent_at.or(Some(o.at));
+        }
+        a.email_sent_at = a.email_sent_at.or(o.email_sent_at);
+        a.webhook_sent_at = a.webhook_sent_at.or(o.webhook_sent_at);
+    }
     if a.email_sent_at.is_none() {
         a.email_sent_at = seen.channels.get("email").copied();
     }
@@ -283,34 +329,9 @@ pub fn apply_seen(a: &mut Alert, seen: &Seen, email: bool, webhook: bool) -> boo
     let complete = (!email || a.email_sent_at.is_some()) && (!webhook || a.webhook_sent_at.is_some()) && (email || webhook);
     if complete && matches!(a.state, Delivery::Pending | Delivery::Failed) {
         a.state = Delivery::Sent;
-        a.sent_at = seen.channels.values().max().copied();
+        // The leader's time when its outcome says sent, else the last channel's.
+        a.sent_at = seen.outcome.as_ref().filter(|o| o.state == Delivery::Sent).and_then(|o| o.sent_at).or_else(|| a.email_sent_at.max(a.webhook_sent_at));
         a.last_error = None;
-    }
-    if let Some(o) = &seen.outcome {
-        a.email_sent_at = a.email_sent_at.or(o.email_sent_at);
-        a.webhook_sent_at = a.webhook_sent_at.or(o.webhook_sent_at);
-        a.rule = a.rule.or(o.rule);
-        a.severity = a.severity.or(o.severity);
-        if a.verdict.is_none() {
-            a.verdict.clone_from(&o.verdict);
-        }
-        let takes = match (a.state, o.state) {
-            (Delivery::Pending, s) => s != Delivery::Pending,
-            (Delivery::Failed, Delivery::Sent) => true,
-            _ => false,
-        };
-        if takes {
-            a.state = o.state;
-            if o.state != Delivery::Sent {
-                a.last_error.clone_from(&o.error);
-                a.last_error_at = Some(o.at);
-            }
-        }
-        if a.state == Delivery::Sent && o.state == Delivery::Sent {
-            // The leader's time, whether the channels or the outcome were read first.
-            a.sent_at = o.sent_at.or(a.sent_at).or(Some(o.at));
-            a.last_error = None;
-        }
     }
     a.state != was && a.state != Delivery::Pending
 }
@@ -345,84 +366,138 @@ mod tests {
             webhook_sent_at: None,
             sent_at: None,
             digest: None,
+            outcome_at: None,
         }
     }
 
-    #[derive(Clone, Copy, Debug)]
+    #[derive(Clone, Debug)]
     enum Rec {
         Email,
         Webhook,
-        Outcome,
+        Outcome(Outcome),
     }
 
-    fn outcome(state: Delivery, email: Option<i64>, webhook: Option<i64>) -> Outcome {
+    /// The leader's outcome at `at` (later outcomes are later `at`s, as the leader records them).
+    fn outcome(state: Delivery, at: i64, email: Option<i64>, webhook: Option<i64>) -> Outcome {
+        let failed = state == Delivery::Failed;
         Outcome {
             state,
             rule: Some(Rule::DeletedWithoutBaseBackup),
             severity: Some(Severity::Critical),
             verdict: Some("no_base_backup".into()),
-            error: (state == Delivery::Failed).then(|| "smtp: refused".into()),
-            sent_at: (state == Delivery::Sent).then_some(40),
+            error: (failed || state == Delivery::Pending).then(|| format!("smtp: refused at {at}")),
+            error_at: (failed || state == Delivery::Pending).then_some(at - 1),
+            attempts: (at / 10) as u32,
+            give_up_at: Some(100 + at),
+            next_attempt_at: Some(at),
+            sent_at: (state == Delivery::Sent).then_some(at - 2),
             email_sent_at: email,
             webhook_sent_at: webhook,
-            at: 50,
+            at,
         }
     }
 
-    /// The standby's copy is a function of the records, not of the order they were read in nor of which
-    /// intermediate states the sender happened to apply (it takes the newest of each alert per pass).
-    #[test]
-    fn a_standby_copy_ends_the_same_whatever_the_order_and_the_passes() {
-        let cases = [
-            // (channels configured, what the leader recorded)
-            ((true, true), vec![Rec::Email, Rec::Webhook, Rec::Outcome], outcome(Delivery::Sent, Some(10), Some(20))),
-            ((true, false), vec![Rec::Email, Rec::Outcome], outcome(Delivery::Sent, Some(10), None)),
-            ((true, true), vec![Rec::Email, Rec::Outcome], outcome(Delivery::Failed, Some(10), None)),
-            ((true, true), vec![Rec::Outcome], outcome(Delivery::Suppressed, None, None)),
-        ];
-        for ((email, webhook), recs, o) in cases {
-            let mut ends = Vec::new();
-            // Every order, and every choice of which prefixes a pass saw.
-            for perm in permutations(&recs) {
-                for mask in 0u32..(1 << perm.len()) {
-                    let mut a = pending();
-                    let mut seen = Seen::default();
-                    for (i, r) in perm.iter().enumerate() {
-                        match r {
-                            Rec::Email => drop(seen.channels.insert("email".into(), 10)),
-                            Rec::Webhook => drop(seen.channels.insert("webhook".into(), 20)),
-                            Rec::Outcome => seen.outcome = Some(o.clone()),
-                        }
-                        if mask & (1 << i) != 0 || i + 1 == perm.len() {
-                            apply_seen(&mut a, &seen, email, webhook);
-                        }
+    fn apply_all(recs: &[Rec], mask: u32, email: bool, webhook: bool) -> Alert {
+        let mut a = pending();
+        let mut seen = Seen::default();
+        for (i, r) in recs.iter().enumerate() {
+            match r {
+                Rec::Email => drop(seen.channels.insert("email".into(), 10)),
+                Rec::Webhook => drop(seen.channels.insert("webhook".into(), 20)),
+                // The reader keeps the newest outcome it read (compaction keeps the newest per key).
+                Rec::Outcome(o) => {
+                    if seen.outcome.as_ref().is_none_or(|s| o.at > s.at) {
+                        seen.outcome = Some(o.clone());
                     }
-                    // Applying again changes nothing.
-                    let once = a.clone();
-                    apply_seen(&mut a, &seen, email, webhook);
-                    assert_eq!(a, once);
-                    ends.push(a);
+                }
+            }
+            if mask & (1 << i) != 0 || i + 1 == recs.len() {
+                apply_seen(&mut a, &seen, email, webhook);
+            }
+        }
+        // Applying again changes nothing.
+        let once = a.clone();
+        apply_seen(&mut a, &seen, email, webhook);
+        assert_eq!(a, once);
+        a
+    }
+
+    /// The standby's copy is a function of the records the leader wrote, not of the order they are read
+    /// in, of which older outcomes compaction had already dropped, nor of which intermediate states a
+    /// pass happened to apply.
+    #[test]
+    fn a_standby_copy_ends_the_same_whatever_the_order_the_compaction_and_the_passes() {
+        let sent_both = outcome(Delivery::Sent, 40, Some(10), Some(20));
+        let cases: Vec<((bool, bool), Vec<Rec>, Delivery)> = vec![
+            ((true, true), vec![Rec::Email, Rec::Webhook, Rec::Outcome(sent_both.clone())], Delivery::Sent),
+            ((true, false), vec![Rec::Email, Rec::Outcome(outcome(Delivery::Sent, 40, Some(10), None))], Delivery::Sent),
+            ((true, true), vec![Rec::Email, Rec::Outcome(outcome(Delivery::Failed, 30, Some(10), None))], Delivery::Failed),
+            ((true, true), vec![Rec::Outcome(outcome(Delivery::Suppressed, 30, None, None))], Delivery::Suppressed),
+            // Failed, retried on the leader (pending again), then sent.
+            (
+                (true, true),
+                vec![
+                    Rec::Email,
+                    Rec::Outcome(outcome(Delivery::Failed, 30, Some(10), None)),
+                    Rec::Outcome(outcome(Delivery::Pending, 50, Some(10), None)),
+                    Rec::Webhook,
+                    Rec::Outcome(outcome(Delivery::Sent, 70, Some(10), Some(20))),
+                ],
+                Delivery::Sent,
+            ),
+            // Failed, retried, and the leader died before it sent again: pending, for the next leader.
+            (
+                (true, true),
+                vec![Rec::Email, Rec::Outcome(outcome(Delivery::Failed, 30, Some(10), None)), Rec::Outcome(outcome(Delivery::Pending, 50, Some(10), None))],
+                Delivery::Pending,
+            ),
+            // Retried and both channels went out, but the leader died before recording it sent.
+            (
+                (true, true),
+                vec![
+                    Rec::Outcome(outcome(Delivery::Failed, 30, None, None)),
+                    Rec::Outcome(outcome(Delivery::Pending, 50, None, None)),
+                    Rec::Email,
+                    Rec::Webhook,
+                ],
+                Delivery::Sent,
+            ),
+        ];
+        for ((email, webhook), recs, want) in cases {
+            let newest = recs.iter().filter_map(|r| if let Rec::Outcome(o) = r { Some(o.at) } else { None }).max();
+            let mut ends = Vec::new();
+            // Every order of every subset that compaction may leave (the channel records and the newest
+            // outcome always stay), and every choice of passes.
+            let older: Vec<usize> = (0..recs.len()).filter(|i| matches!(&recs[*i], Rec::Outcome(o) if Some(o.at) != newest)).collect();
+            for keep in 0u32..(1 << older.len()) {
+                let dropped = |i: usize| older.iter().position(|x| *x == i).is_some_and(|k| keep & (1 << k) == 0);
+                let kept: Vec<Rec> = recs.iter().enumerate().filter(|(i, _)| !dropped(*i)).map(|(_, r)| r.clone()).collect();
+                for perm in permutations(&kept) {
+                    for mask in 0u32..(1 << perm.len()) {
+                        ends.push(apply_all(&perm, mask, email, webhook));
+                    }
                 }
             }
             let first = ends[0].clone();
-            assert_eq!(first.state, o.state);
-            assert_eq!((first.rule, first.verdict.as_deref()), (o.rule, o.verdict.as_deref()));
-            assert!(ends.iter().all(|e| *e == first), "{o:?}: {:#?}", ends.iter().find(|e| **e != first));
+            assert_eq!(first.state, want, "{recs:?}");
+            assert_eq!((first.rule, first.verdict.as_deref()), (Some(Rule::DeletedWithoutBaseBackup), Some("no_base_backup")));
+            assert!(ends.iter().all(|e| *e == first), "{recs:?}: {:#?} vs {first:#?}", ends.iter().find(|e| **e != first));
         }
     }
 
-    /// A failed alert retried on the leader and then sent ends sent on the standby; a sent one never
-    /// goes back to failed.
+    /// A failed copy becomes sent; a sent one never goes back to failed, whatever arrives late.
     #[test]
     fn a_failed_copy_becomes_sent_but_never_the_reverse() {
         let mut a = pending();
-        let failed = Seen { outcome: Some(outcome(Delivery::Failed, None, None)), ..Seen::default() };
+        let failed = Seen { outcome: Some(outcome(Delivery::Failed, 30, None, None)), ..Seen::default() };
         assert!(apply_seen(&mut a, &failed, true, false));
         assert_eq!(a.state, Delivery::Failed);
-        let sent = Seen { outcome: Some(outcome(Delivery::Sent, Some(60), None)), channels: [("email".to_string(), 60)].into() };
+        let sent = Seen { outcome: Some(outcome(Delivery::Sent, 60, Some(55), None)), channels: [("email".to_string(), 55)].into() };
         assert!(apply_seen(&mut a, &sent, true, false));
-        assert_eq!((a.state, a.last_error.as_deref(), a.sent_at), (Delivery::Sent, None, Some(40)));
+        assert_eq!((a.state, a.last_error.as_deref(), a.sent_at), (Delivery::Sent, None, Some(58)));
         assert!(!apply_seen(&mut a, &failed, true, false));
+        let later_failed = Seen { outcome: Some(outcome(Delivery::Failed, 90, None, None)), ..Seen::default() };
+        assert!(!apply_seen(&mut a, &later_failed, true, false));
         assert_eq!(a.state, Delivery::Sent);
     }
 
@@ -435,7 +510,7 @@ mod tests {
             let mut rest = v.to_vec();
             let x = rest.remove(i);
             for mut p in permutations(&rest) {
-                p.insert(0, x);
+                p.insert(0, x.clone());
                 out.push(p);
             }
         }

@@ -441,6 +441,13 @@ static BOARD: Board =
     Board { configured: AtomicBool::new(false), asked: AtomicU64::new(0), outcomes: std::sync::Mutex::new(std::collections::VecDeque::new()) };
 const OUTCOMES_KEPT: usize = 16;
 
+/// This process, as the CLI polling for a backup knows it: a watcher that restarted meanwhile numbers
+/// its requests afresh, so an answer about another process's request must not be taken for its own.
+pub fn process_nonce() -> u64 {
+    static NONCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *NONCE.get_or_init(|| ((crate::timeutil::now_ms() as u64) << 20) ^ u64::from(std::process::id()))
+}
+
 /// Asks the running watcher for a backup now; `None` when it has no `[backup]`.
 pub fn ask() -> Option<u64> {
     BOARD.configured.load(Ordering::Acquire).then(|| BOARD.asked.fetch_add(1, Ordering::AcqRel) + 1)

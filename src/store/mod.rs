@@ -582,6 +582,37 @@ impl Store {
         Ok(Some(a))
     }
 
+    /// Updates several alerts in one batch and one flush (a standby deferring what it may not send);
+    /// ids not in the outbox and alerts `f` leaves unchanged are skipped.
+    pub fn update_alerts(&self, ids: &[String], mut f: impl FnMut(&mut safeguard_core::alerts::Alert)) -> Result<usize, StoreError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = self.alert_tally()?;
+        let mut t = kept.clone().unwrap_or_default();
+        let mut b = sled::Batch::default();
+        let mut n = 0;
+        for id in ids {
+            let Some(old) = self.alert(id)? else { continue };
+            let mut a = old.clone();
+            f(&mut a);
+            if a == old {
+                continue;
+            }
+            b.insert(keys::alert(&a.id), encode(&a.id, &a)?);
+            tally::index_changed_alert(&mut b, &mut t, Some(&old), &a);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        if kept.is_some() {
+            b.insert(keys::ALERT_TALLY, encode("the alert counts", &t)?);
+        }
+        self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
+        self.db.apply_batch(b).inspect_err(|_| telemetry::failed("alert_update"))?;
+        self.db.flush().inspect_err(|_| telemetry::failed("alert_update"))?;
+        Ok(n)
+    }
+
     /// Writes an alert, moving its index entry and the counts; the caller holds the write lock.
     fn write_alert(&self, old: Option<&safeguard_core::alerts::Alert>, a: &safeguard_core::alerts::Alert) -> Result<(), StoreError> {
         self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;

@@ -146,6 +146,7 @@ enum Request {
     Backup,
     BackupOutcome {
         seq: u64,
+        watcher: u64,
     },
 }
 
@@ -157,7 +158,11 @@ enum Response {
     Status(Box<StoreStatus>),
     Alerts(Vec<safeguard_core::alerts::Alert>),
     Retried(Option<Box<safeguard_core::alerts::Alert>>),
-    BackupAsked(u64),
+    /// The request's number, and which watcher process took it.
+    BackupAsked {
+        seq: u64,
+        watcher: u64,
+    },
     BackupOutcome(Option<Result<Box<super::backup::Made>, String>>),
     Error(String),
 }
@@ -220,19 +225,16 @@ impl Access {
     }
 
     /// Asks the running watcher for a backup now (its `[backup]` destination) and waits up to `wait` for
-    /// it, calling `waiting` about every second. `Ok(None)` when no watcher runs here.
-    pub fn backup_through_watcher(&self, wait: std::time::Duration, mut waiting: impl FnMut()) -> Result<Option<super::backup::Made>, QueryError> {
-        if !matches!(self, Access::Watcher { .. }) {
-            return Ok(None);
-        }
-        let seq = match self.ask(&Request::Backup)? {
-            Response::BackupAsked(seq) => seq,
+    /// it, calling `waiting` about every second.
+    pub fn backup_through_watcher(&self, wait: std::time::Duration, mut waiting: impl FnMut()) -> Result<super::backup::Made, QueryError> {
+        let (seq, watcher) = match self.ask(&Request::Backup)? {
+            Response::BackupAsked { seq, watcher } => (seq, watcher),
             other => return Err(QueryError::Remote(format!("unexpected answer: {other:?}"))),
         };
         let started = std::time::Instant::now();
         loop {
-            match self.ask(&Request::BackupOutcome { seq })? {
-                Response::BackupOutcome(Some(Ok(m))) => return Ok(Some(*m)),
+            match self.ask(&Request::BackupOutcome { seq, watcher })? {
+                Response::BackupOutcome(Some(Ok(m))) => return Ok(*m),
                 Response::BackupOutcome(Some(Err(e))) => return Err(QueryError::Remote(format!("the watcher's backup failed: {e}"))),
                 Response::BackupOutcome(None) if started.elapsed() < wait => {
                     waiting();
@@ -314,9 +316,9 @@ impl Access {
     pub fn retry_alert(&self, id: &str) -> Result<Option<safeguard_core::alerts::Alert>, QueryError> {
         match self {
             // A write: through the store itself, opened for writing (a read open is a private copy).
-            Access::Direct(s) => Ok(retry(&Store::open_existing(s.path(), 16 << 20)?, id)?),
+            Access::Direct(s) => Ok(retry(&Store::open_existing(s.path(), 16 << 20)?, id, false)?),
             Access::Snapshot { path, cache_bytes, .. } => match Store::open_existing(path, *cache_bytes) {
-                Ok(s) => Ok(retry(&s, id)?),
+                Ok(s) => Ok(retry(&s, id, false)?),
                 // The watcher that appeared since answers.
                 Err(StoreError::Locked { .. }) => Access::Watcher { path: path.clone(), socket: path.join(SOCKET_NAME) }.retry_alert(id),
                 Err(e) => Err(e.into()),
@@ -340,14 +342,18 @@ impl Access {
     }
 }
 
-/// Requeues a failed (or any) alert: due now, with a fresh give-up time.
-fn retry(store: &Store, id: &str) -> Result<Option<safeguard_core::alerts::Alert>, StoreError> {
+/// Requeues a failed (or any) alert: due now, with a fresh give-up time. With a leader, the requeue is
+/// an outcome the standbys take too (`outcome_at` is the time it is recorded under).
+fn retry(store: &Store, id: &str, leading: bool) -> Result<Option<safeguard_core::alerts::Alert>, StoreError> {
     let now = crate::timeutil::now_ms();
     store.update_alert(id, |a| {
         a.give_up_at = now + (a.give_up_at - a.raised_at).max(3_600_000);
         a.state = safeguard_core::alerts::Delivery::Pending;
         a.next_attempt_at = now;
         a.attempts = 0;
+        if leading {
+            a.outcome_at = Some(crate::sources::kafka::leader::outcome_time(a, now));
+        }
     })
 }
 
@@ -551,16 +557,39 @@ fn answer(store: &Store, line: &str) -> Response {
         }
         Request::Status => status(store, true).map(|s| Response::Status(Box::new(s))),
         Request::Alerts => store.alerts().collect::<Result<Vec<_>, _>>().map(Response::Alerts),
-        Request::RetryAlert { id } => retry(store, &id).map(|a| Response::Retried(a.map(Box::new))),
+        Request::RetryAlert { id } => {
+            let leader = crate::sources::kafka::leader::current();
+            if let Some(r) = leader.as_ref().map(|l| l.role()).filter(|r| r.role != "leader") {
+                return Response::Error(format!(
+                    "this watcher ({}) is a standby; run `safeguard alerts retry` on the leader ({}): it sends the alert again and every standby learns the outcome",
+                    r.member,
+                    r.leader.as_deref().unwrap_or("none elected right now; try again once one is")
+                ));
+            }
+            retry(store, &id, leader.is_some()).map(|a| {
+                // Every replica's copy becomes pending again: whoever leads next sends it.
+                if let (Some(l), Some(a)) = (&leader, &a) {
+                    l.record_outcome_soon(a);
+                }
+                Response::Retried(a.map(Box::new))
+            })
+        }
         Request::Backup => {
             return match super::backup::ask() {
-                Some(seq) => Response::BackupAsked(seq),
+                Some(seq) => Response::BackupAsked { seq, watcher: super::backup::process_nonce() },
                 None => Response::Error(
                     "this watcher has no [backup] section: add one (to, interval, keep) and restart it, or stop it and run `store backup` by hand".into(),
                 ),
             }
         }
-        Request::BackupOutcome { seq } => return Response::BackupOutcome(super::backup::outcome(seq).map(|r| r.map(Box::new))),
+        Request::BackupOutcome { seq, watcher } => {
+            if watcher != super::backup::process_nonce() {
+                return Response::Error(
+                    "the watcher restarted since the backup was asked (the request went with it): run `safeguard store backup` again".into(),
+                );
+            }
+            return Response::BackupOutcome(super::backup::outcome(seq).map(|r| r.map(Box::new)));
+        }
     };
     res.unwrap_or_else(|e| Response::Error(e.to_string()))
 }

@@ -400,12 +400,12 @@ impl Store {
 
     /// Moves alerts that finished before `before` out of the outbox, keeping their ids as tombstones
     /// (at most `limit` per call). Returns how many moved.
-    pub fn retire_alerts(&self, before: i64, limit: usize) -> Result<usize, StoreError> {
+    pub fn retire_alerts(&self, before: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut b = sled::Batch::default();
         let kept = self.alert_tally()?;
         let mut tally = kept.clone().unwrap_or_default();
-        let (mut n, mut entries) = (0, 0);
+        let (mut retired, mut entries) = (Vec::new(), 0);
         for r in self.db.range(keys::FINISHED.as_bytes().to_vec()..keys::finished_end(before.saturating_sub(1))).take(limit) {
             let (k, _) = r?;
             b.remove(k.clone());
@@ -418,10 +418,10 @@ impl Store {
             b.remove(keys::alert(&id));
             tally.count(&a, false);
             tally.retired += 1;
-            n += 1;
+            retired.push(id);
         }
         if entries == 0 {
-            return Ok(0);
+            return Ok(retired);
         }
         // Counts are written only where they are kept: an absent tally is rebuilt by the next engine.
         if kept.is_some() {
@@ -430,7 +430,7 @@ impl Store {
         self.snap.before_write()?;
         self.db.apply_batch(b)?;
         self.db.flush()?;
-        Ok(n)
+        Ok(retired)
     }
 
     /// Makes the counts and indexes those of `wanted` (indexing every record and alert once when the

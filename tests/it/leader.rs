@@ -76,8 +76,10 @@ impl Watcher {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn config(dir: &Path, broker: &str, topic: &str, member: &str, leader_group: &str, coordination: &str, deliveries: &str, extra: &str) -> PathBuf {
-    let (host, port) = env("SAFEGUARD_TEST_SMTP").split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
+fn config(dir: &Path, broker: &str, topic: &str, member: &str, leader_group: &str, coordination: &str, deliveries: &str, extra: &Extra) -> PathBuf {
+    let smtp = extra.smtp.clone().unwrap_or_else(|| env("SAFEGUARD_TEST_SMTP"));
+    let (host, port) = smtp.split_once(':').map(|(h, p)| (h.to_string(), p.to_string())).unwrap();
+    let (alerts, extra) = (&extra.alerts, &extra.tail);
     let p = dir.join(format!("{member}.toml"));
     let http = common::free_port();
     std::fs::write(
@@ -106,6 +108,7 @@ session_timeout = "6s"
 lease = "3s"
 [alerts]
 max_retry_interval = "1s"
+{alerts}
 [alerts.email]
 host = "{host}"
 port = {port}
@@ -133,13 +136,24 @@ struct Replicas {
     b: Watcher,
 }
 
+/// What a test changes in the replicas' config.
+#[derive(Default)]
+struct Extra {
+    /// host:port of the SMTP server (default: the test's aiosmtpd).
+    smtp: Option<String>,
+    /// Lines in `[alerts]`.
+    alerts: String,
+    /// Lines after `[alerts.email]`.
+    tail: String,
+}
+
 impl Replicas {
     fn start() -> Replicas {
-        Replicas::start_with(1, "")
+        Replicas::start_with(1, &Extra::default())
     }
 
-    /// `partitions` for the syslog topic; `extra` appended to each config (after `[alerts.email]`).
-    fn start_with(partitions: i32, extra: &str) -> Replicas {
+    /// `partitions` for the syslog topic.
+    fn start_with(partitions: i32, extra: &Extra) -> Replicas {
         let broker = env("SAFEGUARD_TEST_KAFKA");
         let tansu = env("SAFEGUARD_TEST_TANSU");
         let maildir = PathBuf::from(env("SAFEGUARD_TEST_MAILDIR"));
@@ -384,11 +398,20 @@ fn records(w: &Watcher) -> (Value, Vec<Value>) {
     (list, shows)
 }
 
-/// Each alert as (state, rule, severity, verdict), by id: what a replica decided or was told.
-fn outcomes(w: &Watcher) -> std::collections::BTreeMap<String, (Value, Value, Value, Value)> {
+/// Each alert's delivery as the leader decided it, by id: (state, rule, severity, verdict, and the
+/// rest of its delivery fields). Not what each replica captured on its own when it raised the alert
+/// (raised_at, the record's snapshot) nor the object store's report, which only the leader holds.
+fn outcomes(w: &Watcher) -> std::collections::BTreeMap<String, (Value, Value, Value, Value, Value)> {
     w.alerts()
         .into_iter()
-        .map(|a| (a["id"].as_str().unwrap_or("").to_string(), (a["state"].clone(), a["rule"].clone(), a["severity"].clone(), a["verdict"].clone())))
+        .map(|a| {
+            let rest: Value = ["attempts", "last_error", "last_error_at", "sent_at", "email_sent_at", "webhook_sent_at", "give_up_at", "outcome_at"]
+                .iter()
+                .map(|k| (k.to_string(), a[*k].clone()))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            (a["id"].as_str().unwrap_or("").to_string(), (a["state"].clone(), a["rule"].clone(), a["severity"].clone(), a["verdict"].clone(), rest))
+        })
         .collect()
 }
 
@@ -402,7 +425,8 @@ fn both_replicas_end_with_equal_stores_and_outboxes_after_a_shuffled_stream_and_
     use safeguard::gen::{GenConfig, Generator};
     const PARTITIONS: i32 = 3;
     // Deletions with a complete base backup are suppressed (rule off); those without one are mailed.
-    let Replicas { _tmp, broker, topic, maildir, a, b } = Replicas::start_with(PARTITIONS, "[alerts.rules]\ninstance_deleted = false\n");
+    let Replicas { _tmp, broker, topic, maildir, a, b } =
+        Replicas::start_with(PARTITIONS, &Extra { tail: "[alerts.rules]\ninstance_deleted = false\n".into(), ..Extra::default() });
     std::thread::sleep(Duration::from_secs(2));
     wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
     let (leader, mut standby) = if a.leads() { (a, b) } else { (b, a) };
@@ -443,7 +467,7 @@ fn both_replicas_end_with_equal_stores_and_outboxes_after_a_shuffled_stream_and_
     let settled = || {
         let (ra, rb) = (records(&leader), records(&standby));
         let (oa, ob) = (outcomes(&leader), outcomes(&standby));
-        let done = |o: &std::collections::BTreeMap<String, (Value, Value, Value, Value)>| !o.is_empty() && o.values().all(|v| v.0 != "pending");
+        let done = |o: &std::collections::BTreeMap<String, (Value, Value, Value, Value, Value)>| !o.is_empty() && o.values().all(|v| v.0 != "pending");
         ra.0.as_array().is_some_and(|l| l.len() == truth.instances.len()) && ra == rb && done(&oa) && oa == ob
     };
     let waited = Instant::now();
@@ -519,4 +543,38 @@ fn doctor_checks_the_coordination_and_deliveries_topics() {
         gone["detail"].as_str().unwrap().contains(&format!("topic {missing} does not exist")) && gone["hint"].as_str().unwrap().contains("create it"),
         "{gone}"
     );
+}
+
+/// `alerts retry` with a leader: refused on the standby (it names the leader); on the leader, a failed
+/// alert is pending again on both replicas (the standby takes the leader's requeue from the deliveries
+/// topic, so whoever leads next sends it).
+#[test]
+fn alerts_retry_is_for_the_leader_and_the_standby_follows_it() {
+    // Mail goes to a port nobody listens on, and is given up after 3 s.
+    let closed = format!("127.0.0.1:{}", common::free_port());
+    let extra = Extra { smtp: Some(closed), alerts: "give_up_after = \"3s\"\n".into(), ..Extra::default() };
+    let Replicas { _tmp, broker, topic, maildir: _, a, b } = Replicas::start_with(1, &extra);
+    std::thread::sleep(Duration::from_secs(2));
+    wait_until("exactly one leader", Duration::from_secs(60), || a.leads() != b.leads());
+    let (leader, standby) = if a.leads() { (a, b) } else { (b, a) };
+    let mut rng = Rng::new(now_ms() as u64 ^ 0x4e7);
+    let (x, lines) = deleted_instance(&mut rng);
+    produce(&broker, &topic, &lines);
+    let state = |w: &Watcher| w.alerts().into_iter().find(|a| a["id"].as_str().is_some_and(|id| id.starts_with(&x))).unwrap_or(Value::Null);
+    wait_until("the alert failed on both", Duration::from_secs(60), || state(&leader)["state"] == "failed" && state(&standby)["state"] == "failed");
+    let id = state(&leader)["id"].as_str().unwrap().to_string();
+    assert_eq!(state(&standby)["last_error"], state(&leader)["last_error"]);
+
+    let (code, _, err) = run(&["alerts", "retry", &id, "--store", standby.store.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    let leader_name = leader.role()["member"].as_str().unwrap().to_string();
+    assert!(err.contains("standby") && err.contains(&format!("on the leader ({leader_name})")), "{err}");
+    assert_eq!(state(&standby)["state"], "failed", "refused: nothing changed");
+
+    let (code, out, err) = run(&["alerts", "retry", &id, "--store", leader.store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until("the standby's copy requeued like the leader's", Duration::from_secs(30), || {
+        let (l, s) = (state(&leader), state(&standby));
+        s["state"] == "pending" && s["outcome_at"] == l["outcome_at"] && s["give_up_at"] == l["give_up_at"]
+    });
 }

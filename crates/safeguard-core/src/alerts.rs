@@ -219,6 +219,10 @@ pub struct Alert {
     /// The daily digest's figures (its counters are what the next day's digest diffs against).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<Box<crate::digest::Digest>>,
+    /// With a leader (`[leader]`): when the leader recorded the outcome this copy took last; an older one
+    /// read later changes nothing.
+    #[serde(with = "serde_opt_ms", default, skip_serializing_if = "Option::is_none")]
+    pub outcome_at: Option<i64>,
 }
 
 impl Alert {
@@ -253,6 +257,7 @@ impl Alert {
             webhook_sent_at: None,
             sent_at: None,
             digest: None,
+            outcome_at: None,
         }
     }
 

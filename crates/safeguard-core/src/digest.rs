@@ -337,6 +337,7 @@ pub fn alert(d: Digest, now: i64, give_up_after_ms: i64) -> Alert {
         webhook_sent_at: None,
         sent_at: None,
         digest: Some(Box::new(d)),
+        outcome_at: None,
     }
 }
 

@@ -15,6 +15,8 @@ const ATTEMPTS: u32 = 3;
 pub const PART_SIZE: u64 = 64 << 20;
 /// S3 refuses parts below 5 MiB (except the last).
 pub const PART_MIN: u64 = 5 << 20;
+/// S3 refuses part numbers above this.
+pub const MAX_PARTS: u64 = 10_000;
 
 impl ObjectStore {
     /// Uploads the file at `path` as the object `url`: one PutObject up to [`PART_SIZE`], a multipart
@@ -22,7 +24,8 @@ impl ObjectStore {
     pub async fn put_file(&self, url: &S3Url, path: &Path) -> Result<(), S3Error> {
         let len = tokio::fs::metadata(path).await.map_err(|e| self.local("PutObject", url, path, &e))?.len();
         if len > PART_SIZE {
-            return self.put_file_in_parts(url, path, PART_SIZE).await;
+            // S3 takes at most 10,000 parts: past 640 GiB the parts grow.
+            return self.put_file_in_parts(url, path, PART_SIZE.max(len.div_ceil(MAX_PARTS))).await;
         }
         self.put_file_whole(url, path).await
     }

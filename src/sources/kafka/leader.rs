@@ -244,12 +244,42 @@ pub struct Outcome {
     #[serde(default)]
     pub error: Option<String>,
     #[serde(default)]
+    pub error_at: Option<i64>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub give_up_at: Option<i64>,
+    #[serde(default)]
+    pub next_attempt_at: Option<i64>,
+    #[serde(default)]
     pub sent_at: Option<i64>,
     #[serde(default)]
     pub email_sent_at: Option<i64>,
     #[serde(default)]
     pub webhook_sent_at: Option<i64>,
+    /// When the leader recorded it: of two outcomes for one alert, the later one holds.
     pub at: i64,
+}
+
+impl Outcome {
+    /// The leader's alert as it stands now, as an outcome recorded at `at`.
+    pub fn of(a: &Alert, at: i64) -> Outcome {
+        Outcome {
+            state: a.state,
+            rule: a.rule,
+            severity: a.severity,
+            verdict: a.verdict.clone(),
+            error: a.last_error.clone(),
+            error_at: a.last_error_at,
+            attempts: a.attempts,
+            give_up_at: Some(a.give_up_at),
+            next_attempt_at: Some(a.next_attempt_at),
+            sent_at: a.sent_at,
+            email_sent_at: a.email_sent_at,
+            webhook_sent_at: a.webhook_sent_at,
+            at,
+        }
+    }
 }
 
 /// What the deliveries topic says was sent for one alert: channel -> when.
@@ -265,8 +295,11 @@ pub struct Seen {
 #[derive(Default)]
 struct Known {
     marks: HashMap<String, Seen>,
-    /// Order of first sight, to forget the oldest past [`REMEMBER_MAX`].
-    order: std::collections::VecDeque<String>,
+    /// Order of first sight with the entry's generation, to forget the oldest past [`REMEMBER_MAX`]
+    /// (an id forgotten and learned again is a new generation: its old place does not remove it).
+    order: std::collections::VecDeque<(String, u64)>,
+    generations: HashMap<String, u64>,
+    next_generation: u64,
     /// Alert ids with marks not yet handed to the sender.
     fresh: HashSet<String>,
     leader: Option<String>,
@@ -302,6 +335,17 @@ static CURRENT: std::sync::OnceLock<Leader> = std::sync::OnceLock::new();
 /// This process's role, when it runs an election (what `status` shows).
 pub fn current_role() -> Option<Role> {
     CURRENT.get().map(Leader::role)
+}
+
+/// The time of a new outcome for `a`: now, but always after the outcome its copy holds, so that a leader
+/// whose clock is behind the previous one's still records the newer outcome.
+pub fn outcome_time(a: &Alert, now: i64) -> i64 {
+    now.max(a.outcome_at.map_or(i64::MIN, |t| t.saturating_add(1)))
+}
+
+/// This process's election, when it runs one.
+pub fn current() -> Option<Leader> {
+    CURRENT.get().cloned()
 }
 
 /// The running election and the deliveries it has seen; cheap to clone.
@@ -424,20 +468,34 @@ impl Leader {
 
     /// Records that this leader finished with `a` (before its outbox says so: a leader dying between the
     /// two reads its own record when it restarts).
+    /// `a.outcome_at` is the record's time (see [`outcome_time`]), so this replica, reading its own
+    /// record back, finds nothing newer in it.
     pub async fn record_outcome(&self, a: &Alert) {
-        let outcome = Outcome {
-            state: a.state,
-            rule: a.rule,
-            severity: a.severity,
-            verdict: a.verdict.clone(),
-            error: a.last_error.clone(),
-            sent_at: a.sent_at,
-            email_sent_at: a.email_sent_at,
-            webhook_sent_at: a.webhook_sent_at,
-            at: crate::timeutil::now_ms(),
-        };
-        let rec = DeliveryRecord::Outcome { alert_id: a.id.clone(), outcome, member: self.0.member.clone() };
+        let at = a.outcome_at.unwrap_or_else(crate::timeutil::now_ms);
+        let rec = DeliveryRecord::Outcome { alert_id: a.id.clone(), outcome: Outcome::of(a, at), member: self.0.member.clone() };
         self.produce(&format!("{}/outcome", a.id), &rec).await;
+    }
+
+    /// [`Leader::record_outcome`] from a thread outside the runtime (`alerts retry` on the query socket):
+    /// every replica's copy becomes pending again, so whoever leads next sends it.
+    pub fn record_outcome_soon(&self, a: &Alert) {
+        let (l, a) = (self.clone(), a.clone());
+        self.0.rt.spawn(async move { l.record_outcome(&a).await });
+    }
+
+    /// Deletes what the deliveries topic holds for alerts retired from the outbox (compaction then drops
+    /// their keys), so the topic, and what every replica reads at start-up, stays within retention.
+    pub async fn forget_retired(&self, ids: &[String]) {
+        for id in ids {
+            for what in ["email", "webhook", "outcome"] {
+                let key = format!("{id}/{what}");
+                let r: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.0.deliveries_topic).key(&key);
+                if let Err((e, _)) = self.0.producer.send(r, Duration::from_secs(10)).await {
+                    tracing::warn!(key, error = %e, "could not delete a retired alert's record from the deliveries topic; it stays until the next retirement");
+                    return;
+                }
+            }
+        }
     }
 
     async fn produce(&self, key: &str, rec: &DeliveryRecord) {
@@ -462,7 +520,7 @@ impl Leader {
 
     /// Forgets what was applied to an alert that is finished in the outbox (memory stays bounded).
     pub fn forget(&self, alert_id: &str) {
-        lock(&self.0.known).marks.remove(alert_id);
+        lock(&self.0.known).forget(alert_id);
     }
 
     fn set_holds(&self, holds: bool) {
@@ -576,9 +634,8 @@ impl Leader {
         while !stop.load(Ordering::Relaxed) {
             if assigned > 0 && last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
                 last_lag = Some(Instant::now());
-                if let Some(lag) = self.measure_lag(&c, &topic) {
-                    self.0.lag.store(lag, Ordering::Relaxed);
-                }
+                // Unmeasurable (brokers unreachable) is shown as unknown, not as the last figure.
+                self.0.lag.store(self.measure_lag(&c, &topic).unwrap_or(-1), Ordering::Relaxed);
             }
             if assigned == 0 {
                 if let Ok(md) = c.fetch_metadata(Some(&topic), Duration::from_secs(5)) {
@@ -657,15 +714,24 @@ impl Known {
     /// The entry for `alert_id`, made if new (forgetting the oldest past [`REMEMBER_MAX`]).
     fn seen(&mut self, alert_id: &str) -> &mut Seen {
         if !self.marks.contains_key(alert_id) {
-            self.order.push_back(alert_id.to_string());
+            self.next_generation += 1;
+            self.generations.insert(alert_id.to_string(), self.next_generation);
+            self.order.push_back((alert_id.to_string(), self.next_generation));
             while self.order.len() > REMEMBER_MAX {
-                if let Some(old) = self.order.pop_front() {
-                    self.marks.remove(&old);
-                    self.fresh.remove(&old);
+                if let Some((old, generation)) = self.order.pop_front() {
+                    if self.generations.get(&old) == Some(&generation) {
+                        self.forget(&old);
+                    }
                 }
             }
         }
         self.marks.entry(alert_id.to_string()).or_default()
+    }
+
+    fn forget(&mut self, alert_id: &str) {
+        self.marks.remove(alert_id);
+        self.fresh.remove(alert_id);
+        self.generations.remove(alert_id);
     }
 }
 
@@ -750,11 +816,18 @@ mod tests {
             severity: Some(Severity::Warning),
             verdict: None,
             error: None,
+            error_at: None,
+            attempts: 0,
+            give_up_at: None,
+            next_attempt_at: None,
             sent_at: None,
             email_sent_at: None,
             webhook_sent_at: None,
             at: 7,
         };
+        // An outcome written by the previous release (fewer fields) still reads.
+        let old = r#"{"kind":"outcome","alert_id":"a","state":"sent","at":3,"member":"m"}"#;
+        assert!(matches!(serde_json::from_str::<DeliveryRecord>(old).unwrap(), DeliveryRecord::Outcome { outcome: Outcome { state: Delivery::Sent, at: 3, .. }, .. }));
         let r = DeliveryRecord::Outcome { alert_id: "a:deletion:1".into(), outcome, member: "m".into() };
         let t = serde_json::to_string(&r).unwrap();
         assert!(t.contains(r#""kind":"outcome""#) && t.contains(r#""state":"suppressed""#), "{t}");
