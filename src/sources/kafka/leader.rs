@@ -827,7 +827,10 @@ mod tests {
         };
         // An outcome written by the previous release (fewer fields) still reads.
         let old = r#"{"kind":"outcome","alert_id":"a","state":"sent","at":3,"member":"m"}"#;
-        assert!(matches!(serde_json::from_str::<DeliveryRecord>(old).unwrap(), DeliveryRecord::Outcome { outcome: Outcome { state: Delivery::Sent, at: 3, .. }, .. }));
+        assert!(matches!(
+            serde_json::from_str::<DeliveryRecord>(old).unwrap(),
+            DeliveryRecord::Outcome { outcome: Outcome { state: Delivery::Sent, at: 3, .. }, .. }
+        ));
         let r = DeliveryRecord::Outcome { alert_id: "a:deletion:1".into(), outcome, member: "m".into() };
         let t = serde_json::to_string(&r).unwrap();
         assert!(t.contains(r#""kind":"outcome""#) && t.contains(r#""state":"suppressed""#), "{t}");
