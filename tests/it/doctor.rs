@@ -149,6 +149,14 @@ impl Setup {
             format!("[cloud_controller]\napi_url = \"http://127.0.0.1:{cc}\"\nclient_id = \"safeguard\"\nclient_secret = \"{CC_SECRET}\"\ntimeout = \"5s\"\n"),
         );
         s.insert("http", format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"));
+        // Its own brokers: a case that breaks the kafka source leaves the election's check alone.
+        s.insert(
+            "leader",
+            format!(
+                "[leader]\nbrokers = [\"{}\"]\ngroup_id = \"{topic}-lead\"\ntopic = \"{topic}-leader\"\ndeliveries_topic = \"{topic}-deliveries\"\n",
+                env("SAFEGUARD_TEST_KAFKA")
+            ),
+        );
         Setup { sections: s }
     }
 
@@ -160,7 +168,7 @@ impl Setup {
 
     /// Sections in an order TOML accepts ([alerts.*] tables together, [[sources]] anywhere).
     fn text(&self) -> String {
-        ["kafka", "s3", "doctor", "etcd", "cc", "http", "email", "webhook"].iter().map(|k| self.sections[k].clone()).collect::<Vec<_>>().join("\n")
+        ["kafka", "s3", "doctor", "etcd", "cc", "http", "leader", "email", "webhook"].iter().map(|k| self.sections[k].clone()).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -188,7 +196,7 @@ fn statuses(v: &Value) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
-const ALL: [&str; 8] = ["store", "kafka", "s3", "etcd", "smtp", "webhook", "cloud_controller", "http"];
+const ALL: [&str; 9] = ["store", "kafka", "s3", "etcd", "smtp", "webhook", "cloud_controller", "http", "leader"];
 
 fn assert_no_secrets(text: &str) {
     for s in [S3_SECRET, CC_SECRET, "secretpath"] {
@@ -209,6 +217,9 @@ fn setup() -> Env {
     let dir = tmp.path().to_path_buf();
     let topic = unique("t");
     create_topic(&env("SAFEGUARD_TEST_TANSU"), &env("SAFEGUARD_TEST_KAFKA"), &topic, 2);
+    for t in [format!("{topic}-leader"), format!("{topic}-deliveries")] {
+        create_topic(&env("SAFEGUARD_TEST_TANSU"), &env("SAFEGUARD_TEST_KAFKA"), &t, 1);
+    }
     let bucket = unique("b");
     create_bucket_with_backup(&bucket);
     let store = dir.join("store");
@@ -239,7 +250,7 @@ fn every_configured_check_passes_against_the_real_services() {
     assert!(detail("kafka").contains(&format!("{} (2 partition(s))", e.topic)) && detail("kafka").contains("coordinator answered"), "{}", detail("kafka"));
     assert!(detail("s3").contains("objects present"), "{}", detail("s3"));
     assert!(detail("cloud_controller").contains("issued a token"), "{}", detail("cloud_controller"));
-    assert!(text.contains("PASS  kafka") && text.contains("all 8 configured check(s) passed"), "{text}");
+    assert!(text.contains("PASS  kafka") && text.contains("all 9 configured check(s) passed"), "{text}");
     assert_no_secrets(&text);
     assert_no_secrets(&v.to_string());
 }
@@ -340,7 +351,7 @@ fn each_misconfigured_connection_fails_alone_with_its_reason() {
             assert_eq!(st[*other].0, "pass", "with only {check} misconfigured, {other} must still pass: {}\n{text}", st[*other].1);
         }
         assert_eq!(v["failed"], 1, "{text}");
-        assert!(text.contains(&format!("FAIL  {check}")) && text.contains("1 of 8 configured check(s) FAILED"), "{text}");
+        assert!(text.contains(&format!("FAIL  {check}")) && text.contains("1 of 9 configured check(s) FAILED"), "{text}");
         assert_no_secrets(&text);
         assert_no_secrets(&v.to_string());
     }
