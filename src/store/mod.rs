@@ -565,7 +565,7 @@ impl Store {
             tracing::debug!(alert = %a.id, "not writing back an alert retired meanwhile");
             return Ok(());
         }
-        self.write_alert(old.as_ref(), a)
+        self.write_alerts([(old.as_ref(), a)])
     }
 
     /// Changes an alert in the outbox under the write lock (`alerts retry`): nothing can retire or
@@ -577,7 +577,7 @@ impl Store {
         f(&mut a);
         // Most updates from the deliveries topic change nothing: no write, no flush.
         if a != old {
-            self.write_alert(Some(&old), &a)?;
+            self.write_alerts([(Some(&old), &a)])?;
         }
         Ok(Some(a))
     }
@@ -586,41 +586,35 @@ impl Store {
     /// ids not in the outbox and alerts `f` leaves unchanged are skipped.
     pub fn update_alerts(&self, ids: &[String], mut f: impl FnMut(&mut safeguard_core::alerts::Alert)) -> Result<usize, StoreError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let kept = self.alert_tally()?;
-        let mut t = kept.clone().unwrap_or_default();
-        let mut b = sled::Batch::default();
-        let mut n = 0;
+        let mut changed = Vec::new();
         for id in ids {
             let Some(old) = self.alert(id)? else { continue };
             let mut a = old.clone();
             f(&mut a);
-            if a == old {
-                continue;
+            if a != old {
+                changed.push((old, a));
             }
-            b.insert(keys::alert(&a.id), encode(&a.id, &a)?);
-            tally::index_changed_alert(&mut b, &mut t, Some(&old), &a);
-            n += 1;
         }
-        if n == 0 {
-            return Ok(0);
+        if !changed.is_empty() {
+            self.write_alerts(changed.iter().map(|(old, a)| (Some(old), a)))?;
         }
-        if kept.is_some() {
-            b.insert(keys::ALERT_TALLY, encode("the alert counts", &t)?);
-        }
-        self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
-        self.db.apply_batch(b).inspect_err(|_| telemetry::failed("alert_update"))?;
-        self.db.flush().inspect_err(|_| telemetry::failed("alert_update"))?;
-        Ok(n)
+        Ok(changed.len())
     }
 
-    /// Writes an alert, moving its index entry and the counts; the caller holds the write lock.
-    fn write_alert(&self, old: Option<&safeguard_core::alerts::Alert>, a: &safeguard_core::alerts::Alert) -> Result<(), StoreError> {
+    /// Writes alerts in one batch and one flush, moving their index entries and the counts; the caller
+    /// holds the write lock.
+    fn write_alerts<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (Option<&'a safeguard_core::alerts::Alert>, &'a safeguard_core::alerts::Alert)>,
+    ) -> Result<(), StoreError> {
         self.snap.before_write().inspect_err(|_| telemetry::failed("snapshot"))?;
         let kept = self.alert_tally()?;
         let mut t = kept.clone().unwrap_or_default();
         let mut b = sled::Batch::default();
-        b.insert(keys::alert(&a.id), encode(&a.id, a)?);
-        tally::index_changed_alert(&mut b, &mut t, old, a);
+        for (old, a) in changes {
+            b.insert(keys::alert(&a.id), encode(&a.id, a)?);
+            tally::index_changed_alert(&mut b, &mut t, old, a);
+        }
         if kept.is_some() {
             b.insert(keys::ALERT_TALLY, encode("the alert counts", &t)?);
         }

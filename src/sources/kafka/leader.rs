@@ -230,32 +230,22 @@ pub enum DeliveryRecord {
     Leader { member: String, at: i64 },
 }
 
-/// How the leader finished with an alert.
+/// How the leader finished with an alert. Fields a record of an earlier release lacks read as absent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Outcome {
     pub state: Delivery,
-    #[serde(default)]
     pub rule: Option<Rule>,
-    #[serde(default)]
     pub severity: Option<Severity>,
-    #[serde(default)]
     pub verdict: Option<String>,
     /// The last delivery error (already redacted), for a failed alert.
-    #[serde(default)]
     pub error: Option<String>,
-    #[serde(default)]
     pub error_at: Option<i64>,
     #[serde(default)]
     pub attempts: u32,
-    #[serde(default)]
     pub give_up_at: Option<i64>,
-    #[serde(default)]
     pub next_attempt_at: Option<i64>,
-    #[serde(default)]
     pub sent_at: Option<i64>,
-    #[serde(default)]
     pub email_sent_at: Option<i64>,
-    #[serde(default)]
     pub webhook_sent_at: Option<i64>,
     /// When the leader recorded it: of two outcomes for one alert, the later one holds.
     pub at: i64,
