@@ -137,6 +137,9 @@ fn print_made(made: &backup::Made, keep: Option<u32>, json: bool) -> Result<()> 
         let keep = keep.map_or("[backup] keep".to_string(), |k| format!("keep = {k}"));
         println!("deleted {} older backup(s) beyond {keep}: {}", made.pruned.len(), made.pruned.join(", "));
     }
+    if !made.aborted.is_empty() {
+        println!("aborted {} unfinished upload(s) of earlier backups: {}", made.aborted.len(), made.aborted.join(", "));
+    }
     Ok(())
 }
 

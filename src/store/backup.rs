@@ -303,6 +303,43 @@ pub async fn prune(os: &ObjectStore, dest: &S3Url, keep: u32) -> Result<Vec<Stri
     Ok(old)
 }
 
+/// An unfinished multipart upload of a backup older than this was cut short (a watcher stopped or
+/// killed mid-upload, an abort that failed): a backup of a million instances uploads in seconds.
+pub const ABANDONED_AFTER_MS: i64 = 3_600_000;
+/// Uploads looked at per backup: what a year of hourly abandoned uploads would leave.
+const ABANDONED_MAX: usize = 10_000;
+
+/// Aborts the unfinished multipart uploads of backups under `dest` begun before `before_ms`, so their
+/// parts stop being billed; anything not named like a backup is left alone. Failures are logged and
+/// left for the next backup: they never fail this one. Returns the keys aborted.
+pub async fn abort_abandoned(os: &ObjectStore, dest: &S3Url, before_ms: i64) -> Vec<String> {
+    let uploads = match os.unfinished_uploads(dest, ABANDONED_MAX).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not list unfinished uploads under the backup prefix; trying again after the next backup");
+            return Vec::new();
+        }
+    };
+    let mut aborted = Vec::new();
+    for (key, id, initiated) in uploads {
+        let ours = dest.relative(&key).is_some_and(|rel| !rel.contains('/') && parse_key(rel).is_some_and(|(_, manifest)| !manifest));
+        if !ours || initiated <= 0 || initiated >= before_ms {
+            continue;
+        }
+        let url = S3Url { bucket: dest.bucket.clone(), key: key.clone() };
+        match os.abort_upload(&url, &id).await {
+            Ok(()) => {
+                tracing::info!(upload = %url, "aborted an unfinished upload of an earlier backup (a watcher stopped mid-upload)");
+                aborted.push(key);
+            }
+            Err(e) => {
+                tracing::warn!(upload = %url, error = %e, "could not abort an unfinished upload of an earlier backup; trying again after the next backup")
+            }
+        }
+    }
+    aborted
+}
+
 /// A copy taken from the store, waiting in a local file to be uploaded.
 pub struct Copy {
     pub name: String,
@@ -353,6 +390,9 @@ pub struct Made {
     pub upload_ms: u64,
     /// Backups deleted beyond `keep`.
     pub pruned: Vec<String>,
+    /// Unfinished uploads of earlier backups aborted (their keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aborted: Vec<String>,
 }
 
 /// Hashes and counts what passes through to `inner`.
@@ -418,7 +458,8 @@ pub async fn upload(os: &ObjectStore, dest: &S3Url, copy: Copy, keep: u32) -> Re
         os.put_bytes(&manifest_url(dest, &copy.name), body, "application/json").await?;
         let upload_ms = started.elapsed().as_millis() as u64;
         let pruned = prune(os, dest, keep).await?;
-        Ok(Made { name: copy.name.clone(), url: url.to_string(), manifest, held_ms: copy.stats.held.as_millis() as u64, upload_ms, pruned })
+        let aborted = abort_abandoned(os, dest, copy.created_ms - ABANDONED_AFTER_MS).await;
+        Ok(Made { name: copy.name.clone(), url: url.to_string(), manifest, held_ms: copy.stats.held.as_millis() as u64, upload_ms, pruned, aborted })
     }
     .await;
     let _ = std::fs::remove_file(&zst);
@@ -535,6 +576,7 @@ impl BackupRun {
                         held_ms = m.held_ms,
                         upload_ms = m.upload_ms,
                         pruned = m.pruned.len(),
+                        aborted = m.aborted.len(),
                         "store backed up"
                     );
                     settle(upto, Ok(m));

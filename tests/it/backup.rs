@@ -330,6 +330,44 @@ fn a_large_file_goes_up_in_parts_and_reads_back_whole() {
     });
 }
 
+/// A later backup aborts the unfinished uploads an earlier one left (a watcher killed mid-upload), so
+/// their parts stop being billed; an upload not named like a backup, under another prefix or in a
+/// sub-folder, or begun after the cut-off is left alone.
+#[test]
+fn unfinished_uploads_of_earlier_backups_are_aborted_and_nothing_else() {
+    use safeguard::store::backup::abort_abandoned;
+    let bucket = make_bucket("sg-abandoned");
+    let name = "20240501T102030Z-abcdef";
+    let ours = format!("b/{name}.sgsnap.zst");
+    let others = ["b/notes.bin".to_string(), format!("other/{name}.sgsnap.zst"), format!("b/sub/{name}.sgsnap.zst"), format!("b/{name}x.sgsnap.zst")];
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    block_on(async {
+        let s = object_store();
+        let c = s.client().await;
+        for k in std::iter::once(&ours).chain(&others) {
+            c.create_multipart_upload().bucket(&bucket).key(k).send().await.unwrap();
+        }
+        let dest = safeguard::s3::S3Url { bucket: bucket.clone(), key: "b/".into() };
+        let unfinished = || async {
+            let mut k: Vec<String> =
+                c.list_multipart_uploads().bucket(&bucket).send().await.unwrap().uploads().iter().filter_map(|u| u.key().map(str::to_string)).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(unfinished().await.len(), 5);
+        // moto reports every upload as initiated on 2010-11-10: a cut-off before that leaves them all.
+        assert!(abort_abandoned(&s, &dest, 1_262_304_000_000).await.is_empty(), "begun after the cut-off (2010-01-01): left");
+        assert_eq!(unfinished().await.len(), 5);
+        assert_eq!(abort_abandoned(&s, &dest, now() + 60_000).await, vec![ours.clone()]);
+        let mut want = others.to_vec();
+        want.sort();
+        assert_eq!(unfinished().await, want, "only the backup's own upload is aborted");
+        // A bucket that is not there: nothing aborted, and no error for the backup that asked.
+        let missing = safeguard::s3::S3Url { bucket: format!("{bucket}-nowhere"), key: "b/".into() };
+        assert!(abort_abandoned(&s, &missing, now()).await.is_empty());
+    });
+}
+
 /// `store backup` on the store of a running watcher asks the watcher, which takes the backup between two
 /// of its commits and answers with what it made; `--to` is refused then, and so is a watcher without
 /// `[backup]`, each saying what to do.

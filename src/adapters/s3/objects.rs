@@ -179,6 +179,59 @@ impl ObjectStore {
         Ok(buf)
     }
 
+    /// Multipart uploads begun and never completed nor aborted under `prefix` (at most `max`): (key,
+    /// upload id, initiated, ms since the epoch; 0 when the store does not say).
+    pub async fn unfinished_uploads(&self, prefix: &S3Url, max: usize) -> Result<Vec<(String, String, i64)>, S3Error> {
+        let client = self.client().await;
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .retrying(ATTEMPTS, None, || async {
+                    client
+                        .list_multipart_uploads()
+                        .bucket(&prefix.bucket)
+                        .prefix(&prefix.key)
+                        .set_key_marker(key_marker.clone())
+                        .set_upload_id_marker(id_marker.clone())
+                        .send()
+                        .await
+                        .map_err(|e| self.op_err("ListMultipartUploads", prefix, e))
+                })
+                .await?;
+            for u in page.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    if k.starts_with(&prefix.key) && out.len() < max {
+                        out.push((k.to_string(), id.to_string(), u.initiated().map_or(0, |t| t.to_millis().unwrap_or(0))));
+                    }
+                }
+            }
+            let more = page.is_truncated() == Some(true) && out.len() < max;
+            if !more || (page.next_key_marker().is_none() && page.next_upload_id_marker().is_none()) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+        }
+    }
+
+    /// Aborts the multipart upload `upload_id` of `url`: its parts are removed (and no longer billed).
+    pub async fn abort_upload(&self, url: &S3Url, upload_id: &str) -> Result<(), S3Error> {
+        let client = self.client().await;
+        self.retrying(ATTEMPTS, None, || async {
+            client
+                .abort_multipart_upload()
+                .bucket(&url.bucket)
+                .key(&url.key)
+                .upload_id(upload_id)
+                .send()
+                .await
+                .map_err(|e| self.op_err("AbortMultipartUpload", url, e))
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Deletes `keys` (full keys in `prefix`'s bucket), each checked to lie under `prefix`, which must
     /// not be a whole bucket; keys already gone count as deleted.
     pub async fn delete_under(&self, prefix: &S3Url, keys: &[String]) -> Result<u64, S3Error> {
