@@ -99,8 +99,8 @@ impl ObjectStore {
         }
         .await;
         if upload.is_err() {
-            if let Err(e) = client.abort_multipart_upload().bucket(&url.bucket).key(&url.key).upload_id(&upload_id).send().await {
-                tracing::warn!(url = %url, error = %self.op_err("AbortMultipartUpload", url, e), "could not abort a failed multipart upload; a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes its parts");
+            if let Err(e) = self.abort_upload(url, &upload_id).await {
+                tracing::warn!(url = %url, error = %e, "could not abort a failed multipart upload; the next backup an hour later aborts it");
             }
         }
         upload
