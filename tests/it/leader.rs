@@ -37,16 +37,10 @@ impl Watcher {
 
     /// GET on this watcher's `[http]` endpoint: (status, body).
     fn get(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
         let cfg = std::fs::read_to_string(&self.config).unwrap();
         let addr = cfg.lines().find_map(|l| l.strip_prefix("listen = ")).unwrap().trim_matches('"').to_string();
-        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return (0, String::new()) };
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-        let mut raw = String::new();
-        let _ = s.read_to_string(&mut raw);
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
+        let r = crate::common::http_get(&addr, path);
+        (r.status, r.body)
     }
 
     fn log_text(&self) -> String {

@@ -6,7 +6,7 @@
 use crate::common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,15 +34,8 @@ fn watch(config: &Path, store: &Path, http: u16) -> KillOnDrop {
 
 /// GET over plain HTTP/1.1: (status, content type, body).
 fn get(port: u16, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let ctype = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string())).unwrap_or_default();
-    (status, ctype, body.to_string())
+    let r = crate::common::http_get(&format!("127.0.0.1:{port}"), path);
+    (r.status, r.content_type, r.body)
 }
 
 /// Checks every line of a Prometheus text exposition (0.0.4): HELP/TYPE comments, and samples

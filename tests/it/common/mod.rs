@@ -55,6 +55,46 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) ->
     start.elapsed()
 }
 
+/// An HTTP reply as the tests read it.
+pub struct Http {
+    /// 0 when nothing answered (no connection, no status line).
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+/// GET over plain HTTP/1.1 on `addr` (`host:port`); a chunked body is decoded. Never panics: what does
+/// not answer reads as status 0, for tests that poll.
+pub fn http_get(addr: &str, path: &str) -> Http {
+    use std::io::{Read, Write};
+    let none = || Http { status: 0, content_type: String::new(), body: String::new() };
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return none() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
+        return none();
+    }
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let header = |name: &str| head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_default();
+    let body = if header("transfer-encoding:") == "chunked" { dechunk(body) } else { body.to_string() };
+    Http { status: head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), content_type: header("content-type:"), body }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
 /// Decodes a quoted-printable body (soft line breaks and `=XX` escapes).
 pub fn unquote(body: &str) -> String {
     let joined = body.replace("=\r\n", "").replace("=\n", "");
