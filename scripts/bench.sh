@@ -16,8 +16,14 @@
 #      16 files (one `ingest DIR`, k-way merged by time) next to the one-file ingest, target <= 1.3x.
 # Usage: scripts/bench.sh [LINES] [INSTANCES]   (defaults 2000000 100000)
 #        BENCH=archives scripts/bench.sh [LINES]  runs part 3 only.
+#   4. Scale (issue 16): `BENCH=scale scripts/bench.sh [SIZES...]` runs scripts/bench-scale.sh (a running
+#      watcher's status, /metrics, idle CPU, listing and RSS at 100,000 and 1,000,000 instances, each
+#      against a 1,000-instance store in the same run). Apart, as it populates about 6 GB and takes ~25 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${BENCH:-}" = scale ]; then
+    exec scripts/bench-scale.sh "$@"
+fi
 LINES=${1:-2000000}
 INSTANCES=${2:-100000}
 WORK=$(mktemp -d /tmp/safeguard-bench.XXXXXX)
