@@ -313,7 +313,8 @@ const ABANDONED_MAX: usize = 10_000;
 /// parts stop being billed; anything not named like a backup is left alone. Failures are logged and
 /// left for the next backup: they never fail this one. Returns the keys aborted.
 pub async fn abort_abandoned(os: &ObjectStore, dest: &S3Url, before_ms: i64) -> Vec<String> {
-    let uploads = match os.unfinished_uploads(dest, ABANDONED_MAX).await {
+    let ours = |key: &str| dest.relative(key).is_some_and(|rel| !rel.contains('/') && parse_key(rel).is_some_and(|(_, manifest)| !manifest));
+    let uploads = match os.unfinished_uploads(dest, ABANDONED_MAX, ours).await {
         Ok(u) => u,
         Err(e) => {
             tracing::debug!(error = %e, "could not list unfinished uploads under the backup prefix; trying again after the next backup");
@@ -322,8 +323,7 @@ pub async fn abort_abandoned(os: &ObjectStore, dest: &S3Url, before_ms: i64) -> 
     };
     let mut aborted = Vec::new();
     for (key, id, initiated) in uploads {
-        let ours = dest.relative(&key).is_some_and(|rel| !rel.contains('/') && parse_key(rel).is_some_and(|(_, manifest)| !manifest));
-        if !ours || initiated <= 0 || initiated >= before_ms {
+        if initiated <= 0 || initiated >= before_ms {
             continue;
         }
         let url = S3Url { bucket: dest.bucket.clone(), key: key.clone() };
@@ -442,6 +442,9 @@ pub async fn upload(os: &ObjectStore, dest: &S3Url, copy: Copy, keep: u32) -> Re
     let compressed = tokio::task::spawn_blocking(move || compress(&src, &dst)).await;
     let res = async {
         let (bytes, sha256) = compressed.map_err(|e| BackupError::Io { what: "compressing", path: zst.clone(), source: std::io::Error::other(e) })??;
+        // Before this upload, so that backups that keep failing (a large upload cut short each time)
+        // still clean up after one another.
+        let aborted = abort_abandoned(os, dest, copy.created_ms - ABANDONED_AFTER_MS).await;
         let url = object_url(dest, &copy.name);
         os.put_file(&url, &zst).await?;
         let manifest = Manifest {
@@ -458,7 +461,6 @@ pub async fn upload(os: &ObjectStore, dest: &S3Url, copy: Copy, keep: u32) -> Re
         os.put_bytes(&manifest_url(dest, &copy.name), body, "application/json").await?;
         let upload_ms = started.elapsed().as_millis() as u64;
         let pruned = prune(os, dest, keep).await?;
-        let aborted = abort_abandoned(os, dest, copy.created_ms - ABANDONED_AFTER_MS).await;
         Ok(Made { name: copy.name.clone(), url: url.to_string(), manifest, held_ms: copy.stats.held.as_millis() as u64, upload_ms, pruned, aborted })
     }
     .await;

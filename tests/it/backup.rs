@@ -339,7 +339,13 @@ fn unfinished_uploads_of_earlier_backups_are_aborted_and_nothing_else() {
     let bucket = make_bucket("sg-abandoned");
     let name = "20240501T102030Z-abcdef";
     let ours = format!("b/{name}.sgsnap.zst");
-    let others = ["b/notes.bin".to_string(), format!("other/{name}.sgsnap.zst"), format!("b/sub/{name}.sgsnap.zst"), format!("b/{name}x.sgsnap.zst")];
+    let others = [
+        "b/notes.bin".to_string(),
+        format!("b/{name}.json"),
+        format!("other/{name}.sgsnap.zst"),
+        format!("b/sub/{name}.sgsnap.zst"),
+        format!("b/{name}x.sgsnap.zst"),
+    ];
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     block_on(async {
         let s = object_store();
@@ -354,10 +360,10 @@ fn unfinished_uploads_of_earlier_backups_are_aborted_and_nothing_else() {
             k.sort();
             k
         };
-        assert_eq!(unfinished().await.len(), 5);
+        assert_eq!(unfinished().await.len(), 6);
         // moto reports every upload as initiated on 2010-11-10: a cut-off before that leaves them all.
         assert!(abort_abandoned(&s, &dest, 1_262_304_000_000).await.is_empty(), "begun after the cut-off (2010-01-01): left");
-        assert_eq!(unfinished().await.len(), 5);
+        assert_eq!(unfinished().await.len(), 6);
         assert_eq!(abort_abandoned(&s, &dest, now() + 60_000).await, vec![ours.clone()]);
         let mut want = others.to_vec();
         want.sort();
@@ -365,6 +371,22 @@ fn unfinished_uploads_of_earlier_backups_are_aborted_and_nothing_else() {
         // A bucket that is not there: nothing aborted, and no error for the backup that asked.
         let missing = safeguard::s3::S3Url { bucket: format!("{bucket}-nowhere"), key: "b/".into() };
         assert!(abort_abandoned(&s, &missing, now()).await.is_empty());
+        // The backup's own path: `store backup` aborts one left under its prefix (begun, for moto, years
+        // before this backup) and says so.
+        c.create_multipart_upload().bucket(&bucket).key(format!("c/{name}.sgsnap.zst")).send().await.unwrap();
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("s");
+    let log = corpus(tmp.path(), 5, 2_000);
+    json(&["ingest", log.to_str().unwrap(), "--json", "-q", "--store", store.to_str().unwrap()]);
+    let made =
+        json(&["--config", &config(tmp.path(), ""), "store", "backup", "--to", &format!("s3://{bucket}/c/"), "--json", "--store", store.to_str().unwrap()]);
+    assert_eq!(made["aborted"], serde_json::json!([format!("c/{name}.sgsnap.zst")]), "{made}");
+    block_on(async {
+        let s = object_store();
+        let c = s.client().await;
+        let left = c.list_multipart_uploads().bucket(&bucket).prefix("c/").send().await.unwrap();
+        assert!(left.uploads().is_empty(), "{:?}", left.uploads());
     });
 }
 

@@ -100,7 +100,7 @@ impl ObjectStore {
         .await;
         if upload.is_err() {
             if let Err(e) = self.abort_upload(url, &upload_id).await {
-                tracing::warn!(url = %url, error = %e, "could not abort a failed multipart upload; the next backup an hour later aborts it");
+                tracing::warn!(url = %url, error = %e, "could not abort a failed multipart upload; a later backup begun over an hour after it aborts it");
             }
         }
         upload
@@ -179,9 +179,10 @@ impl ObjectStore {
         Ok(buf)
     }
 
-    /// Multipart uploads begun and never completed nor aborted under `prefix` (at most `max`): (key,
-    /// upload id, initiated, ms since the epoch; 0 when the store does not say).
-    pub async fn unfinished_uploads(&self, prefix: &S3Url, max: usize) -> Result<Vec<(String, String, i64)>, S3Error> {
+    /// Multipart uploads begun and never completed nor aborted directly under `prefix` whose key `keep`
+    /// accepts, at most `max` of them: (key, upload id, initiated, ms since the epoch; 0 when the store
+    /// does not say).
+    pub async fn unfinished_uploads(&self, prefix: &S3Url, max: usize, keep: impl Fn(&str) -> bool) -> Result<Vec<(String, String, i64)>, S3Error> {
         let client = self.client().await;
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
@@ -192,6 +193,7 @@ impl ObjectStore {
                         .list_multipart_uploads()
                         .bucket(&prefix.bucket)
                         .prefix(&prefix.key)
+                        .delimiter("/")
                         .set_key_marker(key_marker.clone())
                         .set_upload_id_marker(id_marker.clone())
                         .send()
@@ -201,35 +203,41 @@ impl ObjectStore {
                 .await?;
             for u in page.uploads() {
                 if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
-                    if k.starts_with(&prefix.key) && out.len() < max {
+                    if out.len() < max && k.starts_with(&prefix.key) && keep(k) {
                         out.push((k.to_string(), id.to_string(), u.initiated().map_or(0, |t| t.to_millis().unwrap_or(0))));
                     }
                 }
             }
-            let more = page.is_truncated() == Some(true) && out.len() < max;
-            if !more || (page.next_key_marker().is_none() && page.next_upload_id_marker().is_none()) {
+            let next = (page.next_key_marker().map(str::to_string), page.next_upload_id_marker().map(str::to_string));
+            // A store whose markers do not move would page for ever.
+            if page.is_truncated() != Some(true) || out.len() >= max || next.0.is_none() || next == (key_marker.clone(), id_marker.clone()) {
                 return Ok(out);
             }
-            key_marker = page.next_key_marker().map(str::to_string);
-            id_marker = page.next_upload_id_marker().map(str::to_string);
+            (key_marker, id_marker) = next;
         }
     }
 
     /// Aborts the multipart upload `upload_id` of `url`: its parts are removed (and no longer billed).
+    /// One already gone (aborted by an earlier attempt or by someone else) counts as aborted.
     pub async fn abort_upload(&self, url: &S3Url, upload_id: &str) -> Result<(), S3Error> {
         let client = self.client().await;
-        self.retrying(ATTEMPTS, None, || async {
-            client
-                .abort_multipart_upload()
-                .bucket(&url.bucket)
-                .key(&url.key)
-                .upload_id(upload_id)
-                .send()
-                .await
-                .map_err(|e| self.op_err("AbortMultipartUpload", url, e))
-        })
-        .await?;
-        Ok(())
+        let r = self
+            .retrying(ATTEMPTS, None, || async {
+                client
+                    .abort_multipart_upload()
+                    .bucket(&url.bucket)
+                    .key(&url.key)
+                    .upload_id(upload_id)
+                    .send()
+                    .await
+                    .map_err(|e| self.op_err("AbortMultipartUpload", url, e))
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(S3Error::Operation { code, .. }) if code == "NoSuchUpload" => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes `keys` (full keys in `prefix`'s bucket), each checked to lie under `prefix`, which must
