@@ -100,10 +100,10 @@ fn disk_full(e: &sled::Error) -> bool {
     }
 }
 
-/// How often sled's background thread wakes (sled's default is 500 ms). Every commit flushes the store
-/// itself, so that thread only cleans segments: it is given the same share of time (up to half of
-/// each period) but wakes a quarter as often, so an idle watcher stays idle (issue 16: each wake-up
-/// also fsyncs, about 0.3% of a core at 500 ms).
+/// How often sled's background thread wakes (sled's default is 500 ms) to flush, clean segments and
+/// fsync. Every write here is followed by an explicit flush, so nothing depends on that thread for
+/// durability: it keeps the same share of time for cleaning (up to half of each period) but wakes a
+/// quarter as often, so an idle watcher stays idle (issue 16: about 0.3% of a core at 500 ms).
 pub const SLED_BACKGROUND_EVERY_MS: u64 = 2_000;
 
 fn sled_config(path: &Path, cache_bytes: u64) -> sled::Config {

@@ -35,6 +35,8 @@ fn watch(config: &Path, store: &Path, http: u16) -> KillOnDrop {
 /// GET over plain HTTP/1.1: (status, content type, body).
 fn get(port: u16, path: &str) -> (u16, String, String) {
     let r = crate::common::http_get(&format!("127.0.0.1:{port}"), path);
+    // A watcher that does not answer must not pass the checks on what a body does not contain.
+    assert_ne!(r.status, 0, "nothing answered GET {path} on 127.0.0.1:{port}");
     (r.status, r.content_type, r.body)
 }
 
