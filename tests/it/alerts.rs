@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{bin, env, free_port, lager, mails, run, s3_layout, wait_until, Proc};
+use common::{env, free_port, lager, mails, run, s3_layout, send_lines as send, wait_until, watch_syslog as watch, Proc};
 use safeguard::gen::Rng;
 use safeguard::timeutil::{now_ms, rfc3339};
 use serde_json::Value;
@@ -138,30 +138,6 @@ timeout = "3s"
     let p = dir.join("safeguard.toml");
     std::fs::write(&p, c).unwrap();
     p
-}
-
-fn watch(config: &Path, store: &Path, port: u16) -> Proc {
-    let child = Command::new(bin())
-        .args(["watch", "--config"])
-        .arg(config)
-        .arg("--store")
-        .arg(store)
-        .args(["--syslog", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let p = Proc(child);
-    wait_until("the watcher to listen", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    p
-}
-
-fn send(port: u16, lines: &[String]) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    for l in lines {
-        writeln!(s, "{l}").unwrap();
-    }
 }
 
 #[test]

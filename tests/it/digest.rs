@@ -6,13 +6,13 @@
 use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{bin, env, free_port, lager, mails, run, s3_layout, wait_until, Proc};
+use common::{bin, env, free_port, lager, mails, run, s3_layout, send_lines as send, wait_until, watch_syslog as watch, Proc};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use safeguard::gen::Rng;
@@ -52,30 +52,6 @@ fn webhook_server() -> (String, mpsc::Receiver<Value>) {
         }
     });
     (url, rx)
-}
-
-fn watch(config: &Path, store: &Path, port: u16) -> Proc {
-    let child = Command::new(bin())
-        .args(["watch", "--config"])
-        .arg(config)
-        .arg("--store")
-        .arg(store)
-        .args(["--syslog", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let p = Proc(child);
-    wait_until("the watcher to listen", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    p
-}
-
-fn send(port: u16, lines: &[String]) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    for l in lines {
-        writeln!(s, "{l}").unwrap();
-    }
 }
 
 /// The local date and time of day now in a zone.

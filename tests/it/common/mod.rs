@@ -251,6 +251,34 @@ impl Proc {
     }
 }
 
+/// The real watcher on `config` and `store`, with a syslog TCP listener on `port` (info logs on its
+/// stderr, for `Proc::stop`); returns once it listens.
+pub fn watch_syslog(config: &Path, store: &Path, port: u16) -> Proc {
+    let child = std::process::Command::new(bin())
+        .args(["watch", "--config"])
+        .arg(config)
+        .arg("--store")
+        .arg(store)
+        .args(["--syslog", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = Proc(child);
+    wait_until("the watcher to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    p
+}
+
+/// Sends `lines` over one syslog TCP connection to `port`, a newline after each.
+pub fn send_lines(port: u16, lines: &[String]) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for l in lines {
+        writeln!(s, "{l}").unwrap();
+    }
+}
+
 /// Creates a bucket in the test S3 server and uploads `objects` (key, body) into it.
 pub fn s3_layout(bucket: &str, objects: &[(String, &str)]) {
     let rt = tokio::runtime::Runtime::new().unwrap();
