@@ -723,18 +723,26 @@ impl Merger {
         let a = slot.active.as_mut().expect("open");
         let from = a.pos;
         a.head_key = None;
-        let mut p = line_end(&a.buf, from);
-        let mut lines = 1;
-        while p < a.buf.len() {
-            let e = line_end(&a.buf, p);
-            let k = key_line(a, &mut slot.report, p, e, now, bound);
+        // Only the lines the parser will see are keyed: the others (95% of a platform's log) are dropped
+        // unread, so they go with the line before them. Stepping from candidate to candidate, not line
+        // to line, and not reading the others' times, took a quarter off an ingest.
+        let first_end = line_end(&a.buf, from);
+        let mut p = a.buf.len();
+        let mut j = a.ci;
+        while j < a.cands.len() && a.cands[j].0 < first_end {
+            j += 1;
+        }
+        while let Some(&(start, _)) = a.cands.get(j) {
+            let k = key_line(a, &mut slot.report, start, line_end(&a.buf, start), now, bound);
             if limit.is_some_and(|l| (k, tb, i) > l) {
                 a.head_key = Some(k);
+                p = start;
                 break;
             }
-            p = e;
-            lines += 1;
+            j += 1;
         }
+        // Whole lines: every one ends in a newline but perhaps the input's last.
+        let lines = memchr::memchr_iter(b'\n', &a.buf[from..p]).count() as u64 + u64::from(p > from && a.buf[p - 1] != b'\n');
         a.pos = p;
         let c0 = a.ci;
         while a.ci < a.cands.len() && a.cands[a.ci].0 < p {
@@ -779,8 +787,9 @@ mod tests {
         e.finish().unwrap()
     }
 
+    /// A line the prefilter passes ("cf-"), so the merge orders it by its time.
     fn line(sec: u32, host: &str) -> String {
-        format!("2026-03-16T10:{:02}:{:02}Z {host} prog: line {sec}\n", sec / 60, sec % 60)
+        format!("2026-03-16T10:{:02}:{:02}Z {host} cf-prog: line {sec}\n", sec / 60, sec % 60)
     }
 
     /// Everything the merge hands out, as lines, with a fresh registration per input.
@@ -840,6 +849,22 @@ mod tests {
         assert_eq!(peak, 3, "one open file per host");
         paths.reverse();
         assert_eq!(merged(&paths, MergeOptions::default()).0, want);
+    }
+
+    /// A line no parser reads (no prefilter pattern) is not keyed by its own time: it stays with the line
+    /// before it, and its time, however far back, is not reported.
+    #[test]
+    fn lines_the_parser_never_reads_go_with_the_line_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let noise = |sec: u32| format!("2026-03-16T10:{:02}:{:02}Z a other: noise {sec}\n", sec / 60, sec % 60);
+        let a = [line(100, "a"), noise(5), line(300, "a")].concat();
+        let b = [line(200, "b"), noise(900), line(400, "b")].concat();
+        let (pa, pb) = (write(dir.path(), "a", a.as_bytes()), write(dir.path(), "b", b.as_bytes()));
+        let (got, reports) = merged(&[pa, pb], MergeOptions::default());
+        let want: Vec<String> =
+            [line(100, "a"), noise(5), line(200, "b"), noise(900), line(300, "a"), line(400, "b")].concat().lines().map(str::to_string).collect();
+        assert_eq!(got, want);
+        assert!(reports.iter().all(|r| r.lines_backwards == 0), "{reports:?}");
     }
 
     #[test]
