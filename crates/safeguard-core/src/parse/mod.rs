@@ -379,6 +379,12 @@ pub fn line_anchor(line: &str) -> Option<i64> {
     if let EnvTime::Full(t) = env.time {
         return plausible(t).then_some(t);
     }
+    // Only a relevant line has a payload time, and every relevant line holds a prefilter pattern: the
+    // rest (most of a head probed for its year) are not parsed.
+    static PREFILTER: std::sync::OnceLock<prefilter::Prefilter> = std::sync::OnceLock::new();
+    if !PREFILTER.get_or_init(prefilter::Prefilter::new).is_match(line.as_bytes()) {
+        return None;
+    }
     parse_envelope(&env).ok().flatten().and_then(|ev| ev.time).filter(|&t| plausible(t))
 }
 
