@@ -738,8 +738,8 @@ impl Merger {
         while j < a.cands.len() && a.cands[j].0 < first_end {
             j += 1;
         }
-        while let Some(&(start, _)) = a.cands.get(j) {
-            let k = key_line(a, &mut slot.report, start, line_end(&a.buf, start), now, bound);
+        while let Some(&(start, end)) = a.cands.get(j) {
+            let k = key_line(a, &mut slot.report, start, end, now, bound);
             if limit.is_some_and(|l| (k, tb, i) > l) {
                 a.head_key = Some(k);
                 p = start;
@@ -750,10 +750,9 @@ impl Merger {
         // Whole lines: every one ends in a newline but perhaps the input's last.
         let lines = memchr::memchr_iter(b'\n', &a.buf[from..p]).count() as u64 + u64::from(p > from && a.buf[p - 1] != b'\n');
         a.pos = p;
+        // `j` is the first candidate at or after `p`: the run hands on those before it.
         let c0 = a.ci;
-        while a.ci < a.cands.len() && a.cands[a.ci].0 < p {
-            a.ci += 1;
-        }
+        a.ci = j;
         (a.base + from as u64, from, p, lines, (c0, a.ci))
     }
 }
