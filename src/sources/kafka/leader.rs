@@ -284,11 +284,11 @@ pub struct Seen {
 
 #[derive(Default)]
 struct Known {
-    marks: HashMap<String, Seen>,
-    /// Order of first sight with the entry's generation, to forget the oldest past [`REMEMBER_MAX`]
-    /// (an id forgotten and learned again is a new generation: its old place does not remove it).
+    /// Per alert id: the entry's generation (an id forgotten and learned again is a new generation, so
+    /// its old place in `order` does not remove it) and what was seen.
+    marks: HashMap<String, (u64, Seen)>,
+    /// Order of first sight with the entry's generation, to forget the oldest past [`REMEMBER_MAX`].
     order: std::collections::VecDeque<(String, u64)>,
-    generations: HashMap<String, u64>,
     next_generation: u64,
     /// Alert ids with marks not yet handed to the sender.
     fresh: HashSet<String>,
@@ -498,14 +498,14 @@ impl Leader {
 
     /// What the deliveries topic says about `alert_id`.
     pub fn delivered(&self, alert_id: &str) -> Option<Seen> {
-        lock(&self.0.known).marks.get(alert_id).cloned()
+        lock(&self.0.known).marks.get(alert_id).map(|(_, s)| s.clone())
     }
 
     /// Alert ids with deliveries or outcomes not handed out before, with what is known of them.
     pub fn take_fresh(&self) -> Vec<(String, Seen)> {
         let mut k = lock(&self.0.known);
         let fresh: Vec<String> = k.fresh.drain().collect();
-        fresh.into_iter().filter_map(|id| Some((id.clone(), k.marks.get(&id)?.clone()))).collect()
+        fresh.into_iter().filter_map(|id| Some((id.clone(), k.marks.get(&id)?.1.clone()))).collect()
     }
 
     /// Forgets what was applied to an alert that is finished in the outbox (memory stays bounded).
@@ -705,23 +705,22 @@ impl Known {
     fn seen(&mut self, alert_id: &str) -> &mut Seen {
         if !self.marks.contains_key(alert_id) {
             self.next_generation += 1;
-            self.generations.insert(alert_id.to_string(), self.next_generation);
             self.order.push_back((alert_id.to_string(), self.next_generation));
             while self.order.len() > REMEMBER_MAX {
                 if let Some((old, generation)) = self.order.pop_front() {
-                    if self.generations.get(&old) == Some(&generation) {
+                    if self.marks.get(&old).is_some_and(|(g, _)| *g == generation) {
                         self.forget(&old);
                     }
                 }
             }
         }
-        self.marks.entry(alert_id.to_string()).or_default()
+        let generation = self.next_generation;
+        &mut self.marks.entry(alert_id.to_string()).or_insert_with(|| (generation, Seen::default())).1
     }
 
     fn forget(&mut self, alert_id: &str) {
         self.marks.remove(alert_id);
         self.fresh.remove(alert_id);
-        self.generations.remove(alert_id);
     }
 }
 
